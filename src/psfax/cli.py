@@ -1,0 +1,58 @@
+"""The ``psfax`` command line: one sub-app per instrument.
+
+Errors that are the user's (a :class:`psfax.errors.PsfaxError`) become one
+line on stderr and exit code 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from psfax.errors import PsfaxError
+
+app = typer.Typer(help="psfax: fast, statistically exact PSF work on survey images.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def _add_subapps() -> None:
+    from psfax.clusters.cli import app as clusters_app
+    from psfax.io.cli import app as data_app
+    from psfax.run.cli import app as run_app
+    from psfax.solar.cli import app as aia_app
+    from psfax.stars.cli import app as stars_app
+
+    app.add_typer(stars_app, name="stars", help="Stars: PSF model and PSF photometry of CCD images.")
+    app.add_typer(aia_app, name="aia", help="SDO/AIA: PSF, deconvolution, registration.")
+    app.add_typer(clusters_app, name="clusters", help="Galaxy-cluster fields: simulate, train, infer, evaluate.")
+    app.add_typer(data_app, name="data", help="Sample data: fetch and locate.")
+    app.add_typer(run_app, name="run", help="Run a job over many files, locally or on Dask.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``psfax`` script."""
+    _add_subapps()
+    try:
+        app(args=argv, standalone_mode=False)
+    except PsfaxError as exc:
+        print(f"psfax: error: {exc}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("psfax: aborted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
