@@ -1,0 +1,30 @@
+"""Run every benchmark (``make bench``) and join their sections into docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from _common import REPO
+
+SCRIPTS = ["bench_fit.py", "bench_ztf.py", "bench_aia.py", "bench_clusters.py", "bench_run.py"]
+
+
+def main() -> int:
+    failed = []
+    for script in SCRIPTS:
+        print(f"=== {script}", flush=True)
+        if subprocess.run([sys.executable, str(REPO / "benchmarks" / script)]).returncode:
+            failed.append(script)
+    parts = sorted((REPO / "docs" / "bench").glob("*.md"))
+    header = ("# Benchmarks\n\nWritten by `make bench` (`benchmarks/run_all.py`) from the sections in "
+              "`docs/bench/`; each section names the machine and the command that measured it. "
+              "Peers are measured in the same run.\n\n")
+    (REPO / "docs" / "benchmarks.md").write_text(header + "\n".join(p.read_text() for p in parts))
+    if failed:
+        print("failed:", ", ".join(failed), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
