@@ -20,7 +20,7 @@ app = typer.Typer(help="psfax: fast, statistically exact PSF work on survey imag
 def _add_subapps() -> None:
     from psfax.clusters.cli import app as clusters_app
     from psfax.io.cli import app as data_app
-    from psfax.run.cli import app as run_app
+    from psfax.runner.cli import app as run_app
     from psfax.solar.cli import app as aia_app
     from psfax.stars.cli import app as stars_app
 
