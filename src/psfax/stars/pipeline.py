@@ -1,0 +1,341 @@
+"""The stars pipeline: exposure -> sources -> PSF stars -> PSF model -> PSF photometry.
+
+:func:`fit_image` reads a science image (and mask) and runs :func:`fit_exposure`:
+
+1. ``background``: sep sky map;
+2. ``detection``: sep sources (or a reference catalog matched to them);
+3. ``selection``: the counted cuts of :mod:`psfax.stars.select`;
+4. ``stamps``: cut-outs with the CCD variance;
+5. ``fit``: :func:`psfax.fit_stamps` on the PSF stars, shared shape varying as a
+   polynomial in (x, y), refitted after dropping chi2 outliers
+   (``reduced_chi2 > median + clip_sigma * 1.4826 MAD``, or a non-zero fit flag)
+   until none is left or ``clip_iterations`` refits were done;
+6. ``photometry``: every detected source whose stamp fits in the image is
+   fitted for (x, y, flux, sky) with the PSF shape held at its local value.
+
+Every stage is timed (``ImageFit.timings``, seconds of wall time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+from scipy.spatial import cKDTree
+
+from psfax.errors import InputError
+from psfax.stars.catalog import match_catalog, read_reference_catalog
+from psfax.stars.detect import SEP_BLENDED, Background, detect_sources, measure_background
+from psfax.stars.exposure import Exposure, read_exposure
+from psfax.stars.select import (SelectionOptions, bad_pixels_near, neighbour_count,
+                                select_psf_stars)
+from psfax.stars.stamps import Stamps, cut_stamps, stamp_fits
+
+MODELS = ("moffat", "gaussian", "elliptical_moffat", "elliptical_gaussian")
+
+#: Bits of the ``source_flags`` column of the photometry catalog (the fit's own
+#: bits are in ``flags``, see :mod:`psfax.fitting.flags`).
+SOURCE_FLAGS = {
+    "blended": 1,      # deblended by sep, or another detection within half a stamp
+    "saturated": 2,    # raw peak >= saturation_margin x SATURATE
+    "masked": 4,       # a bad pixel within mask_radius px of the centre
+    "extended": 8,     # failed the shape cut (galaxy, trail, cosmic ray)
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """Everything :func:`fit_exposure` can be told; ``selection`` holds the cut thresholds."""
+
+    model: str = "moffat"
+    optimizer: str = "lm"
+    shared_shape: bool = True
+    spatial_degree: int = 1
+    stamp_size: int = 15
+    pixel_integrated: bool = True
+    clip_sigma: float = 4.0
+    clip_iterations: int = 3
+    photometry: bool = True
+    detect_threshold: float = 5.0
+    background_box: int = 64
+    catalog: str | None = None
+    match_radius: float = 2.0
+    device: str | None = None
+    dtype: str | None = None
+    selection: SelectionOptions = SelectionOptions()
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise InputError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.spatial_degree not in (0, 1, 2):
+            raise InputError(f"spatial_degree must be 0, 1 or 2, got {self.spatial_degree}")
+        if self.clip_sigma <= 0 or self.clip_iterations < 0:
+            raise InputError(f"clip_sigma must be > 0 and clip_iterations >= 0, got "
+                             f"{self.clip_sigma}, {self.clip_iterations}")
+
+    @classmethod
+    def from_kwargs(cls, **options) -> FitOptions:
+        """Build from flat keywords: selection thresholds (``edge``, ``mag_min`` ...) may be
+        given at top level.  Unknown names raise :class:`~psfax.errors.InputError`."""
+        selection_names = {f.name for f in dataclasses.fields(SelectionOptions)}
+        own_names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(options) - selection_names - own_names
+        if unknown:
+            raise InputError(f"unknown fit option(s): {', '.join(sorted(unknown))}")
+        selection = {k: options.pop(k) for k in list(options) if k in selection_names}
+        if selection:
+            base = options.pop("selection", SelectionOptions())
+            options["selection"] = dataclasses.replace(base, **selection)
+        return cls(**options)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ImageFit:
+    """The result of the stars pipeline on one exposure.
+
+    ``psf_result``: the :class:`psfax.FitResult` of the final PSF-star fit;
+    ``psf_stars``: its table in image coordinates (``x, y``, plus ``x0, y0``);
+    ``catalog``: PSF photometry of every usable source (``stars.parquet``);
+    ``counts``: sources left after each selection cut; ``clipping``: PSF stars
+    per refit; ``timings``: seconds per stage.
+    """
+
+    exposure: Exposure
+    options: FitOptions
+    background: Background
+    psf_stamps: Stamps
+    psf_result: object
+    psf_stars: Table
+    catalog: Table | None
+    counts: dict[str, int]
+    clipping: list[int]
+    converged_fraction: float
+    timings: dict[str, float]
+
+    def psf_at(self, x, y) -> dict[str, np.ndarray]:
+        """PSF shape parameters at image positions (x, y) [px]."""
+        return psf_shape_at(self.psf_result, self.options, np.atleast_1d(x), np.atleast_1d(y))
+
+    def summary(self) -> dict:
+        """JSON-ready description of the PSF model (the content of ``psf.json``)."""
+        from psfax.stars.report import psf_summary
+
+        return psf_summary(self)
+
+    def write(self, out_dir, *, plots: bool = True) -> list[Path]:
+        """Write ``stars.parquet``, ``psf_stars.parquet``, ``psf.json`` and (``plots``) the
+        figures into ``out_dir``, each atomically; return the paths."""
+        from psfax.stars.report import write_outputs
+
+        return write_outputs(self, Path(out_dir), plots=plots)
+
+
+def fit_image(science, mask=None, *, header=None, progress: Callable[[str], None] | None = None,
+              **options) -> ImageFit:
+    """Read ``science`` (path, or 2-D array with ``header``) and ``mask``, and run the pipeline.
+
+    ``options`` are those of :class:`FitOptions` (selection thresholds included)
+    plus the header overrides of :func:`~psfax.stars.exposure.read_exposure`
+    (``gain``, ``read_noise``, ``saturate``, ``zero_point``, ``seeing``,
+    ``pixscale``, ``bad_bits``).
+    """
+    read_names = ("gain", "read_noise", "saturate", "zero_point", "seeing", "pixscale", "bad_bits")
+    read_options = {k: options.pop(k) for k in read_names if k in options}
+    fit_options = FitOptions.from_kwargs(**options)  # validate before the slow read
+    start = time.perf_counter()
+    exposure = read_exposure(science, mask, header=header, **read_options)
+    read_time = time.perf_counter() - start
+    result = fit_exposure(exposure, progress=progress, options=fit_options)
+    result.timings = {"read": read_time, **result.timings}
+    return result
+
+
+def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None = None,
+                 options: FitOptions | None = None, **kwargs) -> ImageFit:
+    """Run background, detection, selection, stamps, PSF fit and photometry on ``exposure``.
+
+    Give either ``options`` (a :class:`FitOptions`) or its fields as keywords.
+    ``progress(stage)`` is called as each stage starts.
+    """
+    options = options if options is not None else FitOptions.from_kwargs(**kwargs)
+    timer = _StageTimer(progress)
+    with timer("background"):
+        background = measure_background(exposure, box=options.background_box)
+    with timer("detection"):
+        detections = detect_sources(exposure, background, threshold=options.detect_threshold)
+        sources = detections
+        if options.catalog is not None:
+            reference = read_reference_catalog(options.catalog)
+            sources = match_catalog(exposure, detections, reference, radius=options.match_radius)
+    with timer("selection"):
+        selection = select_psf_stars(sources, exposure, options.selection, detections=detections)
+        chosen = sources[selection.index]
+    with timer("stamps"):
+        stamps = cut_stamps(exposure, background, chosen["x"], chosen["y"], options.stamp_size)
+    with timer("fit"):
+        result, kept, clipping, converged = fit_psf_stars(stamps, exposure, options)
+    psf_stamps = _take(stamps, kept)
+    psf_stars = _image_table(result.table, psf_stamps, exposure)
+    catalog = None
+    if options.photometry:
+        with timer("photometry"):
+            catalog = psf_photometry(exposure, background, detections, result, options)
+            catalog["psf_star"] = _is_psf_star(catalog, psf_stars)
+    return ImageFit(exposure=exposure, options=options, background=background,
+                    psf_stamps=psf_stamps, psf_result=result, psf_stars=psf_stars,
+                    catalog=catalog, counts=selection.counts, clipping=clipping,
+                    converged_fraction=converged, timings=timer.timings)
+
+
+def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
+    """Fit the PSF model to the stars, refitting after chi2-outlier rejection.
+
+    Returns ``(FitResult, kept indices into stamps, stars per fit, converged
+    fraction of the first fit)``.
+    """
+    kept = np.arange(len(stamps))
+    clipping = []
+    converged = None
+    for _ in range(options.clip_iterations + 1):
+        result = _fit(_take(stamps, kept), exposure, options)
+        table = result.table
+        clipping.append(len(kept))
+        if converged is None:
+            converged = float(np.mean(np.asarray(table["converged"], bool)))
+        outliers = chi2_outliers(np.asarray(table["reduced_chi2"], float), options.clip_sigma)
+        outliers |= np.asarray(table["flags"]) != 0
+        if not outliers.any() or outliers.all():
+            break
+        kept = kept[~outliers]
+    return result, kept, clipping, converged
+
+
+def chi2_outliers(reduced_chi2: np.ndarray, k: float) -> np.ndarray:
+    """True where ``reduced_chi2 > median + k * 1.4826 * MAD`` (or is not finite)."""
+    finite = np.isfinite(reduced_chi2)
+    med = np.median(reduced_chi2[finite])
+    mad = 1.4826 * np.median(np.abs(reduced_chi2[finite] - med))
+    return ~finite | (reduced_chi2 > med + k * mad)
+
+
+def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, shape=None):
+    """One call of :func:`psfax.fit_stamps` on ``stamps`` (PSF fit, or photometry with ``shape``)."""
+    import psfax
+
+    positions = np.column_stack([stamps.x0 + stamps.x_init, stamps.y0 + stamps.y_init])
+    shared = shape is None and options.shared_shape
+    return psfax.fit_stamps(
+        stamps.data, variance=stamps.variance, mask=stamps.mask, model=options.model,
+        pixel_integrated=options.pixel_integrated, shared_shape=shared, shape=shape,
+        optimizer=options.optimizer, dtype=options.dtype, device=options.device,
+        positions=positions if shared else None,
+        spatial_degree=options.spatial_degree if shared else 0)
+
+
+def psf_shape_at(result, options: FitOptions, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Shape parameters of the PSF model at image positions (x, y).
+
+    Shared mode: the fitted spatial polynomial.  Per-star mode: the median of
+    the stars' shapes (fits flagged bad excluded), the same everywhere.
+    """
+    if options.shared_shape:
+        return {k: np.asarray(v, float) for k, v in result.psf_at(x, y).items()}
+    table = result.table
+    good = np.asarray(table["flags"]) == 0
+    names = [n for n in _shape_names(options.model)]
+    return {n: np.full(len(x), np.median(np.asarray(table[n], float)[good])) for n in names}
+
+
+def _shape_names(model: str) -> tuple[str, ...]:
+    from psfax.profiles import get_profile
+
+    return get_profile(model).shape_names
+
+
+def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
+                   options: FitOptions) -> Table:
+    """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed.
+
+    The returned table has image ``x, y``, ``ra, dec`` (deg, from the WCS),
+    the fit columns, ``mag, mag_err`` (through MAGZP; statistical error only)
+    and ``source_flags`` (:data:`SOURCE_FLAGS`).
+    """
+    x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
+    usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
+    stamps = cut_stamps(exposure, background, x[usable], y[usable], options.stamp_size)
+    shape = psf_shape_at(result, options, x[usable], y[usable])
+    fit = _fit(stamps, exposure, options, shape=shape)
+    table = _image_table(fit.table, stamps, exposure)
+    table["source_flags"] = _source_flags(detections[usable], detections, exposure, options)
+    table["mag_aper"] = detections["mag_aper"][usable]
+    return table
+
+
+def _source_flags(sources: Table, detections: Table, exposure: Exposure,
+                  options: FitOptions) -> np.ndarray:
+    sel = options.selection
+    x, y = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
+    near = neighbour_count(x, y, options.stamp_size / 2, np.asarray(detections["x"], float),
+                           np.asarray(detections["y"], float))
+    blended = ((np.asarray(sources["sep_flag"]) & SEP_BLENDED) != 0) | (near > 0)
+    saturated = np.asarray(sources["raw_peak"]) >= sel.saturation_margin * exposure.saturate
+    masked = bad_pixels_near(exposure, x, y, sel.mask_radius) > 0
+    a, b = np.asarray(sources["a"], float), np.asarray(sources["b"], float)
+    extended = a >= sel.max_elongation * b
+    return (SOURCE_FLAGS["blended"] * blended + SOURCE_FLAGS["saturated"] * saturated
+            + SOURCE_FLAGS["masked"] * masked + SOURCE_FLAGS["extended"] * extended).astype(np.int32)
+
+
+def _image_table(fit_table: Table, stamps: Stamps, exposure: Exposure) -> Table:
+    """The fit table with image coordinates, RA/Dec and magnitudes added in front."""
+    table = fit_table.copy(copy_data=False)
+    x = stamps.x0 + np.asarray(table["x_fit"], float)
+    y = stamps.y0 + np.asarray(table["y_fit"], float)
+    front = {"x": x, "y": y}
+    if exposure.wcs is not None:
+        ra, dec = exposure.wcs.pixel_to_world_values(x, y)
+        front.update(ra=np.asarray(ra), dec=np.asarray(dec))
+    flux = np.asarray(table["flux_fit"], float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        front["mag"] = np.where(flux > 0, exposure.zero_point - 2.5 * np.log10(flux), np.nan)
+        front["mag_err"] = np.where(flux > 0, 2.5 / np.log(10) * np.asarray(table["flux_err"]) / flux,
+                                    np.nan)
+    for i, (name, values) in enumerate(front.items()):
+        table.add_column(values, name=name, index=i)
+    table["x0"], table["y0"] = stamps.x0, stamps.y0
+    return table
+
+
+def _is_psf_star(catalog: Table, psf_stars: Table) -> np.ndarray:
+    """True for catalog rows within 1 px of a PSF star."""
+    tree = cKDTree(np.column_stack([psf_stars["x"], psf_stars["y"]]))
+    dist, _ = tree.query(np.column_stack([catalog["x"], catalog["y"]]))
+    return dist < 1.0
+
+
+def _take(stamps: Stamps, index: np.ndarray) -> Stamps:
+    return Stamps(**{f.name: getattr(stamps, f.name)[index] for f in dataclasses.fields(Stamps)})
+
+
+class _StageTimer:
+    """``with timer("name"):`` records the wall time of the stage in ``timer.timings``."""
+
+    def __init__(self, progress: Callable[[str], None] | None):
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self.progress is not None:
+            self.progress(name)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
