@@ -184,6 +184,8 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
         result, kept, clipping, converged = fit_psf_stars(stamps, exposure, options)
     psf_stamps = _take(stamps, kept)
     psf_stars = _image_table(result.table, psf_stamps, exposure)
+    psf_stars["a_moment"], psf_stars["b_moment"] = chosen["a"][kept], chosen["b"][kept]
+    psf_stars["mag_select"] = (chosen["mag"] if "mag" in chosen.colnames else chosen["mag_aper"])[kept]
     catalog = None
     if options.photometry:
         with timer("photometry"):
