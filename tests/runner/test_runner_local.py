@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,6 +114,27 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
         np.testing.assert_allclose(fits.getdata(out / image.stem / "smooth.fits"), expected_smooth(image),
                                    rtol=0, atol=ATOL)
     assert not (out / ".staging").exists()
+
+
+def write_half_then_fail(image, out_dir: Path) -> list[Path]:
+    write_smoothed(image, out_dir)
+    raise OSError("disk full (simulated) after the first file")
+
+
+def write_elsewhere(image, out_dir: Path) -> list[Path]:
+    return write_smoothed(image, Path(out_dir).parents[2] / "elsewhere")
+
+
+@pytest.mark.parametrize(("write", "reason"), [
+    (write_half_then_fail, r"OSError: disk full \(simulated\) after the first file"),
+    (write_elsewhere, r"RuntimeError: the job wrote .*elsewhere/smooth.fits outside its output folder .*"),
+])
+def test_a_failed_write_leaves_no_output(tmp_path, write, reason):
+    images = make_images(tmp_path / "in", 1)
+    job = Job("half", read_image, lambda image: image, write)
+    summary = run_jobs(job, images, out_dir=tmp_path / "out", show_progress=False)
+    assert summary.n_failed == 1 and re.fullmatch(reason, summary.failures[0][1])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.jsonl", "manifest.parquet"]
 
 
 def test_same_shape_inputs_compile_once(tmp_path):

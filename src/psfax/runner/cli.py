@@ -33,6 +33,8 @@ def convert_value(name: str, text: str, default: Any) -> Any:
             return type(default)(text)
         if isinstance(default, str):
             return text
+        if isinstance(default, tuple):
+            return tuple(yaml.safe_load(text))
         return yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise InputError(f"--{name.replace('_', '-')}: cannot use {text!r} ({exc})") from None

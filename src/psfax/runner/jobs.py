@@ -5,7 +5,7 @@ A :class:`Job` names three callables and the keyword options each stage takes:
 * ``read(path, **read_options) -> data``  (I/O: the local executor runs it in a
   thread for the next input while the current one computes),
 * ``compute(data, **compute_options) -> result``  (the JAX work),
-* ``write(result, out_dir) -> list[Path]``  (the output files).
+* ``write(result, out_dir, **write_options) -> list[Path]``  (the output files).
 
 A job whose compute stage streams its own input and writes its own files
 (``clusters-infer``) sets ``compute_writes=True``: ``compute`` is then called
@@ -19,6 +19,7 @@ complete output file or none, never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -34,7 +35,7 @@ import jax
 
 from psfax.errors import InputError, MissingFileError
 
-STAGES = ("read", "compute")
+STAGES = ("read", "compute", "write")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +57,6 @@ class Job:
     write: Callable[..., list] | None
     options: tuple[JobOption, ...] = ()
     compute_writes: bool = False
-
-    def option_names(self, stage: str) -> tuple[str, ...]:
-        return tuple(o.name for o in self.options if o.stage == stage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +98,13 @@ def options_from_signature(fn: Callable, stage: str, skip: tuple[str, ...] = ())
                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
+def options_from_dataclass(cls: type, stage: str, skip: tuple[str, ...] = ()) -> tuple[JobOption, ...]:
+    """The fields of a dataclass of settings (with their defaults) as options of ``stage``."""
+    return tuple(JobOption(f.name, stage, f.default) for f in dataclasses.fields(cls) if f.name not in skip)
+
+
 def split_options(job: Job, options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Sort ``options`` into ``{"read": {...}, "compute": {...}}``; unknown names raise InputError."""
+    """Sort ``options`` into ``{"read": {...}, "compute": {...}, "write": {...}}``; unknown names raise InputError."""
     by_name = {o.name: o.stage for o in job.options}
     unknown = sorted(set(options) - set(by_name))
     if unknown:
@@ -125,33 +128,44 @@ def local_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@contextlib.contextmanager
+def timed(times: dict[str, float], stage: str, task: Task):
+    """Add the wall seconds of the block to ``times[stage]`` (also when it raises); a named trace range."""
+    t0 = time.perf_counter()
+    try:
+        with jax.profiler.TraceAnnotation(f"{stage} {task.name}"):
+            yield
+    finally:
+        times[stage] += time.perf_counter() - t0
+
+
 def read_input(job: Job, task: Task, read_options: Mapping[str, Any]) -> tuple[Any, float]:
     """Run the read stage; return ``(data, seconds)``. A missing input raises MissingFileError."""
-    t0 = time.perf_counter()
     if not Path(task.input).exists():
         raise MissingFileError(f"{task.input}: no such input file")
-    with jax.profiler.TraceAnnotation(f"read {task.name}"):
+    times = {"read": 0.0}
+    with timed(times, "read", task):
         data = job.read(task.input, **read_options)
-    return data, time.perf_counter() - t0
+    return data, times["read"]
 
 
 def compute_and_write(job: Job, data: Any, task: Task, out_dir: Path,
-                      compute_options: Mapping[str, Any]) -> tuple[list[Path], float, float]:
-    """Compute and write into the staging folder, then commit; return ``(outputs, t_compute, t_write)``."""
+                      options: Mapping[str, Mapping[str, Any]], times: dict[str, float]) -> list[Path]:
+    """Compute and write into the staging folder, then commit; stage seconds go to ``times``."""
     staging = staging_dir(out_dir, task.name)
-    t0 = time.perf_counter()
-    if job.compute_writes:
-        with jax.profiler.TraceAnnotation(f"compute {task.name}"):
-            written = job.compute(data, out_dir=staging, **compute_options)
-        t1 = time.perf_counter()
-    else:
-        with jax.profiler.TraceAnnotation(f"compute {task.name}"):
-            result = jax.block_until_ready(job.compute(data, **compute_options))
-        t1 = time.perf_counter()
-        with jax.profiler.TraceAnnotation(f"write {task.name}"):
-            written = job.write(result, staging)
-    outputs = commit(staging, out_dir / task.name, [Path(p) for p in written])
-    return outputs, t1 - t0, time.perf_counter() - t1
+    try:
+        if job.compute_writes:
+            with timed(times, "compute", task):
+                written = job.compute(data, out_dir=staging, **options["compute"])
+        else:
+            with timed(times, "compute", task):
+                result = jax.block_until_ready(job.compute(data, **options["compute"]))
+            with timed(times, "write", task):
+                written = job.write(result, staging, **options["write"])
+        with timed(times, "write", task):
+            return commit(staging, out_dir / task.name, [Path(p) for p in written])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def staging_dir(out_dir: Path, name: str) -> Path:
@@ -163,22 +177,21 @@ def staging_dir(out_dir: Path, name: str) -> Path:
 
 
 def commit(staging: Path, final: Path, written: list[Path]) -> list[Path]:
-    """Move each written file from ``staging`` into ``final`` by atomic rename; return the final paths.
+    """Move every file of ``staging`` into ``final`` by atomic rename; return the final paths.
 
-    A path the job wrote outside ``staging`` is kept where it is.
+    ``written`` (the paths the job returned) must lie in ``staging``: a job
+    that writes elsewhere would escape the all-or-nothing guarantee.
     """
+    root = staging.resolve()
+    outside = [p for p in written if not p.resolve().is_relative_to(root)]
+    if outside:
+        raise RuntimeError(f"the job wrote {outside[0]} outside its output folder {staging}")
     outputs = []
-    for path in written:
-        try:
-            rel = path.resolve().relative_to(staging.resolve())
-        except ValueError:
-            outputs.append(path)
-            continue
-        target = final / rel
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        target = final / path.relative_to(staging)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
         outputs.append(target)
-    shutil.rmtree(staging, ignore_errors=True)
     return outputs
 
 
@@ -198,16 +211,14 @@ def run_one(job: Job, task: Task, out_dir: Path, options: Mapping[str, Mapping[s
     profiler trace.
     """
     worker = worker or local_worker_name()
-    t_read = 0.0
+    times = {"read": 0.0, "compute": 0.0, "write": 0.0}
     try:
-        if prefetched is not None:
-            data, t_read = prefetched.result()
-        else:
-            data, t_read = read_input(job, task, options["read"])
-        outputs, t_compute, t_write = compute_and_write(job, data, task, Path(out_dir), options["compute"])
+        reading = prefetched.result() if prefetched is not None else read_input(job, task, options["read"])
+        data, times["read"] = reading
+        outputs = compute_and_write(job, data, task, Path(out_dir), options, times)
     except Exception as exc:  # recorded in the manifest, never raised
-        return outcome_of(task, worker, timings=Timings(read=t_read), error=exc)
-    return outcome_of(task, worker, outputs, Timings(t_read, t_compute, t_write))
+        return outcome_of(task, worker, timings=Timings(**times), error=exc)
+    return outcome_of(task, worker, outputs, Timings(**times))
 
 
 # --- the registered jobs -------------------------------------------------------------------
@@ -228,9 +239,9 @@ def read_ztf_exposure(science: str, **read_options):
     return read_exposure(science, mask=ztf_mask_path(science), **read_options)
 
 
-def write_image_fit(fit, out_dir: Path) -> list[Path]:
-    """Write an ``ImageFit`` (stars table, PSF model, figures) into ``out_dir``."""
-    return fit.write(out_dir)
+def write_image_fit(fit, out_dir: Path, plots: bool = True) -> list[Path]:
+    """Write an ``ImageFit`` (stars tables, ``psf.json``, and with ``plots`` the figures) into ``out_dir``."""
+    return fit.write(out_dir, plots=plots)
 
 
 def pass_path(path: str) -> str:
@@ -239,11 +250,17 @@ def pass_path(path: str) -> str:
 
 
 def stars_fit_job() -> Job:
-    """``stars-fit``: the stars pipeline on one science image (mask found beside it)."""
-    from psfax.stars.pipeline import fit_exposure, read_exposure
+    """``stars-fit``: the stars pipeline on one science image (mask found beside it).
 
-    options = (options_from_signature(read_exposure, "read", skip=("mask",))
-               + options_from_signature(fit_exposure, "compute"))
+    Options: the header overrides of ``read_exposure`` (read), the fields of
+    ``FitOptions`` and its selection thresholds (compute), ``plots`` (write).
+    """
+    from psfax.stars.pipeline import FitOptions, SelectionOptions, fit_exposure, read_exposure
+
+    options = (options_from_signature(read_exposure, "read", skip=("mask", "header"))
+               + options_from_dataclass(FitOptions, "compute", skip=("selection",))
+               + options_from_dataclass(SelectionOptions, "compute")
+               + options_from_signature(write_image_fit, "write"))
     return Job("stars-fit", read_ztf_exposure, fit_exposure, write_image_fit, options)
 
 
