@@ -196,8 +196,8 @@ def print_summary(summary: RunSummary) -> None:
     console.print(table)
     if summary.failures:
         failures = Table(title=f"{summary.n_failed} failed", show_lines=False)
-        failures.add_column("input")
-        failures.add_column("reason", style="red")
+        failures.add_column("input (full path in the manifest)", overflow="fold")
+        failures.add_column("reason", style="red", overflow="fold")
         for path, reason in summary.failures:
-            failures.add_row(path, reason)
+            failures.add_row(Path(path).name, reason)
         console.print(failures)
