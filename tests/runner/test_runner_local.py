@@ -225,8 +225,13 @@ def test_truncated_last_manifest_line_is_ignored(tmp_path):
     assert (summary.n_done, summary.n_skipped) == (0, 2)
 
 
-def test_profile_writes_a_perfetto_trace(tmp_path):
+def test_profile_writes_a_perfetto_trace_with_the_stages(tmp_path):
+    import gzip
+
     images = make_images(tmp_path / "in", 2)
-    run_jobs(SMOOTH_JOB, images, out_dir=tmp_path / "out", profile_dir=tmp_path / "prof", show_progress=False)
-    traces = list((tmp_path / "prof").rglob("*.trace.json.gz"))
-    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    summary = run_jobs(SMOOTH_JOB, images, out_dir=tmp_path / "out", profile_dir=tmp_path / "prof",
+                       show_progress=False)
+    assert summary.profile_trace is not None and summary.profile_trace.name == "perfetto_trace.json.gz"
+    events = json.loads(gzip.decompress(summary.profile_trace.read_bytes()))["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert {"read img0", "compute img0", "write img0", "read img1", "compute img1", "write img1"} <= names

@@ -34,6 +34,7 @@ class RunSummary:
     failures: tuple[tuple[str, str], ...]
     wall_s: float
     stage_s: Timings
+    profile_trace: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -133,7 +134,7 @@ def run_jobs(job: str | Job, inputs: str | os.PathLike | Iterable[str | os.PathL
         with contextlib.suppress(OSError):  # staging folders left by killed attempts keep it
             (out_dir / ".staging").rmdir()
         summary = summarize(job.name, out_dir, manifest.path, len(paths), skipped, finished,
-                            time.perf_counter() - t0)
+                            time.perf_counter() - t0, perfetto_trace(profile_dir))
         if manifest.path.exists():
             manifest.write_parquet()
         if show_progress:
@@ -141,13 +142,22 @@ def run_jobs(job: str | Job, inputs: str | os.PathLike | Iterable[str | os.PathL
     return summary
 
 
+def perfetto_trace(profile_dir: str | os.PathLike | None) -> Path | None:
+    """The newest ``perfetto_trace.json.gz`` under ``profile_dir`` (open it at https://ui.perfetto.dev)."""
+    if profile_dir is None:
+        return None
+    traces = sorted(Path(profile_dir).rglob("perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    return traces[-1] if traces else None
+
+
 def summarize(job: str, out_dir: Path, manifest: Path, n_inputs: int, skipped: int,
-              finished: Sequence[Outcome], wall_s: float) -> RunSummary:
+              finished: Sequence[Outcome], wall_s: float, profile_trace: Path | None = None) -> RunSummary:
     failed = [o for o in finished if o.status == "failed"]
     stage_s = Timings(*(sum(getattr(o.timings, s) for o in finished) for s in ("read", "compute", "write")))
     return RunSummary(job=job, out_dir=out_dir, manifest=manifest, n_inputs=n_inputs,
                       n_done=len(finished) - len(failed), n_failed=len(failed), n_skipped=skipped,
-                      failures=tuple((o.input, o.error) for o in failed), wall_s=wall_s, stage_s=stage_s)
+                      failures=tuple((o.input, o.error) for o in failed), wall_s=wall_s, stage_s=stage_s,
+                      profile_trace=profile_trace)
 
 
 @contextlib.contextmanager
@@ -193,6 +203,8 @@ def print_summary(summary: RunSummary) -> None:
     table.add_row("time share", ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items())
                   + f" (of {sum(dataclasses.asdict(summary.stage_s).values()):.1f} s in stages)")
     table.add_row("manifest", str(summary.manifest))
+    if summary.profile_trace is not None:
+        table.add_row("profile", f"{summary.profile_trace} (open at https://ui.perfetto.dev)")
     console.print(table)
     if summary.failures:
         failures = Table(title=f"{summary.n_failed} failed", show_lines=False)
