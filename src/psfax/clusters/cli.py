@@ -1,5 +1,99 @@
-"""CLI sub-app (filled in by its capability)."""
+"""``psfax clusters``: simulate | train | infer | evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, help="Galaxy-cluster fields: simulate, train, infer, evaluate.")
+
+CONFIG_HELP = "Shipped config name (ci, faithful) or a YAML file."
+
+
+@app.command()
+def simulate(out: Path = typer.Argument(..., help="Output data-set directory."),
+             config: str = typer.Option("ci", help=CONFIG_HELP),
+             seed: Optional[int] = typer.Option(None, help="Override the config's seed."),
+             n_train: Optional[int] = typer.Option(None, help="Override dataset.n_train."),
+             n_val: Optional[int] = typer.Option(None, help="Override dataset.n_val."),
+             n_test: Optional[int] = typer.Option(None, help="Override dataset.n_test."),
+             device: Optional[str] = typer.Option(None, help="cpu or gpu (default: JAX's default).")) -> None:
+    """Draw catalogs from the prior, render g,r,i,z fields and write shards with tile labels."""
+    import dataclasses
+
+    from psfax.clusters.config import load_config
+    from psfax.clusters.dataset import simulate_dataset
+
+    cfg = load_config(config)
+    sizes = {k: v for k, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)) if v is not None}
+    cfg = dataclasses.replace(cfg, seed=cfg.seed if seed is None else seed,
+                              dataset=dataclasses.replace(cfg.dataset, **sizes))
+    simulate_dataset(cfg, out, device=device)
+    typer.echo(f"wrote {cfg.dataset.n_train}/{cfg.dataset.n_val}/{cfg.dataset.n_test} train/val/test fields to {out}")
+
+
+@app.command()
+def train(data: Path = typer.Argument(..., help="Data-set directory written by `simulate`."),
+          out: Path = typer.Option(..., help="Model path stem (writes <stem>.npz and <stem>.json)."),
+          seed: int = typer.Option(0, help="Seed of the initial weights and batch order."),
+          max_epochs: Optional[int] = typer.Option(None, help="Override train.max_epochs."),
+          device: Optional[str] = typer.Option(None, help="cpu or gpu.")) -> None:
+    """Train the tile encoder on the train split, early-stopped on the val split; score it on test."""
+    import dataclasses
+
+    from psfax.clusters.dataset import load_split, read_dataset_config
+    from psfax.clusters.encoder import save_model
+    from psfax.clusters.evaluate import evaluate_model
+
+    cfg = read_dataset_config(data)
+    train_set, val_set = load_split(data, "train"), load_split(data, "val")
+    from psfax.clusters.train import train_encoder
+
+    result = train_encoder(cfg, train_set, val_set, seed=seed, max_epochs=max_epochs, device=device)
+    record = {"data": str(data), "config": cfg.to_dict(), "seed": seed, "best_epoch": result.best_epoch,
+              "history": [dataclasses.asdict(h) for h in result.history]}
+    if list(Path(data).glob("test-*.images.npy")):
+        record["test"] = evaluate_model(result.model, result.spec, data, device=device)
+    paths = save_model(result.model, result.spec, out, record)
+    typer.echo(json.dumps(record.get("test", {}), indent=2))
+    typer.echo(f"wrote {', '.join(map(str, paths))}")
+
+
+@app.command()
+def infer(image: Path = typer.Argument(..., help="FITS file: a (4, ny, nx) g,r,i,z cube in the first image HDU."),
+          out_dir: Path = typer.Option(..., help="Output directory."),
+          model: Optional[Path] = typer.Option(None, help="Model stem (default: the shipped model)."),
+          batch_size: int = typer.Option(8, help="Windows per batch."),
+          window: Optional[int] = typer.Option(None, help="Window side in pixels (default: the training field size)."),
+          threshold: float = typer.Option(0.5, help="Tile probability threshold for candidates."),
+          device: Optional[str] = typer.Option(None, help="cpu or gpu."),
+          dtype: Optional[str] = typer.Option(None, help="float32 or float64 (default: float64 on CPU).")) -> None:
+    """Stream the encoder over a large image: tile probability map (FITS) and candidates (Parquet)."""
+    from psfax.clusters.infer import infer_file
+
+    paths = infer_file(image, model, out_dir=out_dir, batch_size=batch_size, window=window,
+                       threshold=threshold, device=device, dtype=dtype, progress=True)
+    typer.echo("wrote " + ", ".join(map(str, paths)))
+
+
+@app.command()
+def evaluate(data: Path = typer.Argument(..., help="Data-set directory written by `simulate`."),
+             model: Optional[Path] = typer.Option(None, help="Model stem (default: the shipped model)."),
+             split: str = typer.Option("test", help="Split to score."),
+             out: Optional[Path] = typer.Option(None, help="Write the report as JSON here."),
+             device: Optional[str] = typer.Option(None, help="cpu or gpu.")) -> None:
+    """Tile-level accuracy, precision, recall, F1 and PR-AUC of the model and the counts-in-tile baseline."""
+    from psfax.clusters.encoder import default_model_stem, load_model
+    from psfax.clusters.evaluate import evaluate_model
+    from psfax.io.atomic import atomic_path
+
+    net, spec, _ = load_model(model or default_model_stem())
+    report = evaluate_model(net, spec, data, split=split, device=device)
+    text = json.dumps(report, indent=2)
+    typer.echo(text)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text(text)
