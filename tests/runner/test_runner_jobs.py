@@ -101,3 +101,25 @@ def test_aia_prep_job_matches_prep_called_directly(tmp_path, shared_data):
     theirs = prep.write_level16(prep.prep_map(prep.read_level1(source), register=True), tmp_path / "direct")
     # same code on the same data: bit-identical pixels expected
     np.testing.assert_array_equal(fits.getdata(ours), fits.getdata(theirs))
+
+
+def test_clusters_infer_job_matches_infer_file_called_directly(tmp_path):
+    infer = require("psfax.clusters.infer", "infer_file")
+    encoder = require("psfax.clusters.encoder", "TileEncoder", "EncoderSpec", "save_model")
+    import jax
+
+    # a small untrained encoder: the test is about the plumbing, not the model's skill
+    spec = encoder.EncoderSpec(tile=4, widths=(8, 8), context_layers=1, groups=1, field_size=32)
+    net = encoder.TileEncoder(spec, np.zeros(4), np.ones(4), jax.random.PRNGKey(0))
+    encoder.save_model(net, spec, tmp_path / "tiny")
+    cube = tmp_path / "field.fits"
+    fits.PrimaryHDU(np.random.default_rng(0).normal(size=(4, 64, 96)).astype(np.float32)).writeto(cube)
+    options = dict(model=str(tmp_path / "tiny"), window=32, margin=4)
+    summary = run_jobs("clusters-infer", [cube], out_dir=tmp_path / "out", show_progress=False, **options)
+    assert summary.n_done == 1, summary.failures
+    ours = {p.name: p for p in manifest_outputs(tmp_path / "out")}
+    theirs = infer.infer_file(cube, out_dir=tmp_path / "direct", **options)
+    assert sorted(ours) == sorted(p.name for p in theirs)
+    fits_name = next(n for n in ours if n.endswith(".fits"))
+    # same code, same model, same data: bit-identical probabilities expected
+    np.testing.assert_array_equal(fits.getdata(ours[fits_name]), fits.getdata(tmp_path / "direct" / fits_name))
