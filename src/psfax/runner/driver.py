@@ -71,6 +71,7 @@ def plan_tasks(paths: Sequence[str], manifest: Manifest, resume: bool) -> tuple[
 
 
 def check_run_arguments(executor: str, scheduler, workers, profile_dir) -> None:
+    """Raise InputError for an unknown executor or options that do not go with it."""
     if executor not in EXECUTORS:
         raise InputError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if executor == "local" and (scheduler is not None or workers is not None):
@@ -111,7 +112,7 @@ def run_jobs(job: str | Job, inputs: str | os.PathLike | Iterable[str | os.PathL
     job = get_job(job)
     stage_options = split_options(job, options)
     paths = resolve_inputs(inputs)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()  # Dask workers may run in another folder
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out_dir)
     tasks, skipped = plan_tasks(paths, manifest, resume)
