@@ -199,11 +199,10 @@ def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None):
             "prob_max": np.asarray(ndimage.maximum(probs, labels, ids), float) if n else np.zeros(0),
             "prob_mean": np.asarray(ndimage.mean(probs, labels, ids), float) if n else np.zeros(0)}
     if wcs is not None:
-        full = wcs.slice((slice(None, None, 1), slice(None, None, 1)))
         ra, dec = (np.zeros(0), np.zeros(0))
         if n:
             # tile-grid coordinates of the centroids: (x - (tile - 1)/2) / tile
-            sky = full.pixel_to_world((data["x"] - (tile - 1) / 2) / tile, (data["y"] - (tile - 1) / 2) / tile)
+            sky = wcs.pixel_to_world((data["x"] - (tile - 1) / 2) / tile, (data["y"] - (tile - 1) / 2) / tile)
             ra, dec = sky.ra.deg, sky.dec.deg
         data["ra"], data["dec"] = np.asarray(ra, float), np.asarray(dec, float)
     return pa.table(data)

@@ -83,6 +83,7 @@ def best_f1_threshold(labels, scores) -> float:
 
 def score_tiles(labels, scores, threshold: float) -> dict:
     """Confusion-based scores at ``scores >= threshold`` plus PR-AUC."""
+    _check_same_shape(labels, scores, "scores")
     out = confusion(labels, np.asarray(scores) >= threshold).scores()
     out["pr_auc"] = average_precision(labels, scores)
     out["threshold"] = float(threshold)
