@@ -1,6 +1,6 @@
 """A synthetic CCD quadrant drawn by GalSim (the independent reference renderer).
 
-Moffat stars whose FWHM varies linearly across the image, pixel-integrated
+Moffat stars whose log FWHM varies linearly across the image, pixel-integrated
 (GalSim convolves with the pixel), on a flat sky, with Poisson noise in
 electrons and Gaussian read noise, returned in ADU with a ZTF-like header.
 """
@@ -30,10 +30,11 @@ class Field:
         return true_fwhm(np.asarray(x), np.asarray(y), self.image.shape)
 
 
-def true_fwhm(x, y, shape, f0=1.6, fx=0.3, fy=-0.2):
-    """FWHM [px] at (x, y): f0 at the centre, changing by fx (fy) across the full width (height)."""
+def true_fwhm(x, y, shape, f0=1.3, gx=0.2, gy=-0.12):
+    """FWHM [px] at (x, y): ``f0 exp(gx X + gy Y)`` with X, Y in [-1/2, 1/2] across the image,
+    so that log FWHM is linear in (x, y), a degree-1 model of psfax's (log-FWHM) spatial fit."""
     ny, nx = shape
-    return f0 + fx * (x / (nx - 1) - 0.5) + fy * (y / (ny - 1) - 0.5)
+    return f0 * np.exp(gx * (x / (nx - 1) - 0.5) + gy * (y / (ny - 1) - 0.5))
 
 
 def header(shape) -> fits.Header:

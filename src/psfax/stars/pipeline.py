@@ -124,6 +124,13 @@ class ImageFit:
         """PSF shape parameters at image positions (x, y) [px]."""
         return psf_shape_at(self.psf_result, self.options, np.atleast_1d(x), np.atleast_1d(y))
 
+    def psf_err_at(self, x, y) -> dict[str, np.ndarray] | None:
+        """Standard errors of :meth:`psf_at` (from the spatial coefficients' covariance);
+        None in per-star mode."""
+        if self.psf_result.shared is None:
+            return None
+        return self.psf_result.shared.shape_at(np.atleast_1d(x), np.atleast_1d(y))[1]
+
     def summary(self) -> dict:
         """JSON-ready description of the PSF model (the content of ``psf.json``)."""
         from psfax.stars.report import psf_summary
@@ -206,7 +213,7 @@ def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
     kept = np.arange(len(stamps))
     clipping = []
     converged = None
-    for _ in range(options.clip_iterations + 1):
+    for refit in range(options.clip_iterations + 1):
         result = _fit(_take(stamps, kept), exposure, options)
         table = result.table
         clipping.append(len(kept))
@@ -214,7 +221,7 @@ def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
             converged = float(np.mean(np.asarray(table["converged"], bool)))
         outliers = chi2_outliers(np.asarray(table["reduced_chi2"], float), options.clip_sigma)
         outliers |= np.asarray(table["flags"]) != 0
-        if not outliers.any() or outliers.all():
+        if refit == options.clip_iterations or not outliers.any() or outliers.all():
             break
         kept = kept[~outliers]
     return result, kept, clipping, converged
@@ -252,14 +259,19 @@ def psf_shape_at(result, options: FitOptions, x: np.ndarray, y: np.ndarray) -> d
         return {k: np.asarray(v, float) for k, v in result.psf_at(x, y).items()}
     table = result.table
     good = np.asarray(table["flags"]) == 0
-    names = [n for n in _shape_names(options.model)]
+    names = [n for n in ("fwhm", "beta", "ellipticity", "theta") if n in table.colnames]
     return {n: np.full(len(x), np.median(np.asarray(table[n], float)[good])) for n in names}
 
 
-def _shape_names(model: str) -> tuple[str, ...]:
-    from psfax.profiles import get_profile
-
-    return get_profile(model).shape_names
+def fixed_shape(shape: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Reported shape (``fwhm, beta, ellipticity, theta``) as the engine's fixed-shape input:
+    ellipticity e and angle theta become the reduced shear ``g = e / (2 - e)``,
+    ``(g1, g2) = g (cos 2 theta, sin 2 theta)``."""
+    out = {k: v for k, v in shape.items() if k in ("fwhm", "beta")}
+    if "ellipticity" in shape:
+        g = shape["ellipticity"] / (2.0 - shape["ellipticity"])
+        out["g1"], out["g2"] = g * np.cos(2 * shape["theta"]), g * np.sin(2 * shape["theta"])
+    return out
 
 
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
@@ -273,7 +285,7 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
     stamps = cut_stamps(exposure, background, x[usable], y[usable], options.stamp_size)
-    shape = psf_shape_at(result, options, x[usable], y[usable])
+    shape = fixed_shape(psf_shape_at(result, options, x[usable], y[usable]))
     fit = _fit(stamps, exposure, options, shape=shape)
     table = _image_table(fit.table, stamps, exposure)
     table["source_flags"] = _source_flags(detections[usable], detections, exposure, options)

@@ -52,7 +52,10 @@ def psf_summary(fit) -> dict:
     """The content of ``psf.json`` for an :class:`~psfax.stars.pipeline.ImageFit`."""
     exp = fit.exposure
     ny, nx = exp.shape
-    centre = {k: float(v[0]) for k, v in fit.psf_at((nx - 1) / 2, (ny - 1) / 2).items()}
+    mid = ((nx - 1) / 2, (ny - 1) / 2)
+    centre = {k: float(v[0]) for k, v in fit.psf_at(*mid).items()}
+    centre_err = fit.psf_err_at(*mid)
+    centre_err = None if centre_err is None else {k: float(v[0]) for k, v in centre_err.items()}
     _, _, gx, gy = image_grid(exp.shape)
     fwhm_grid = fit.psf_at(gx.ravel(), gy.ravel())["fwhm"]
     table = fit.psf_stars
@@ -65,7 +68,9 @@ def psf_summary(fit) -> dict:
         "shared_shape": fit.options.shared_shape,
         "spatial_degree": fit.options.spatial_degree if fit.options.shared_shape else 0,
         "psf_at_centre": centre,
+        "psf_at_centre_err": centre_err,
         "fwhm_px": centre["fwhm"],
+        "fwhm_px_err": None if centre_err is None else centre_err["fwhm"],
         "fwhm_arcsec": centre["fwhm"] * exp.pixscale,
         "fwhm_range_px": [float(np.min(fwhm_grid)), float(np.max(fwhm_grid))],
         "fit": fit.psf_result.to_dict(),

@@ -1,0 +1,93 @@
+"""``psfax stars fit``: a run on a small synthetic image, and every bad input as one line + exit 2."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from psfax.cli import main
+from stars_synthetic import render_field
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    field = render_field(shape=(400, 400), n_stars=40, seed=2)
+    science = folder / "small_sciimg.fits"
+    fits.PrimaryHDU(field.image, header=field.header).writeto(science)
+    mask = np.zeros(field.image.shape, np.int16)
+    mask_header = fits.Header()
+    mask_header["BIT00"] = (0, "AIRCRAFT/SATELLITE TRACK")
+    fits.PrimaryHDU(mask, header=mask_header).writeto(folder / "small_mskimg.fits")
+    return science, folder / "small_mskimg.fits", field
+
+
+def test_fit_writes_outputs_and_summary(image_files, tmp_path, capsys):
+    science, mask, _ = image_files
+    out = tmp_path / "out"
+    assert main(["stars", "fit", str(science), "--mask", str(mask), "--out", str(out),
+                 "--degree", "0", "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert "median reduced chi2" in captured.err  # the summary table
+    assert str(out / "psf.json") in captured.out
+    info = json.loads((out / "psf.json").read_text())
+    # 40 stars of FWHM 1.18-1.43 px; degree 0 gives their average, ~1.3 px; +-0.1 px
+    # covers the spread of the truth across the image
+    assert info["fwhm_px"] == pytest.approx(1.3, abs=0.1)
+    assert info["selection_counts"]["detected"] == 40
+
+
+def _fails_with(args, capsys, pattern):
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("psfax: error: ")
+    assert pattern in err[0]
+
+
+def test_truncated_file(image_files, tmp_path, capsys):
+    science, _, _ = image_files
+    cut = tmp_path / "cut.fits.gz"
+    cut.write_bytes(gzip.compress(science.read_bytes())[:5000])
+    _fails_with(["stars", "fit", str(cut), "--out", str(tmp_path / "o")], capsys,
+                f"science file {cut} is not a readable FITS image")
+
+
+def test_not_a_fits_file(tmp_path, capsys):
+    text = tmp_path / "readme.fits"
+    text.write_text("hello\n" * 1000)
+    _fails_with(["stars", "fit", str(text), "--out", str(tmp_path / "o")], capsys,
+                f"science file {text} is not a readable FITS image")
+
+
+def test_mask_of_another_shape(image_files, tmp_path, capsys):
+    science, _, _ = image_files
+    mask = tmp_path / "m.fits"
+    fits.PrimaryHDU(np.zeros((100, 100), np.int16)).writeto(mask)
+    _fails_with(["stars", "fit", str(science), "--mask", str(mask), "--out", str(tmp_path / "o")], capsys,
+                f"{mask}: mask shape (100, 100) differs from the science image's (400, 400)")
+
+
+def test_all_nan_image(image_files, tmp_path, capsys):
+    _, _, field = image_files
+    path = tmp_path / "nan.fits"
+    fits.PrimaryHDU(np.full((64, 64), np.nan, np.float32), header=field.header).writeto(path)
+    _fails_with(["stars", "fit", str(path), "--out", str(tmp_path / "o")], capsys,
+                f"{path}: science image has no finite pixel")
+
+
+def test_no_star_passes_the_cuts(image_files, tmp_path, capsys):
+    science, _, _ = image_files
+    _fails_with(["stars", "fit", str(science), "--mag-min", "5", "--mag-max", "6",
+                 "--out", str(tmp_path / "o")], capsys,
+                f"{science}: no star passes the selection cuts")
+
+
+def test_bad_model_name(image_files, tmp_path, capsys):
+    science, _, _ = image_files
+    _fails_with(["stars", "fit", str(science), "--model", "airy", "--out", str(tmp_path / "o")], capsys,
+                "model must be one of moffat, gaussian, elliptical_moffat, elliptical_gaussian, got 'airy'")
