@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
 from _common import REPO, markdown_table, write_section
 
 DATA = REPO.parent / "shared" / "data"
@@ -32,10 +33,10 @@ def link_quadrants(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def measure(executor: str, inputs: list[Path], out: Path, **kwargs):
+def measure(executor: str, inputs: list[Path], out: Path, options: dict, **kwargs):
     from psfax.runner import run_jobs
 
-    summary = run_jobs("stars-fit", inputs, out_dir=out, executor=executor, plots=False, **kwargs)
+    summary = run_jobs("stars-fit", inputs, out_dir=out, executor=executor, plots=False, **options, **kwargs)
     if not summary.ok:
         raise SystemExit(f"{executor}: {summary.n_failed} images failed: {summary.failures[0]}")
     return summary
@@ -44,14 +45,17 @@ def measure(executor: str, inputs: list[Path], out: Path, **kwargs):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="4 images instead of 16")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a stars-fit option (YAML value), e.g. --option spatial_degree=0")
     args = parser.parse_args()
     n = 4 if args.quick else 16
+    options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.option)}
     with tempfile.TemporaryDirectory(prefix="psfax-bench-run-") as tmp:
         tmp = Path(tmp)
         (tmp / "in").mkdir()
         inputs = link_quadrants(tmp / "in", n)
-        results = [("local (1 process, read-ahead thread)", measure("local", inputs, tmp / "local")),
-                   ("dask LocalCluster, 2 workers x 1 thread", measure("dask", inputs, tmp / "dask", workers=2))]
+        results = [("local (1 process, read-ahead thread)", measure("local", inputs, tmp / "local", options)),
+                   ("dask LocalCluster, 2 workers x 1 thread", measure("dask", inputs, tmp / "dask", options, workers=2))]
     rows = []
     for label, s in results:
         shares = s.stage_shares()
@@ -59,10 +63,10 @@ def main() -> int:
                      f"{100 * shares['read']:.0f} / {100 * shares['compute']:.0f} / {100 * shares['write']:.0f}"])
     speedup = results[1][1].images_per_min / results[0][1].images_per_min
     body = (markdown_table(["executor", "images", "wall s", "images/min", "read / compute / write %"], rows)
-            + f"\n\nDask with 2 workers / local: {speedup:.2f}x.  Job `stars-fit` (options defaults, "
+            + f"\n\nDask with 2 workers / local: {speedup:.2f}x.  Job `stars-fit` (options {options or 'defaults'}, "
               "`plots=False`) on the real ZTF quadrant linked under distinct names; wall time includes "
               "JAX compilation (persistent cache warm after the first run) and the LocalCluster start.\n")
-    command = "python benchmarks/bench_run.py" + (" --quick" if args.quick else "")
+    command = " ".join(["python benchmarks/bench_run.py", *sys.argv[1:]])
     write_section("run", "psfax run: images/min, local vs Dask (stars-fit, ZTF quadrants)", body, command)
     return 0
 
