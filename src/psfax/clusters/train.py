@@ -1,7 +1,8 @@
 """Training of the tile encoder: binary cross-entropy, optax Adam, early stopping.
 
 Loss per batch: mean over tiles of  w y softplus(-z) + (1 - y) softplus(z)
-(z the logit, y the label, w = ``pos_weight``).  Each epoch visits the training
+(z the logit, y the label, w = ``pos_weight``).  Adam's step size follows a
+cosine decay from ``learning_rate`` to 5% of it over ``max_epochs``.  Each epoch visits the training
 fields once in a seeded random order (random flips and quarter turns when
 ``augment``); the model with the lowest validation loss is kept, and training
 stops after ``patience`` epochs without improvement or ``max_epochs``.
@@ -115,11 +116,12 @@ def train_encoder(cfg: ClusterFieldConfig, train: FieldSet, val: FieldSet, *, se
     with compute_context(dtype, dev):
         model, spec = init_model(cfg, train, seed)
         model = cast_model(model, dtype)
-        optimiser = optax.adam(t.learning_rate)
+        steps = len(train) // t.batch_size
+        schedule = optax.cosine_decay_schedule(t.learning_rate, decay_steps=epochs * steps, alpha=0.05)
+        optimiser = optax.adam(schedule)
         opt_state = optimiser.init(eqx.filter(model, eqx.is_array))
         train_step, eval_step = _make_steps(optimiser, t.pos_weight)
         best, best_loss, best_epoch, history = model, np.inf, 0, []
-        steps = len(train) // t.batch_size
         with Progress(disable=not progress) as bar:
             task = bar.add_task("training", total=epochs * steps)
             for epoch in range(1, epochs + 1):

@@ -1,0 +1,104 @@
+"""Streaming cluster inference over a survey-size 4-band image: peak memory and throughput.
+
+Builds a (4, N, N) float32 FITS cube on disk (N = 10000 by default, ~1.6 GB;
+``--quick``: N = 2048) by tiling simulated CI fields, then runs
+``psfax.clusters.infer.infer_file`` with the shipped model in a fresh
+subprocess per setting and records its wall time and peak resident memory
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``).  The peer in the same run is
+the same inference in float32 against the CPU default float64, and (``--quick``
+only) a whole-image in-memory read for the memory comparison.  The cube is
+deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import markdown_table, write_section  # noqa: E402
+
+CHILD = r"""
+import json, resource, sys, time
+from psfax.clusters.infer import infer_file
+path, out, dtype, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+t0 = time.perf_counter()
+infer_file(path, None, out_dir=out, dtype=dtype, batch_size=batch, device="cpu")
+wall = time.perf_counter() - t0
+print(json.dumps({"wall_s": wall, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def write_cube(path: Path, n: int, n_fields: int = 8) -> None:
+    """A (4, n, n) float32 FITS cube with a TAN WCS, tiled from simulated CI fields, written strip by strip."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from psfax.clusters.config import load_config
+    from psfax.clusters.dataset import field_rng, simulate_field
+    from psfax.device import compute_context, resolve_device
+
+    cfg = load_config("ci")
+    with compute_context(np.float64, resolve_device("cpu")):
+        fields = np.stack([simulate_field(cfg, field_rng(cfg, 200, i))[1] for i in range(n_fields)])
+    size = cfg.field.size
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [30.0, -20.0]
+    w.wcs.crpix = [n / 2 + 0.5, n / 2 + 0.5]
+    w.wcs.cdelt = [-cfg.field.pixel_scale / 3600, cfg.field.pixel_scale / 3600]
+    header = fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 3, "NAXIS1": n, "NAXIS2": n, "NAXIS3": 4})
+    header.update(w.to_header())
+    hdu = fits.StreamingHDU(path, header)
+    reps = -(-n // size)
+    for band in range(4):
+        for row in range(reps):
+            rows = min(size, n - row * size)
+            strip = np.concatenate([fields[(row * reps + col) % n_fields, band] for col in range(reps)], axis=1)
+            hdu.write(np.ascontiguousarray(strip[:rows, :n], dtype=">f4"))
+    hdu.close()
+
+
+def run_child(path: Path, out: Path, dtype: str, batch: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(out), dtype, str(batch)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2048 x 2048 instead of 10000 x 10000")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels")
+    parser.add_argument("--batch", type=int, default=8, help="windows per batch")
+    args = parser.parse_args()
+    n = args.size or (2048 if args.quick else 10000)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="psfax-bench-clusters-") as tmp:
+        cube = Path(tmp) / "big.fits"
+        t0 = time.perf_counter()
+        write_cube(cube, n)
+        print(f"wrote {cube} ({cube.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f} s", flush=True)
+        for dtype in ("float64", "float32"):
+            r = run_child(cube, Path(tmp) / f"out-{dtype}", dtype, args.batch)
+            mpx = n * n / r["wall_s"] / 1e6
+            print(dtype, r, f"{mpx:.2f} Mpx/s", flush=True)
+            rows.append([f"psfax streaming, {dtype}", f"{n} x {n} x 4", f"{r['wall_s']:.1f}", f"{mpx:.2f}",
+                         f"{r['peak_rss_gb']:.2f}"])
+    body = (markdown_table(["inference (CPU)", "image", "wall s", "Mpx/s", "peak RSS GiB"], rows) +
+            f"\n\nShipped CI model (32-px tiles), windows of 256 px with a 32-px margin (6 x 6 tiles kept "
+            f"per window), {args.batch} windows per batch; Mpx/s counts image positions (4 bands each). "
+            f"Peak RSS is the whole child process (Python, JAX, the model, strips and batches); "
+            f"the input cube is {4 * n * n * 4 / 2**30:.2f} GiB on disk. Target: peak < 4 GB.")
+    write_section("clusters", "Clusters: streaming tile inference",
+                  body, "python benchmarks/bench_clusters.py" + (" --quick" if args.quick else ""))
+
+
+if __name__ == "__main__":
+    main()
