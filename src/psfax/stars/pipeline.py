@@ -101,7 +101,8 @@ class FitOptions:
 class ImageFit:
     """The result of the stars pipeline on one exposure.
 
-    ``psf_result``: the :class:`psfax.FitResult` of the final PSF-star fit;
+    ``psf_result``: the :class:`psfax.FitResult` of the final PSF-star fit (its
+    table has a row per selected star, the rejected ones masked and flagged);
     ``psf_stars``: its table in image coordinates (``x, y``, plus ``x0, y0``);
     ``catalog``: PSF photometry of every usable source (``stars.parquet``);
     ``counts``: sources left after each selection cut; ``clipping``: PSF stars
@@ -190,7 +191,7 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
     with timer("fit"):
         result, kept, clipping, converged = fit_psf_stars(stamps, exposure, options)
     psf_stamps = _take(stamps, kept)
-    psf_stars = _image_table(result.table, psf_stamps, exposure)
+    psf_stars = _image_table(result.table[kept], psf_stamps, exposure)
     psf_stars["a_moment"], psf_stars["b_moment"] = chosen["a"][kept], chosen["b"][kept]
     psf_stars["mag_select"] = (chosen["mag"] if "mag" in chosen.colnames else chosen["mag_aper"])[kept]
     catalog = None
@@ -207,24 +208,28 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
 def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
     """Fit the PSF model to the stars, refitting after chi2-outlier rejection.
 
-    Returns ``(FitResult, kept indices into stamps, stars per fit, converged
-    fraction of the first fit)``.
+    A rejected star stays in the batch with every pixel masked (the engine then
+    leaves it out and flags it), so each refit has the same array shapes and
+    reuses the compiled program.  Returns ``(FitResult, kept indices into
+    stamps, stars per fit, converged fraction of the first fit)``.
     """
-    kept = np.arange(len(stamps))
+    kept = np.ones(len(stamps), bool)
     clipping = []
     converged = None
     for refit in range(options.clip_iterations + 1):
-        result = _fit(_take(stamps, kept), exposure, options)
+        masked = dataclasses.replace(stamps, mask=stamps.mask | ~kept[:, None, None])
+        result = _fit(masked, exposure, options)
         table = result.table
-        clipping.append(len(kept))
+        clipping.append(int(kept.sum()))
         if converged is None:
             converged = float(np.mean(np.asarray(table["converged"], bool)))
-        outliers = chi2_outliers(np.asarray(table["reduced_chi2"], float), options.clip_sigma)
-        outliers |= np.asarray(table["flags"]) != 0
-        if refit == options.clip_iterations or not outliers.any() or outliers.all():
+        outliers = np.zeros_like(kept)
+        outliers[kept] = chi2_outliers(np.asarray(table["reduced_chi2"], float)[kept], options.clip_sigma)
+        outliers[kept] |= np.asarray(table["flags"])[kept] != 0
+        if refit == options.clip_iterations or not outliers.any() or outliers[kept].all():
             break
-        kept = kept[~outliers]
-    return result, kept, clipping, converged
+        kept &= ~outliers
+    return result, np.flatnonzero(kept), clipping, converged
 
 
 def chi2_outliers(reduced_chi2: np.ndarray, k: float) -> np.ndarray:
