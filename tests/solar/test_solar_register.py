@@ -18,11 +18,11 @@ HEADER_KEYS = ["crpix1", "crpix2", "crval1", "crval2", "cdelt1", "cdelt2", "pc1_
                "pc2_2", "r_sun", "lvl_num", "naxis1", "naxis2"]
 
 
-def _aiapy_register(smap, order):
+def _aiapy_register(smap, order, missing=None):
     calibrate = pytest.importorskip("aiapy.calibrate")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return calibrate.register(smap, order=order)
+        return calibrate.register(smap, order=order, missing=missing)
 
 
 def _on_disk(smap):
@@ -129,6 +129,16 @@ def test_not_an_aia_map(aia_map):
                                                   "detector": "Z"})
     with pytest.raises(InputTypeError, match="expected a sunpy AIAMap, got GenericMap"):
         register(generic)
+
+
+@pytest.mark.parametrize("missing", [np.nan, "zero"])
+def test_bad_missing(aia_map, missing):
+    with pytest.raises(InputError, match="missing must be a finite number"):
+        register(aia_map, missing=missing)
+
+
+def test_explicit_missing_equals_aiapy(aia_map):
+    _compare(register(aia_map, order=1, missing=0.0), _aiapy_register(aia_map, 1, missing=0.0))
 
 
 def test_nan_image(aia_map):

@@ -76,7 +76,9 @@ def register(smap, *, order: int = 3, missing=None, dtype=None, device=None):
     if not np.all(np.isfinite(data)):
         raise InputError("register: the image contains NaN or infinite values")
     check_full_disk(smap)
-    missing = float(np.min(data)) if missing is None else float(missing)
+    missing = float(np.min(data)) if missing is None else missing
+    if isinstance(missing, bool) or not isinstance(missing, (int, float, np.number)) or not np.isfinite(missing):
+        raise InputError(f"missing must be a finite number, got {missing!r}")
     geometry = registration_geometry(smap)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
