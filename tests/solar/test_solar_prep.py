@@ -45,6 +45,12 @@ def test_prep_register_and_write_round_trip(aia_map, tmp_path):
     assert not list(tmp_path.glob("*.part"))  # atomic write leaves no temporary file
 
 
+def test_prep_without_steps_leaves_input_header(aia_map):
+    out = prep_map(aia_map)
+    assert out.meta["psfdecon"] is False
+    assert "psfaxver" not in aia_map.meta
+
+
 @pytest.mark.slow
 def test_level16_full_resolution(aia_map_4096, tmp_path):
     out = prep_map(aia_map_4096, deconvolve=True, register=True, iterations=2)

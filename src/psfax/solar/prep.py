@@ -9,6 +9,7 @@ records what was done (``HISTORY``, ``PSFAXVER``, ``PSFDECON``, ``PSFITER``,
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -81,6 +82,9 @@ def prep_map(smap, *, deconvolve: bool = False, register: bool = False, pointing
         out = rl_deconvolve(out, iterations=iterations, dtype=dtype)
     if register:
         out = register_map(out, order=order, dtype=dtype)
+    if out is smap:  # nothing applied: still never touch the caller's header
+        out = smap._new_instance(smap.data, copy.deepcopy(smap.meta), plot_settings=smap.plot_settings,
+                                 mask=smap.mask)
     meta = out.meta
     meta["psfaxver"] = psfax_version()
     meta["psfdecon"] = bool(deconvolve)
