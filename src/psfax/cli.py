@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``psfax`` script."""
     _add_subapps()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except PsfaxError as exc:
         print(f"psfax: error: {exc}", file=sys.stderr)
         return 2
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

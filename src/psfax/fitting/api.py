@@ -1,0 +1,273 @@
+"""``fit_stamps`` and ``render_stamps``: the public entry points of the fitting engine."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from psfax.device import compute_context, resolve_device, resolve_dtype
+from psfax.errors import InputError, InputTypeError
+from psfax.fitting import flags as F
+from psfax.fitting import optimizers
+from psfax.fitting.params import N_STAR, initial_star_params, physical_covariance, physical_names, shape_to_u
+from psfax.fitting.problem import Setup, StampData, fixed_model, free_model, pixel_grid, table_model
+from psfax.fitting.table import build_table
+from psfax.fitting.result import FitResult, SharedShape, physical_batch, results_table
+from psfax.fitting.shared import blocks, shared_covariance
+from psfax.fitting.spatial import PolynomialBasis
+from psfax.profiles import DEFAULT_ACCURACY, Accuracy, get_profile, render_stamps_batch
+
+OPTIMIZERS = ("lm", "tncg", "adam", "scipy")
+
+
+def fit_stamps(stamps, *, variance=None, mask=None, model="moffat", pixel_integrated=True, shared_shape=False,
+               shape=None, optimizer="lm", gain=None, read_noise=None, dtype=None, device=None,
+               positions=None, spatial_degree=0, model_variance=None, accuracy: Accuracy = DEFAULT_ACCURACY,
+               max_iter=100) -> FitResult:
+    """Fit ``flux * PSF(x - x0, y - y0) + bkg`` to N stamps at once, minimising chi2.
+
+    Parameters
+    ----------
+    stamps : (N, ny, nx) array (or one (ny, nx) stamp), ADU.
+    variance : same shape, ADU^2, or None to derive it from ``gain`` (e-/ADU)
+        and ``read_noise`` (e-): ``var = max(d, 0) / gain + (read_noise / gain)^2``
+        from the data ``d``, or from the current model when ``model_variance``.
+    mask : same shape, bool, True where a pixel is bad (excluded).
+    model : "gaussian", "moffat", "elliptical_gaussian" or "elliptical_moffat".
+    pixel_integrated : integrate the profile over each pixel (else sample at centres).
+    shared_shape : one shape for all stars (per-star x, y, flux, bkg); with
+        ``positions`` (N, 2) image (x, y) and ``spatial_degree`` 1 or 2 the
+        shape varies as a polynomial over the image.
+    shape : dict of shape parameters held fixed (PSF photometry), each a scalar
+        or an (N,) array, e.g. ``{"fwhm": 2.0, "beta": 2.5}``.
+    optimizer : "lm" (default), "tncg", "adam" or "scipy" (reference, CPU loop).
+    model_variance : recompute the variance from the model each iteration
+        (default: True when ``variance`` is None).  With a ``variance`` given it
+        is added to the model's Poisson and read-noise variance: pass only the
+        part the model does not contain (e.g. of a subtracted sky).
+    dtype, device : float32/float64 and "cpu"/"gpu" (defaults: float64 on CPU,
+        float32 on GPU).
+
+    Returns
+    -------
+    FitResult with ``table`` columns ``x_fit, y_fit, flux_fit, bkg_fit`` and
+    their ``_err``, shape columns (``fwhm``, ``beta``, ``ellipticity``,
+    ``theta`` as the model has them, with errors; fixed ones with error 0),
+    ``chi2, dof, reduced_chi2, converged, n_iter, flags``.  Positions are in
+    stamp pixels, (0, 0) the centre of the first pixel.  Errors are the square
+    roots of the diagonal of the inverse Fisher matrix.
+    """
+    profile = get_profile(model)
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if shared_shape and shape is not None:
+        raise InputError("give either shape= (held fixed) or shared_shape=True (fitted), not both")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    data, var, usable, bad = _validate_arrays(stamps, variance, mask)
+    n, ny, nx = data.shape
+    if model_variance is None:
+        model_variance = variance is None
+    gain, read_noise = _noise_parameters(gain, read_noise, need_gain=variance is None or model_variance)
+    if variance is None and not model_variance:
+        var = np.maximum(np.nan_to_num(data), 0.0) / gain + (read_noise / gain) ** 2
+    extra = var if variance is not None else np.zeros_like(data)
+    if spatial_degree and not shared_shape:
+        raise InputError("spatial_degree needs shared_shape=True")
+    basis = PolynomialBasis.fit_to(positions, spatial_degree) if shared_shape else None
+    n_free = N_STAR + (len(profile.shape_names) if shape is None and not shared_shape else 0)
+    n_usable = usable.reshape(n, -1).sum(axis=1)
+    too_few = n_usable <= n_free
+    if too_few.all():
+        raise InputError(f"no stamp has more usable pixels ({int(n_usable.max())} at most) than the {n_free} "
+                         "free parameters")
+
+    setup = Setup(profile, (ny, nx), bool(pixel_integrated), accuracy, bool(model_variance), int(max_iter))
+    flags = np.where(bad, F.BAD_PIXELS, 0) | np.where(too_few, F.TOO_FEW_PIXELS, 0)
+    with compute_context(dt, dev):
+        stars = StampData(*(jnp.asarray(_pad(a.reshape(n, -1)), dt) for a in (np.nan_to_num(data), usable, extra)),
+                          jnp.asarray(gain, dt), jnp.asarray(read_noise, dt))
+        active = jnp.asarray(_pad(~too_few))
+        fixed_u = None if shape is None else _fixed_shape_u(profile, shape, n, dt)
+        out = _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt)
+    options = _options(model, pixel_integrated, shared_shape, shape, optimizer, gain, read_noise, dt, model_variance,
+                       spatial_degree, accuracy)
+    return _assemble(profile, setup, optimizer, out, n, flags, n_usable, n_free, options)
+
+
+def _options(model, pixel_integrated, shared_shape, shape, optimizer, gain, read_noise, dt, model_variance,
+                   spatial_degree, accuracy):
+    """Options recorded with the result (JSON-ready)."""
+    return {"model": model, "pixel_integrated": bool(pixel_integrated), "shared_shape": bool(shared_shape),
+            "shape": None if shape is None else {k: np.asarray(v).tolist() for k, v in shape.items()},
+            "optimizer": optimizer, "gain": float(gain), "read_noise": float(read_noise), "dtype": str(np.dtype(dt)),
+            "model_variance": bool(model_variance), "spatial_degree": int(spatial_degree),
+            "quadrature_order": accuracy.quadrature_order}
+
+
+def _validate_arrays(stamps, variance, mask):
+    """Check shapes and finiteness; returns data, variance, usable (float), per-star bad-pixel flag."""
+    if not hasattr(stamps, "shape"):
+        raise InputTypeError(f"stamps must be an array, got {type(stamps).__name__}")
+    data = np.asarray(stamps, dtype=float)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3 or min(data.shape) == 0:
+        raise InputError(f"stamps must have shape (N, ny, nx) or (ny, nx), got {np.shape(stamps)}")
+
+    def same(name, arr, kind):
+        a = np.asarray(arr, dtype=kind)
+        a = a[None] if a.ndim == 2 else a
+        if a.shape != data.shape:
+            raise InputError(f"{name} must have the shape of stamps {data.shape}, got {np.shape(arr)}")
+        return a
+
+    var = same("variance", variance, float) if variance is not None else np.ones_like(data)
+    bad_mask = same("mask", mask, bool) if mask is not None else np.zeros(data.shape, bool)
+    invalid = ~np.isfinite(data) | ~np.isfinite(var) | (var <= 0)
+    usable = ~bad_mask & ~invalid
+    bad = (invalid & ~bad_mask).reshape(len(data), -1).any(axis=1)
+    return data, np.where(usable, var, 1.0), usable.astype(float), bad
+
+
+def _noise_parameters(gain, read_noise, need_gain):
+    if gain is None:
+        if need_gain:
+            raise InputError("give variance= or gain= (e-/ADU, with read_noise= in e-) so that pixels can be weighted")
+        return 1.0, 0.0
+    gain = float(gain)
+    read_noise = 0.0 if read_noise is None else float(read_noise)
+    if not (np.isfinite(gain) and gain > 0):
+        raise InputError(f"gain must be a positive number (e-/ADU), got {gain}")
+    if not (np.isfinite(read_noise) and read_noise >= 0):
+        raise InputError(f"read_noise must be a non-negative number (e-), got {read_noise}")
+    return gain, read_noise
+
+
+def _fixed_shape_u(profile, shape, n, dt):
+    if not isinstance(shape, dict):
+        raise InputTypeError(f"shape must be a dict of shape parameters, got {type(shape).__name__}")
+    for name, value in shape.items():
+        if np.ndim(value) not in (0, 1) or (np.ndim(value) == 1 and len(value) != n):
+            raise InputError(f"shape[{name!r}] must be a scalar or have one value per stamp ({n}), "
+                             f"got shape {np.shape(value)}")
+    u = shape_to_u(profile, shape, dtype=dt)
+    return jnp.asarray(_pad(np.broadcast_to(np.asarray(u), (n, u.shape[-1])).copy()), dt)
+
+
+def bucket_size(n: int) -> int:
+    """Pad a batch of n stars to one of a few sizes (16, 20, 24, 28, 32, 40, ...) to limit re-compilation."""
+    if n <= 16:
+        return 16
+    p = 2 ** math.floor(math.log2(n))
+    return next(p * f // 4 for f in (4, 5, 6, 7, 8) if p * f // 4 >= n)
+
+
+def _pad(a):
+    """Pad the leading axis to :func:`bucket_size` with zeros."""
+    a = np.asarray(a)
+    pad = bucket_size(len(a)) - len(a)
+    return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
+
+
+@partial(jax.jit, static_argnames=("setup",))
+def _initial(setup, stars):
+    """Starting [x0, y0, flux, bkg] (N, 4) and FWHM guesses (N,) from the stamps."""
+    ny, nx = setup.size
+    gx, gy = pixel_grid(setup.size, stars.data.dtype)
+    return jax.vmap(initial_star_params, in_axes=(0, 0, None, None))(
+        stars.data.reshape(-1, ny, nx), stars.usable.reshape(-1, ny, nx), gx.reshape(ny, nx), gy.reshape(ny, nx))
+
+
+def _default_shape_u(profile, fwhm):
+    """Unconstrained starting shape: the guessed FWHM, beta = 2.5, round."""
+    start = {"fwhm": jnp.log(fwhm), "beta": jnp.full_like(fwhm, math.log(1.5))}
+    return jnp.stack([start.get(name, jnp.zeros_like(fwhm)) for name in profile.shape_names], axis=-1)
+
+
+def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt):
+    """Run the optimizer; returns (values, cov, chi2, converged, n_iter) per star and SharedShape|None."""
+    u4, fwhm = _initial(setup, stars)
+    profile = setup.profile
+    if basis is not None:
+        pos = np.zeros((len(u4), 2)) if positions is None else _pad(np.asarray(positions, float))
+        bvals = jnp.asarray(basis(pos[:, 0], pos[:, 1]), dt)
+        start = jnp.nanmedian(jnp.where(active[:, None], _default_shape_u(profile, fwhm), jnp.nan), axis=0)
+        coef0 = jnp.zeros((basis.size, setup.n_shape), dt).at[0].set(start).ravel()
+        u, coef, conv, n_iter = optimizers.solve_shared(optimizer, setup, u4, coef0, bvals, stars, active)
+        *per_star, cov_c = _finish_shared(setup, u, coef, bvals, stars, active)
+        shared = SharedShape(profile, basis, np.asarray(coef).reshape(basis.size, -1), np.asarray(cov_c))
+        return (*per_star, np.broadcast_to(conv, active.shape) & active, np.broadcast_to(n_iter, active.shape)), shared
+    aux_axis = 0
+    if fixed_u is None:
+        model_of, aux = free_model, jnp.zeros((len(u4), 0), dt)
+        v0 = jnp.concatenate([u4, _default_shape_u(profile, fwhm)], axis=1)
+    elif setup.tabulated and bool(jnp.all(fixed_u == fixed_u[0])):
+        model_of, aux, v0, aux_axis = table_model, build_table_jit(setup, fixed_u[0]), u4, None
+    else:
+        model_of, aux, v0 = fixed_model, fixed_u, u4
+    v, conv, n_iter = optimizers.solve_independent(optimizer, setup, model_of, v0, aux, stars, active, aux_axis)
+    values, cov, chi2 = _finish_independent(setup, model_of, v, aux, stars, aux_axis)
+    if fixed_u is None:
+        values, cov = _physical_jit(setup, values, cov)
+    else:  # report the fixed shape with zero variance
+        values, cov = _with_fixed_shape(setup, values, cov, fixed_u)
+    return (values, cov, chi2, conv & active, n_iter), None
+
+
+def _physical(profile, v, cov_v):
+    return physical_batch(profile, v), jax.vmap(partial(physical_covariance, profile))(v, cov_v)
+
+
+_physical_jit = jax.jit(lambda setup, v, cov_v: _physical(setup.profile, v, cov_v), static_argnums=0)
+
+
+@partial(jax.jit, static_argnames=("setup", "model_of", "aux_axis"))
+def _finish_independent(setup, model_of, v, aux, stars, aux_axis):
+    """Fitted values (N, P), their inverse-Fisher covariance (N, P, P) and chi2 at the solution."""
+    fish, chi2 = optimizers.fisher_batch(setup, model_of, v, aux, stars, aux_axis)
+    return v, jnp.linalg.inv(fish), chi2
+
+
+@partial(jax.jit, static_argnames=("setup",))
+def _with_fixed_shape(setup, v, cov_v, fixed_u):
+    """Append the fixed shape (zero variance) to [x0, y0, flux, bkg] and map to reported parameters."""
+    k = setup.n_shape
+    return _physical(setup.profile, jnp.concatenate([v, fixed_u], axis=1), jnp.pad(cov_v, ((0, 0), (0, k), (0, k))))
+
+
+build_table_jit = jax.jit(lambda setup, shape_u: build_table(setup.profile, setup.grid, shape_u), static_argnums=0)
+
+
+@partial(jax.jit, static_argnames=("setup",))
+def _finish_shared(setup, u, coef, bvals, stars, active):
+    b = blocks(setup, u, coef, bvals, stars, active)
+    cov_v, cov_c = shared_covariance(b, bvals, setup.n_shape)
+    v = jnp.concatenate([u, bvals @ coef.reshape(bvals.shape[1], -1)], axis=1)
+    return (*_physical(setup.profile, v, cov_v), b.chi2, cov_c)
+
+
+def _assemble(profile, setup, optimizer, out, n, flags, n_usable, n_free, options) -> FitResult:
+    per_star, shared = out
+    values, cov, chi2, conv, n_iter = (np.asarray(o)[:n] for o in per_star)
+    names = physical_names(profile)
+    fitted = (flags & F.TOO_FEW_PIXELS) == 0
+    variances = np.diagonal(cov, axis1=1, axis2=2)
+    n_check = n_free if options["shape"] is None and not options["shared_shape"] else N_STAR
+    singular = fitted & ~np.all(np.isfinite(variances[:, :n_check]) & (variances[:, :n_check] > 0), axis=1)
+    ok = fitted & ~singular
+    values = np.where(fitted[:, None], values, np.nan)
+    errors = np.where(ok[:, None], np.sqrt(np.abs(variances)), np.nan)
+    cov = np.where(ok[:, None, None], cov, np.nan)
+    ny, nx = setup.size
+    off = fitted & ((values[:, 0] < -0.5) | (values[:, 0] > nx - 0.5) | (values[:, 1] < -0.5) | (values[:, 1] > ny - 0.5))
+    flags = (flags | np.where(singular, F.SINGULAR, 0) | np.where(off, F.OFF_STAMP, 0)
+             | np.where(fitted & ~conv, F.NOT_CONVERGED, 0)).astype(np.int32)
+    dof = (n_usable - n_free).astype(np.int64)
+    table = results_table(names, values, errors, np.where(fitted, chi2, np.nan), dof, fitted & conv,
+                        n_iter.astype(np.int32), flags)
+    return FitResult(table, cov, names, profile.name, setup.pixel_integrated, optimizer, shared, options)

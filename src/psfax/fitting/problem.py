@@ -1,0 +1,104 @@
+"""What a fit is made of: the stamp data, the noise model and the star model.
+
+``chi2 = sum_pixels w (d - m)^2`` with ``w = usable / variance``.  Variance is
+either given (``extra``) or, with ``model_variance``, recomputed from the
+current model at every iteration:
+``var = extra + max(m, 0) / gain + (read_noise / gain)^2`` (ADU^2, with gain in
+e-/ADU and read noise in e-).  Model-based weights avoid the low flux bias of
+data-based weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from psfax.fitting.params import N_STAR, shape_from_u
+from psfax.fitting.table import TableGrid, interpolate
+from psfax.profiles import Accuracy, Profile, stamp_psf
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Static description of a fit (hashable: it keys the compiled programs)."""
+
+    profile: Profile
+    size: tuple[int, int]
+    pixel_integrated: bool
+    accuracy: Accuracy
+    model_variance: bool
+    max_iter: int = 100
+
+    @property
+    def n_shape(self) -> int:
+        return len(self.profile.shape_names)
+
+    @property
+    def grid(self) -> TableGrid:
+        return TableGrid(self.size, self.accuracy.table_oversampling)
+
+    @property
+    def tabulated(self) -> bool:
+        """Pixel-integrated fits of a fixed or shared shape use a PSF table."""
+        return self.pixel_integrated
+
+
+class StampData(NamedTuple):
+    """Arrays of a batch of stamps, pixels flattened: every field is (N, M) but gain and read noise."""
+
+    data: jnp.ndarray
+    usable: jnp.ndarray  # 1.0 where the pixel counts, 0.0 where masked
+    extra_var: jnp.ndarray  # variance not coming from the model (ADU^2)
+    gain: jnp.ndarray  # scalar, e-/ADU (ignored unless model_variance)
+    read_noise: jnp.ndarray  # scalar, e-
+
+
+def pixel_grid(size, dtype):
+    """Flattened pixel-centre coordinates (x, y) of a stamp of ``size = (ny, nx)``."""
+    ny, nx = size
+    yy, xx = jnp.meshgrid(jnp.arange(ny, dtype=dtype), jnp.arange(nx, dtype=dtype), indexing="ij")
+    return xx.ravel(), yy.ravel()
+
+
+def star_model(setup: Setup, u4, shape_u):
+    """Model pixels (M,) of one star: ``flux * PSF(x - x0, y - y0) + bkg`` (direct integration)."""
+    psf = stamp_psf(setup.profile, u4[0], u4[1], shape_from_u(setup.profile, shape_u), setup.size,
+                    pixel_integrated=setup.pixel_integrated, accuracy=setup.accuracy)
+    return u4[2] * psf.ravel() + u4[3]
+
+
+def table_model(setup: Setup, v, table):
+    """Model pixels (M,) of one star from a tabulated PSF (shape fixed or shared): ``v = [x0, y0, flux, bkg]``."""
+    psf = interpolate(setup.grid, table, v[0], v[1])[0]
+    return v[2] * psf.ravel() + v[3]
+
+
+def free_model(setup: Setup, v, aux):
+    """Model of a star whose shape is free: ``v = [x0, y0, flux, bkg, *shape_u]``."""
+    return star_model(setup, v[:N_STAR], v[N_STAR:])
+
+
+def fixed_model(setup: Setup, v, shape_u):
+    """Model of a star whose shape ``shape_u`` is held fixed: ``v = [x0, y0, flux, bkg]``."""
+    return star_model(setup, v, shape_u)
+
+
+def weights(setup: Setup, star: StampData, model):
+    """Inverse variance per pixel (0 where unusable) for the current model."""
+    var = star.extra_var
+    if setup.model_variance:
+        floor = 1.0 / star.gain**2  # one electron of variance: keeps weights finite
+        var = jnp.maximum(var + jnp.maximum(model, 0.0) / star.gain + (star.read_noise / star.gain) ** 2, floor)
+    return jnp.where(star.usable > 0, 1.0 / jnp.where(var > 0, var, 1.0), 0.0)
+
+
+def chi2(data, model, w):
+    """``sum w (d - m)^2`` over the last axis."""
+    r = data - model
+    return jnp.sum(w * r * r, axis=-1)
+
+
+STAR_AXES = StampData(0, 0, 0, None, None)
+"""``vmap`` axes of :class:`StampData`: per-star arrays mapped, noise scalars shared."""

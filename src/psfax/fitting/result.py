@@ -1,0 +1,127 @@
+"""The outcome of a fit: a per-star table, covariances and the shared PSF model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from astropy.table import Table
+
+from psfax.fitting.flags import FLAG_DEFINITIONS
+from psfax.fitting.params import physical, shape_from_u
+from psfax.fitting.spatial import PolynomialBasis
+from psfax.profiles import Profile, shear_to_ellipticity
+
+
+@dataclass(frozen=True)
+class SharedShape:
+    """A shape model shared by the stars: unconstrained coefficients ``coef`` (size, k) and their covariance."""
+
+    profile: Profile
+    basis: PolynomialBasis
+    coef: np.ndarray
+    covariance: np.ndarray
+
+    def shape_at(self, x, y) -> tuple[dict, dict]:
+        """Physical shape and its standard errors at image positions (x, y)."""
+        b = np.atleast_2d(np.asarray(self.basis(np.atleast_1d(x), np.atleast_1d(y))))
+
+        def reported(c):
+            s = shape_from_u(self.profile, b @ c.reshape(self.basis.size, -1))
+            out = [s["fwhm"]] + ([s["beta"]] if "beta" in s else [])
+            if self.profile.elliptical:
+                out += list(shear_to_ellipticity(s["g1"], s["g2"]))
+            return jnp.stack(out)
+
+        c = jnp.asarray(self.coef.ravel())
+        vals = reported(c)
+        jac = jax.jacfwd(reported)(c)  # (names, n, K)
+        var = jnp.einsum("inK,KL,inL->in", jac, jnp.asarray(self.covariance), jac)
+        names = shape_column_names(self.profile)
+        return ({n: np.asarray(v) for n, v in zip(names, vals)},
+                {n: np.sqrt(np.maximum(np.asarray(v), 0.0)) for n, v in zip(names, var)})
+
+
+def shape_column_names(profile: Profile) -> list[str]:
+    names = ["fwhm"] + (["beta"] if "beta" in profile.shape_names else [])
+    return names + (["ellipticity", "theta"] if profile.elliptical else [])
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Result of :func:`psfax.fit_stamps`.
+
+    ``table``: one row per stamp (see ``fit_stamps``); ``covariance``: (N, P, P)
+    inverse-Fisher covariance of ``param_names`` per star (NaN for stars that
+    could not be fitted); ``shared``: the shared shape model (shared mode).
+    """
+
+    table: Table
+    covariance: np.ndarray
+    param_names: list[str]
+    model: str
+    pixel_integrated: bool
+    optimizer: str
+    shared: SharedShape | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> dict | None:
+        """Shared shape at the centre of the basis (degree 0: the shape), physical values."""
+        if self.shared is None:
+            return None
+        vals, _ = self.shared.shape_at(self.shared.basis.x_mid, self.shared.basis.y_mid)
+        return {k: float(v[0]) for k, v in vals.items()}
+
+    @property
+    def shape_err(self) -> dict | None:
+        if self.shared is None:
+            return None
+        _, errs = self.shared.shape_at(self.shared.basis.x_mid, self.shared.basis.y_mid)
+        return {k: float(v[0]) for k, v in errs.items()}
+
+    def psf_at(self, x, y) -> dict:
+        """Shared PSF shape (physical parameters) at image positions ``x, y``."""
+        if self.shared is None:
+            raise ValueError("psf_at needs a shared-shape fit (shared_shape=True)")
+        return self.shared.shape_at(x, y)[0]
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary of the fit (shared model when there is one)."""
+        out = {"model": self.model, "pixel_integrated": self.pixel_integrated, "optimizer": self.optimizer,
+               "n_stars": len(self.table), "n_converged": int(np.sum(self.table["converged"])),
+               "median_reduced_chi2": float(np.nanmedian(self.table["reduced_chi2"])),
+               "options": self.options, "flags": {str(k): v for k, v in FLAG_DEFINITIONS.items()}}
+        if self.shared is not None:
+            out["shape"], out["shape_err"] = self.shape, self.shape_err
+            b = self.shared.basis
+            out["spatial"] = {"degree": b.degree, "terms": b.names(), "x_mid": b.x_mid, "x_half": b.x_half,
+                              "y_mid": b.y_mid, "y_half": b.y_half,
+                              "parameters": list(self.shared.profile.shape_names),
+                              "transform": "fwhm=exp(u), beta=1+exp(u), g=s*tanh|s|/|s|",
+                              "coefficients": np.asarray(self.shared.coef).tolist(),
+                              "covariance": np.asarray(self.shared.covariance).tolist()}
+        return out
+
+
+def physical_batch(profile, u):
+    return jax.vmap(lambda v: physical(profile, v))(u)
+
+
+def results_table(names, values, errors, chi2, dof, converged, n_iter, flags) -> Table:
+    """Per-star table: ``<name>`` and ``<name>_err`` columns (photutils-style names)."""
+    t = Table()
+    for i, name in enumerate(names):
+        t[name] = values[:, i]
+        err = name.replace("_fit", "") + "_err"
+        t[err] = errors[:, i]
+    t["chi2"] = chi2
+    t["dof"] = dof
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t["reduced_chi2"] = np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan)
+    t["converged"] = converged
+    t["n_iter"] = n_iter
+    t["flags"] = flags
+    return t

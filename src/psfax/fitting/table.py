@@ -1,0 +1,154 @@
+"""Tabulated pixel-integrated PSF, for fits where the shape is shared or fixed.
+
+The pixel-integrated PSF ``P(dx, dy) = int_box f(dx + s, dy + t) ds dt`` (box
+of one pixel, ``f`` the unit-flux profile) is a smooth function of the offset
+(dx, dy) of a pixel centre from the star.  It is tabulated once per shape on a
+grid of spacing ``h = 1 / oversampling`` px:
+
+1. sample ``f`` on a grid of spacing ``h`` reaching half a pixel beyond the
+   table;
+2. integrate over the unit box by composite Boole's rule along x, then along
+   y (a separable banded matrix product: ``T = B F B^T``).
+
+A star at (x0, y0) then needs, for every pixel centre ``i``, ``P(i - x0)``.
+All pixels of a stamp share the sub-grid phase of ``x0``, so one set of six
+Keys cubic-convolution weights per axis (and their derivatives for d/dx0)
+serves the whole stamp: ``P = sum_ab wy_a wx_b T[ky + a, kx + b]``.  With
+16 samples per pixel the error stays below 2e-5 of the peak pixel down to
+FWHM = 0.8 px (``tests/test_table.py`` measures it against direct
+quadrature).  Offsets beyond the table (a centre more than ``margin`` px from
+the stamp centre) are clamped to its edge; such stars are flagged OFF_STAMP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from psfax.fitting.params import shape_from_u
+from psfax.profiles import Profile
+
+
+@dataclass(frozen=True)
+class TableGrid:
+    """Geometry of a PSF table for stamps of ``size``."""
+
+    size: tuple[int, int]
+    oversampling: int = 16
+    margin: int = 3
+
+    @property
+    def half_extent(self) -> int:
+        """Table covers offsets in [-R, R] px with R = (stamp - 1) / 2 + margin + 1."""
+        return (max(self.size) - 1) // 2 + self.margin + 1
+
+    @property
+    def length(self) -> int:
+        return 2 * self.half_extent * self.oversampling + 1
+
+
+def _boole_weights(oversampling: int) -> np.ndarray:
+    """Composite Boole weights on ``oversampling + 1`` points spanning one pixel (sum 1)."""
+    if oversampling % 4:
+        raise ValueError("oversampling must be a multiple of 4 (Boole's rule)")
+    w = np.zeros(oversampling + 1)
+    for start in range(0, oversampling, 4):
+        w[start:start + 5] += np.array([7.0, 32.0, 12.0, 32.0, 7.0])
+    return w / w.sum()
+
+
+def _box_matrix(grid: TableGrid) -> np.ndarray:
+    """Banded (L, L + K) matrix: row j integrates the fine samples j .. j + K."""
+    k, n = grid.oversampling, grid.length
+    w = _boole_weights(k)
+    b = np.zeros((n, n + k))
+    for j in range(n):
+        b[j, j:j + k + 1] = w
+    return b
+
+
+def build_table(profile: Profile, grid: TableGrid, shape_u):
+    """Polyphase table (V, C, V, C) of the pixel-integrated unit-flux PSF (see :func:`polyphase`)."""
+    return polyphase(grid, plain_table(profile, grid, shape_u))
+
+
+def plain_table(profile: Profile, grid: TableGrid, shape_u):
+    """Table (L, L) of the pixel-integrated unit-flux PSF; offset of index j is ``(j - c) h``."""
+    k, n = grid.oversampling, grid.length
+    h = 1.0 / k
+    dtype = shape_u.dtype
+    fine = (jnp.arange(n + k, dtype=dtype) - (n + k - 1) / 2) * h
+    f = profile.value(fine[None, :], fine[:, None], shape_from_u(profile, shape_u))
+    b = jnp.asarray(_box_matrix(grid), dtype)
+    return b @ f @ b.T
+
+
+def polyphase(grid: TableGrid, table):
+    """Re-lay a table (L, L) as ``E[v, c, u, d] = T[c K + v, d K + u]`` for v, u < K + TAPS - 1.
+
+    The taps of a whole stamp (six consecutive indices per axis, repeated every
+    K entries) then form one contiguous block ``E[p:p+6, q:q+ny, ...]``: a
+    slice, not a scattered gather.
+    """
+    k, n = grid.oversampling, grid.length
+    coarse = -(-n // k)
+    padded = coarse * k + k + TAPS
+    t = jnp.pad(table, ((0, padded - n), (0, padded - n)))
+    idx = jnp.arange(coarse)[None, :] * k + jnp.arange(k + TAPS - 1)[:, None]  # (V, C)
+    return t[idx[:, :, None, None], idx[None, None, :, :]]
+
+
+TAPS = 6
+"""Interpolation taps per axis: Keys' six-point cubic convolution (error O(h^4))."""
+
+
+def _keys6(d):
+    """Keys' six-point kernel at distances |d| (1981, IEEE ASSP 29, 1153)."""
+    a = jnp.abs(d)
+    inner = (4.0 / 3.0) * a**3 - (7.0 / 3.0) * a**2 + 1.0
+    middle = -(7.0 / 12.0) * a**3 + 3.0 * a**2 - (59.0 / 12.0) * a + 2.5
+    outer = (1.0 / 12.0) * a**3 - (2.0 / 3.0) * a**2 + 1.75 * a - 1.5
+    return jnp.where(a <= 1.0, inner, jnp.where(a <= 2.0, middle, jnp.where(a <= 3.0, outer, 0.0)))
+
+
+def _keys_weights(s):
+    """Weights of taps -2 .. 3 at fraction s in [0, 1), and their derivatives d/ds."""
+    taps = jnp.arange(-2, 4, dtype=s.dtype)
+    return jax.jvp(lambda t: _keys6(t - taps), (s,), (jnp.ones_like(s),))
+
+
+def _axis_taps(grid: TableGrid, c0, n_pix: int):
+    """First tap index, Keys weights and d(weights)/d(c0) along one axis for a star at c0."""
+    k = grid.oversampling
+    centre = (grid.length - 1) / 2
+    t = (-c0) * k + centre  # table index of pixel 0's offset (0 - c0)
+    lo, hi = 2.0, grid.length - 4.0 - (n_pix - 1) * k
+    t = jnp.clip(t, lo, hi)
+    j0 = jnp.floor(t)
+    w, dw = _keys_weights(t - j0)
+    return j0.astype(jnp.int32) - 2, w, -k * dw
+
+
+def interpolate(grid: TableGrid, tables, x0, y0):
+    """Stamps (..., ny, nx) of a stack of polyphase tables for a star at (x0, y0), and d/dx0, d/dy0.
+
+    Returns ``(P, dP/dx0, dP/dy0)`` with the leading axes of ``tables``.
+    """
+    ny, nx = grid.size
+    k = grid.oversampling
+    jy, wy, dwy = _axis_taps(grid, y0, ny)
+    jx, wx, dwx = _axis_taps(grid, x0, nx)
+    lead = tables.shape[:-4]
+    zero = jnp.zeros((), jnp.int32)
+    start = (zero,) * len(lead) + (jy % k, jy // k, jx % k, jx // k)
+    block = jax.lax.dynamic_slice(tables, start, lead + (TAPS, ny, TAPS, nx))
+    block = jax.lax.optimization_barrier(block)  # keeps XLA from re-gathering per output element
+    along_y = jnp.einsum("a,...aybx->...ybx", wy, block)
+    d_along_y = jnp.einsum("a,...aybx->...ybx", dwy, block)
+    def along_x(r, w):
+        return jnp.einsum("...ybx,b->...yx", r, w)
+
+    return along_x(along_y, wx), along_x(along_y, dwx), along_x(d_along_y, wx)
