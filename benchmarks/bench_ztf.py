@@ -78,8 +78,7 @@ def photometry_photutils(fit, fwhm: float):
 
     exp, stamps = fit.exposure, fit.psf_stamps
     image = exp.data - fit.background.level
-    sky = np.maximum(fit.background.level, 0)
-    error = np.sqrt(np.maximum(image, 0) / exp.gain + sky / exp.gain + (exp.read_noise / exp.gain) ** 2)
+    error = np.sqrt(np.maximum(image, 0) / exp.gain + fit.background.rms_map ** 2)
     init = Table({"x": stamps.x0 + stamps.x_init, "y": stamps.y0 + stamps.y_init,
                   "flux": np.asarray(fit.psf_stars["flux_fit"])})
     phot = PSFPhotometry(CircularGaussianPRF(fwhm=fwhm), (stamps.size, stamps.size))

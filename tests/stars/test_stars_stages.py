@@ -119,8 +119,22 @@ def test_stamps_keep_subpixel_centre_and_noise(staged):
 
 
 def test_noise_variance_formula():
-    # 600 ADU of star over 150 ADU of sky, gain 6, read noise 9 e-: 100 + 25 + 2.25 ADU^2
-    assert noise_variance(np.array([750.0]), np.array([150.0]), 6.0, 9.0)[0] == pytest.approx(127.25, rel=1e-12)
+    # 600 ADU of star over 150 ADU of sky of rms 5 ADU, gain 6: 100 + 25 ADU^2
+    assert noise_variance(np.array([750.0]), np.array([150.0]), np.array([5.0]), 6.0)[0] \
+        == pytest.approx(125.0, rel=1e-12)
+
+
+def test_stamp_variance_on_sky_matches_scatter(staged):
+    exp, background, det = staged
+    # stamps on empty sky: the variance must match the pixels' actual scatter
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(20, 490, 400), rng.uniform(20, 490, 400)
+    far = np.min(np.hypot(x[:, None] - det["x"][None], y[:, None] - det["y"][None]), axis=1) > 15
+    stamps = cut_stamps(exp, background, x[far], y[far], size=5)
+    resid = (stamps.data - background.level.mean()) / np.sqrt(stamps.variance)
+    # ~5000 sky pixels: the sd of normalised residuals is 1 to ~1 %; 4 % allows for
+    # faint star wings and the data-based Poisson term of positive fluctuations
+    assert np.std(resid) == pytest.approx(1.0, abs=0.04)
 
 
 def test_stamp_size_must_be_odd(staged):

@@ -22,22 +22,22 @@ SEP_BLENDED = 1
 
 @dataclasses.dataclass(frozen=True)
 class Background:
-    """Sky level ``level`` [ADU] per pixel and the global sky noise ``rms`` [ADU]."""
+    """Sky level ``level`` [ADU] and sky noise ``rms_map`` [ADU] per pixel, global noise ``rms``."""
 
     level: np.ndarray
+    rms_map: np.ndarray
     rms: float
 
 
 def measure_background(exposure: Exposure, box: int = 64, filter_size: int = 3) -> Background:
-    """Sky map by sep's mesh of ``box`` x ``box`` px with a ``filter_size`` median filter.
-
-    Bad pixels are excluded from the mesh statistics.
+    """Sky level and noise maps by sep's mesh of ``box`` x ``box`` px with a ``filter_size``
+    median filter.  Bad pixels are excluded from the mesh statistics.
     """
     if box < 8:
         raise InputError(f"background box must be >= 8 px, got {box}")
     sky = sep.Background(exposure.data, mask=exposure.bad, bw=box, bh=box,
                          fw=filter_size, fh=filter_size)
-    return Background(level=sky.back(), rms=float(sky.globalrms))
+    return Background(level=sky.back(), rms_map=sky.rms(), rms=float(sky.globalrms))
 
 
 def detect_sources(exposure: Exposure, background: Background, *, threshold: float = 5.0,

@@ -85,7 +85,7 @@ def psf_summary(fit) -> dict:
                    "seeing_px": exp.seeing, "pixscale_arcsec": exp.pixscale,
                    "bad_mask_bits": exp.bad_bits},
         "sky_rms_adu": {"measured": fit.background.rms,
-                        "noise_model": float(np.sqrt(max(np.median(fit.background.level), 0) / exp.gain
+                        "poisson_and_read_noise": float(np.sqrt(max(np.median(fit.background.level), 0) / exp.gain
                                                      + (exp.read_noise / exp.gain) ** 2))},
         "options": fit.options.to_dict(),
         "timings_s": fit.timings,
