@@ -167,7 +167,7 @@ def load_split(data_dir: str | Path, split: str) -> FieldSet:
             lab = np.load(label_path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise BadFileError(f"{path}: cannot read shard ({exc})") from None
-        if img.ndim != 4 or lab.shape != (img.shape[0], img.shape[2] // (img.shape[2] // lab.shape[1]), lab.shape[2]):
+        if img.ndim != 4 or lab.ndim != 3 or lab.shape[0] != img.shape[0] or img.shape[2] % lab.shape[1]:
             raise BadFileError(f"{path}: images {img.shape} and labels {lab.shape} do not match")
         images.append(np.asarray(img, np.float32))
         labels.append(lab)

@@ -121,24 +121,24 @@ class _StripReader:
 
 
 def _open_cube(path: Path, n_bands: int):
+    """The open HDU list and the first 3-D image HDU of ``path`` with its (bands, ny, nx) shape."""
     from astropy.io import fits
 
     if not path.is_file():
         raise MissingFileError(f"{path}: no such file")
     try:
         hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
-        for hdu in hdul:
-            if hdu.is_image and hdu.header.get("NAXIS") == 3:
-                shape = tuple(hdu.header[f"NAXIS{i}"] for i in (3, 2, 1))
-                if shape[0] != n_bands:
-                    raise BadFileError(f"{path}: image cube has {shape[0]} planes, the model needs {n_bands} (g, r, i, z)")
-                return hdul, hdu, shape
-    except BadFileError:
-        raise
-    except Exception as exc:  # astropy raises OSError, ValueError, TypeError on corrupt files
+        cube = next((h for h in hdul if h.is_image and h.header.get("NAXIS") == 3), None)
+    except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ... on corrupt files
         raise BadFileError(f"{path}: cannot read as FITS ({exc})") from None
-    hdul.close()
-    raise BadFileError(f"{path}: no 3-D image HDU (expected a (4, ny, nx) g, r, i, z cube)")
+    if cube is None:
+        hdul.close()
+        raise BadFileError(f"{path}: no 3-D image HDU (expected a (4, ny, nx) g, r, i, z cube)")
+    shape = tuple(cube.header[f"NAXIS{i}"] for i in (3, 2, 1))
+    if shape[0] != n_bands:
+        hdul.close()
+        raise BadFileError(f"{path}: image cube has {shape[0]} planes, the model needs {n_bands} (g, r, i, z)")
+    return hdul, cube, shape
 
 
 def predict_image(model: TileEncoder, spec: EncoderSpec, reader: _StripReader, shape, *, window: int, margin: int,
@@ -183,28 +183,29 @@ def _tile_wcs(header, tile: int):
 
 
 def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None):
-    """One row per 4-connected group of tiles with probability >= threshold (pyarrow Table)."""
+    """One row per 4-connected group of tiles with probability >= threshold (pyarrow Table).
+
+    Columns: candidate, x, y (probability-weighted centroid, image pixels), n_tiles, prob_max,
+    prob_mean, and ra, dec (degrees) when a tile WCS is given.
+    """
     import pyarrow as pa
     from scipy import ndimage
 
     labels, n = ndimage.label(probs >= threshold)
     ids = np.arange(1, n + 1)
     rows, cols = np.indices(probs.shape)
-    weight = np.where(labels > 0, probs, 0.0)
-    total = ndimage.sum(weight, labels, ids)
-    x = (ndimage.sum(weight * cols, labels, ids) / np.maximum(total, 1e-30) if n else np.zeros(0)) * tile + (tile - 1) / 2
-    y = (ndimage.sum(weight * rows, labels, ids) / np.maximum(total, 1e-30) if n else np.zeros(0)) * tile + (tile - 1) / 2
-    data = {"candidate": ids.astype(np.int32), "x": np.asarray(x, float), "y": np.asarray(y, float),
-            "n_tiles": np.asarray(ndimage.sum(np.ones_like(probs), labels, ids), np.int32) if n else np.zeros(0, np.int32),
-            "prob_max": np.asarray(ndimage.maximum(probs, labels, ids), float) if n else np.zeros(0),
-            "prob_mean": np.asarray(ndimage.mean(probs, labels, ids), float) if n else np.zeros(0)}
+
+    def per_group(func, values):
+        return np.asarray(func(values, labels, ids) if n else np.zeros(0), float)
+
+    total = per_group(ndimage.sum, probs)
+    tx, ty = per_group(ndimage.sum, probs * cols) / total, per_group(ndimage.sum, probs * rows) / total
+    data = {"candidate": ids.astype(np.int32), "x": tx * tile + (tile - 1) / 2, "y": ty * tile + (tile - 1) / 2,
+            "n_tiles": per_group(ndimage.sum, np.ones_like(probs)).astype(np.int32),
+            "prob_max": per_group(ndimage.maximum, probs), "prob_mean": per_group(ndimage.mean, probs)}
     if wcs is not None:
-        ra, dec = (np.zeros(0), np.zeros(0))
-        if n:
-            # tile-grid coordinates of the centroids: (x - (tile - 1)/2) / tile
-            sky = wcs.pixel_to_world((data["x"] - (tile - 1) / 2) / tile, (data["y"] - (tile - 1) / 2) / tile)
-            ra, dec = sky.ra.deg, sky.dec.deg
-        data["ra"], data["dec"] = np.asarray(ra, float), np.asarray(dec, float)
+        sky = wcs.pixel_to_world(tx, ty)
+        data["ra"], data["dec"] = np.asarray(sky.ra.deg, float), np.asarray(sky.dec.deg, float)
     return pa.table(data)
 
 
