@@ -95,10 +95,9 @@ def psf_summary(fit) -> dict:
 def model_stamps(fit, table, size: int) -> np.ndarray:
     """Noise-free model stamps of the rows of a fit ``table`` (stamp coordinates)."""
     import psfax
-    from psfax.profiles import get_profile
 
     params = {"x": table["x_fit"], "y": table["y_fit"], "flux": table["flux_fit"], "bkg": table["bkg_fit"]}
-    params.update({n: table[n] for n in get_profile(fit.options.model).shape_names})
+    params.update({n: table[n] for n in ("fwhm", "beta", "ellipticity", "theta") if n in table.colnames})
     params = {k: np.asarray(v, float) for k, v in params.items()}
     return np.asarray(psfax.render_stamps(params, (size, size), model=fit.options.model,
                                           pixel_integrated=fit.options.pixel_integrated))
