@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -183,7 +184,11 @@ def render_stamp(profile: Profile, x0, y0, flux, bkg, shape: dict, size: tuple[i
     return flux * stamp_psf(profile, x0, y0, shape, size, pixel_integrated=pixel_integrated, accuracy=accuracy) + bkg
 
 
-render_stamps_batch = jax.jit(
-    jax.vmap(render_stamp, in_axes=(None, 0, 0, 0, 0, 0, None)),
-    static_argnames=("profile", "size", "pixel_integrated", "accuracy"),
-)
+@partial(jax.jit, static_argnames=("profile", "size", "pixel_integrated", "accuracy"))
+def render_stamps_batch(profile: Profile, x0, y0, flux, bkg, shape: dict, size: tuple[int, int], *,
+                        pixel_integrated: bool = True, accuracy: Accuracy = DEFAULT_ACCURACY):
+    """:func:`render_stamp` for N stars at once (every argument but ``size`` has a leading N axis)."""
+    def one(*args):
+        return render_stamp(profile, *args, size, pixel_integrated=pixel_integrated, accuracy=accuracy)
+
+    return jax.vmap(one)(x0, y0, flux, bkg, shape)

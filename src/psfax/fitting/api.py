@@ -271,3 +271,61 @@ def _assemble(profile, setup, optimizer, out, n, flags, n_usable, n_free, option
     table = results_table(names, values, errors, np.where(fitted, chi2, np.nan), dof, fitted & conv,
                         n_iter.astype(np.int32), flags)
     return FitResult(table, cov, names, profile.name, setup.pixel_integrated, optimizer, shared, options)
+
+
+def render_stamps(params, shape, *, model="moffat", pixel_integrated=True, accuracy: Accuracy = DEFAULT_ACCURACY,
+                  dtype=None, device=None):
+    """Noise-free stamps ``flux * PSF(x - x0, y - y0) + bkg`` (N, ny, nx) from parameters.
+
+    ``params``: an astropy Table (e.g. ``FitResult.table``) or a dict with
+    ``x, y, flux`` (or ``x_fit, y_fit, flux_fit``), optional ``bkg``, and the
+    model's shape parameters (``fwhm``, ``beta``; ``ellipticity`` and
+    ``theta`` or ``g1`` and ``g2`` for elliptical models), each a scalar or an
+    (N,) array.  ``shape``: ``(ny, nx)`` of a stamp; positions in its pixels.
+    """
+    profile = get_profile(model)
+    ny, nx = _stamp_size(shape)
+
+    def column(name, default=None):
+        for key in (name, f"{name}_fit"):
+            if key in params.keys() if hasattr(params, "keys") else key in params.colnames:
+                return np.atleast_1d(np.asarray(params[key], dtype=float))
+        if default is None:
+            raise InputError(f"render_stamps needs {name!r} (or {name + '_fit'!r}) in params")
+        return np.atleast_1d(np.asarray(default, dtype=float))
+
+    x, y, flux, bkg = column("x"), column("y"), column("flux"), column("bkg", 0.0)
+    shape_values = {name: column(name) for name in profile.shape_names if name not in ("g1", "g2")}
+    if profile.elliptical:
+        shape_values.update(_shear_columns(column))
+    n = max(len(a) for a in [x, y, flux, bkg, *shape_values.values()])
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    with compute_context(dt, dev):
+        arrays = [jnp.asarray(np.broadcast_to(a, (n,)), dt) for a in (x, y, flux, bkg)]
+        shape_arr = {k: jnp.asarray(np.broadcast_to(v, (n,)), dt) for k, v in shape_values.items()}
+        out = render_stamps_batch(profile, *arrays, shape_arr, (ny, nx), pixel_integrated=bool(pixel_integrated),
+                                  accuracy=accuracy)
+        return np.asarray(out)
+
+
+def _stamp_size(shape):
+    try:
+        ny, nx = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise InputError(f"shape must be (ny, nx), got {shape!r}") from None
+    if ny < 1 or nx < 1:
+        raise InputError(f"shape must be positive, got {shape!r}")
+    return ny, nx
+
+
+def _shear_columns(column):
+    """(g1, g2) from ``g1, g2`` or from ``ellipticity`` (1 - b/a) and ``theta`` (rad)."""
+    try:
+        return {"g1": column("g1"), "g2": column("g2")}
+    except InputError:
+        e, theta = column("ellipticity", 0.0), column("theta", 0.0)
+        if np.any((e < 0) | (e >= 1)):
+            raise InputError(f"ellipticity must be in [0, 1), got {e}") from None
+        g = e / (2.0 - e)  # inverse of e = 2|g| / (1 + |g|)
+        return {"g1": g * np.cos(2 * theta), "g2": g * np.sin(2 * theta)}

@@ -9,7 +9,9 @@ iterations.  A step is stopped at ``max_shift`` px in position (the stamp
 model is only trusted near its centre).
 
 Converged: an accepted step smaller than ``xtol`` of every parameter's
-standard error, or a relative chi2 decrease below ``ftol``.
+standard error, a relative chi2 decrease below ``ftol``, or a step whose
+predicted chi2 decrease is below ``dchi2`` (nothing left to gain: a
+change of 1e-6 in chi2 moves parameters by ~1e-3 of their errors).
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ class LMSettings:
 
     xtol: float = 1e-4
     ftol: float = 1e-10
+    dchi2: float = 1e-6
     lam0: float = 1e-3
     max_shift: float = 1.0
 
 
 class LMState(NamedTuple):
     v: jnp.ndarray  # (P,) parameters
+    h: jnp.ndarray  # (P, P) J^T W J at v
+    g: jnp.ndarray  # (P,) J^T W (d - m) at v
+    w: jnp.ndarray  # (M,) weights at v
     chi2: jnp.ndarray
     lam: jnp.ndarray
     nu: jnp.ndarray
@@ -43,15 +49,22 @@ class LMState(NamedTuple):
     n_iter: jnp.ndarray  # int
 
 
-def _normal_equations(setup, model_of, v, aux, star: StampData):
+def _linearise(setup, model_of, v, aux):
+    """Model (M,) and Jacobian (M, P) at v, in one forward-mode pass."""
+
     def f(p):
         m = model_of(setup, p, aux)
         return m, m
 
     jac, m = jax.jacfwd(f, has_aux=True)(v)
+    return m, jac
+
+
+def _normal_equations(setup, star: StampData, m, jac):
+    """Weights at m, ``J^T W J``, ``J^T W (d - m)`` and chi2."""
     w = weights(setup, star, m)
     jw = jac * w[:, None]
-    return m, w, jw.T @ jac, jw.T @ (star.data - m)
+    return w, jw.T @ jac, jw.T @ (star.data - m), chi2(star.data, m, w)
 
 
 def _limit_shift(delta, max_shift):
@@ -61,39 +74,38 @@ def _limit_shift(delta, max_shift):
 
 
 def lm_star(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampData, active):
-    """Fit one star from ``v0``; ``active=False`` leaves it untouched."""
-    m0 = model_of(setup, v0, aux)
-    state = LMState(v0, chi2(star.data, m0, weights(setup, star, m0)), jnp.asarray(settings.lam0, v0.dtype),
-                    jnp.asarray(2.0, v0.dtype), ~active, jnp.asarray(False), jnp.asarray(0))
+    """Fit one star from ``v0``; ``active=False`` leaves it untouched.
+
+    One Jacobian per iteration: it is computed at the trial point and kept
+    if the step is accepted.
+    """
+    w0, h0, g0, c0 = _normal_equations(setup, star, *_linearise(setup, model_of, v0, aux))
+    dtype = v0.dtype
+    state = LMState(v0, h0, g0, w0, c0, jnp.asarray(settings.lam0, dtype), jnp.asarray(2.0, dtype), ~active,
+                    jnp.asarray(False), jnp.asarray(0))
 
     def step(s: LMState):
-        m, w, h, g = _normal_equations(setup, model_of, s.v, aux, star)
-        c = chi2(star.data, m, w)  # chi2 under this iteration's weights
-        d = jnp.diag(h)
+        d = jnp.diag(s.h)
         scale = jnp.maximum(d, 1e-30 * jnp.max(d))
-        delta = jnp.linalg.solve(h + s.lam * jnp.diag(scale), g)
-        delta = _limit_shift(delta, settings.max_shift)
+        delta = _limit_shift(jnp.linalg.solve(s.h + s.lam * jnp.diag(scale), s.g), settings.max_shift)
         trial = s.v + delta
-        c_new = chi2(star.data, model_of(setup, trial, aux), w)
-        predicted = delta @ (2.0 * g - h @ delta)
-        rho = (c - c_new) / jnp.where(predicted > 0, predicted, 1e-300)
-        accept = jnp.isfinite(c_new) & (c_new < c)
+        m, jac = _linearise(setup, model_of, trial, aux)
+        c_trial = chi2(star.data, m, s.w)  # under the current weights, comparable with s.chi2
+        predicted = delta @ (2.0 * s.g - s.h @ delta)
+        rho = (s.chi2 - c_trial) / jnp.where(predicted > 0, predicted, 1e-300)
+        accept = jnp.isfinite(c_trial) & (c_trial < s.chi2)
         small_step = jnp.max(jnp.abs(delta) * jnp.sqrt(scale)) < settings.xtol
-        small_drop = (c - c_new) <= settings.ftol * jnp.maximum(c, 1.0)
-        converged = accept & (small_step | small_drop)
+        small_drop = (s.chi2 - c_trial) <= settings.ftol * jnp.maximum(s.chi2, 1.0)
+        converged = (accept & (small_step | small_drop)) | (predicted < settings.dchi2)
+        w, h, g, c = _normal_equations(setup, star, m, jac)
         lam = jnp.where(accept, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), s.lam * s.nu)
-        nu = jnp.where(accept, 2.0, 2.0 * s.nu)
         stuck = ~accept & (s.lam > 1e12)
-        new = LMState(jnp.where(accept, trial, s.v), jnp.where(accept, c_new, c), lam, nu,
-                      converged | stuck, converged, s.n_iter + 1)
-        return jax.tree.map(lambda a, b: jnp.where(s.done, a, b), s, new)
+        new = LMState(trial, h, g, w, c, lam, jnp.asarray(2.0, dtype), converged, converged, s.n_iter + 1)
+        rejected = s._replace(lam=lam, nu=2.0 * s.nu, done=stuck | converged, converged=converged, n_iter=s.n_iter + 1)
+        chosen = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, rejected)
+        return jax.tree.map(lambda a, b: jnp.where(s.done, a, b), s, chosen)
 
     def cond(s):
         return ~s.done & (s.n_iter < setup.max_iter)
 
     return jax.lax.while_loop(cond, step, state)
-
-
-def fisher(setup: Setup, model_of, v, aux, star: StampData):
-    """Fisher matrix ``J^T W J`` (P, P) at ``v``, weights from the model there."""
-    return _normal_equations(setup, model_of, v, aux, star)[2]

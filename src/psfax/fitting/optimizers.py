@@ -12,10 +12,118 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from psfax.fitting import lm, shared
+from psfax.fitting import lm, scipy_ref, shared
+from psfax.fitting.adam import AdamSettings, adam_minimize, whitening
+from psfax.fitting.params import N_STAR
 from psfax.fitting.problem import STAR_AXES, chi2, weights
+from psfax.fitting.tncg import TNCGSettings, tncg_minimize
 
 LM_SETTINGS = lm.LMSettings()
+TNCG_SETTINGS = TNCGSettings()
+ADAM_SETTINGS = AdamSettings()
+
+
+def _limit_star_shift(p):
+    return lm._limit_shift(p, LM_SETTINGS.max_shift)
+
+
+def _star_problem(setup, model_of, aux, star):
+    """Model, weights and Gauss-Newton diagonal functions of one star."""
+    def model_fn(x):
+        return model_of(setup, x, aux)
+
+    def weights_fn(m):
+        return weights(setup, star, m)
+
+    def diag_fn(x, w):
+        return jnp.sum(jax.jacfwd(model_fn)(x) ** 2 * w[:, None], axis=0)
+
+    return model_fn, weights_fn, diag_fn
+
+
+@partial(jax.jit, static_argnames=("setup", "model_of", "aux_axis"))
+def _tncg_independent(setup, model_of, v0, aux, stars, active, aux_axis):
+    def one(v, a, star, act):
+        model_fn, weights_fn, diag_fn = _star_problem(setup, model_of, a, star)
+        s = tncg_minimize(model_fn, star.data, weights_fn, diag_fn, _limit_star_shift, v, TNCG_SETTINGS,
+                          setup.max_iter, act)
+        return s.x, s.converged, s.n_iter
+
+    return jax.vmap(one, in_axes=(0, aux_axis, STAR_AXES, 0))(v0, aux, stars, active)
+
+
+@partial(jax.jit, static_argnames=("setup", "model_of", "aux_axis"))
+def _adam_independent(setup, model_of, v0, aux, stars, active, aux_axis):
+    def one(v, a, star):
+        model_fn, weights_fn, _ = _star_problem(setup, model_of, a, star)
+
+        def whitener(x):
+            m, jac = lm._linearise(setup, model_of, x, a)
+            w = weights_fn(m)
+            whiten = whitening((jac * w[:, None]).T @ jac)
+            return lambda z: x + whiten @ z
+
+        return adam_minimize(model_fn, star.data, weights_fn, whitener, v, ADAM_SETTINGS)
+
+    x, conv, n = jax.vmap(one, in_axes=(0, aux_axis, STAR_AXES))(v0, aux, stars)
+    return jnp.where(active[:, None], x, v0), conv, n
+
+
+def _shared_problem(setup, u0, basis, stars, active):
+    """Flat-vector model, weights, diagonal and step limit of the shared-shape problem."""
+    n = u0.shape[0]
+
+    def split(x):
+        return x[: N_STAR * n].reshape(n, N_STAR), x[N_STAR * n:]
+
+    def model_fn(x):
+        return shared.models(setup, *split(x), basis).ravel()
+
+    def weights_fn(m):
+        return (shared.weights_batch(setup, stars, m.reshape(n, -1)) * active[:, None]).ravel()
+
+    def diag_fn(x, w):
+        _, jvp = jax.linearize(model_fn, x)
+        size = x.shape[0]
+        # stars do not share u, so one tangent per u slot gives every star's column at once
+        u_diag = jnp.stack([jnp.sum((jvp(jnp.zeros(size).at[j:N_STAR * n:N_STAR].set(1.0)) ** 2 * w)
+                                    .reshape(n, -1), axis=1) for j in range(N_STAR)], axis=1).ravel()
+        c_diag = jnp.stack([jnp.sum(jvp(jnp.zeros(size).at[N_STAR * n + k].set(1.0)) ** 2 * w)
+                            for k in range(size - N_STAR * n)])
+        return jnp.concatenate([u_diag, c_diag])
+
+    def limit_fn(p):
+        du = p[: N_STAR * n].reshape(n, N_STAR)
+        shift = jnp.maximum(jnp.max(jnp.abs(du[:, :2])), 1e-30)
+        return p * jnp.minimum(1.0, LM_SETTINGS.max_shift / shift)
+
+    return split, model_fn, weights_fn, diag_fn, limit_fn
+
+
+@partial(jax.jit, static_argnames=("setup", "optimizer"))
+def _first_order_shared(setup, optimizer, u0, coef0, basis, stars, active):
+    split, model_fn, weights_fn, diag_fn, limit_fn = _shared_problem(setup, u0, basis, stars, active)
+    x0 = jnp.concatenate([u0.ravel(), coef0])
+    data = stars.data.ravel()
+    if optimizer == "tncg":
+        s = tncg_minimize(model_fn, data, weights_fn, diag_fn, limit_fn, x0, TNCG_SETTINGS, setup.max_iter)
+        x, conv, n_iter = s.x, s.converged, s.n_iter
+    else:
+        def whitener(x):
+            u, coef = split(x)
+            b = shared.blocks(setup, u, coef, basis, stars, active)
+            a_u = jax.vmap(whitening)(b.U)
+            a_c = whitening(b.V - jnp.einsum("nak,nal->kl", b.W, jnp.linalg.solve(b.U, b.W)))
+
+            def to_x(z):
+                zu, zc = split(z)
+                return jnp.concatenate([(u + jnp.einsum("nab,nb->na", a_u, zu)).ravel(), coef + a_c @ zc])
+
+            return to_x
+
+        x, conv, n_iter = adam_minimize(model_fn, data, weights_fn, whitener, x0, ADAM_SETTINGS)
+    u, coef = split(x)
+    return u, coef, conv, n_iter
 
 
 @partial(jax.jit, static_argnames=("setup", "model_of", "aux_axis"))
@@ -39,14 +147,22 @@ def solve_independent(optimizer, setup, model_of, v0, aux, stars, active, aux_ax
     """
     if optimizer == "lm":
         return _lm_independent(setup, model_of, v0, aux, stars, active, aux_axis)
-    raise NotImplementedError(optimizer)
+    if optimizer == "tncg":
+        return _tncg_independent(setup, model_of, v0, aux, stars, active, aux_axis)
+    if optimizer == "adam":
+        return _adam_independent(setup, model_of, v0, aux, stars, active, aux_axis)
+    v, conv, n = scipy_ref.solve_independent(setup, model_of, v0, aux, stars, active, aux_axis)
+    return jnp.asarray(v, v0.dtype), conv, n
 
 
 def solve_shared(optimizer, setup, u0, coef0, basis, stars, active):
     """Fit all stars with a shared shape; returns (u, coef, converged, n_iter)."""
     if optimizer == "lm":
         return _lm_shared(setup, u0, coef0, basis, stars, active)
-    raise NotImplementedError(optimizer)
+    if optimizer == "scipy":
+        u, coef, conv, n = scipy_ref.solve_shared(setup, u0, coef0, basis, stars, active)
+        return jnp.asarray(u, u0.dtype), jnp.asarray(coef, coef0.dtype), conv, n
+    return _first_order_shared(setup, optimizer, u0, coef0, basis, stars, active)
 
 
 def fisher_batch(setup, model_of, v, aux, stars, aux_axis=0):

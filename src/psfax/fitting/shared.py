@@ -180,7 +180,8 @@ def lm_shared(setup: Setup, settings: LMSettings, u0, coef0, basis, stars: Stamp
         dc_sig = jnp.abs(dc) * jnp.sqrt(jnp.maximum(jnp.diag(b.V), 0.0))
         small_step = jnp.maximum(jnp.max(jnp.where(active[:, None], du_sig, 0.0)), jnp.max(dc_sig)) < settings.xtol
         small_drop = (c - c_new) <= settings.ftol * jnp.maximum(c, 1.0)
-        converged = accept & (small_step | small_drop)
+        predicted = _predicted(b, du, dc)
+        converged = (accept & (small_step | small_drop)) | (predicted < settings.dchi2)
         lam = jnp.where(accept, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), s.lam * s.nu)
         stuck = ~accept & (s.lam > 1e12)
         return SharedState(jnp.where(accept, u_new, s.u), jnp.where(accept, c_new_coef, s.coef),
