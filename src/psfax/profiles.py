@@ -45,8 +45,8 @@ class Accuracy:
     ``quadrature_order``: Gauss-Legendre nodes per axis in the pixels within
     ``inner_half_width`` px of the star's centre pixel; ``outer_order`` in the
     others, where the profile is smooth on the pixel scale.  The defaults
-    (6, 3, 1) keep the error of a pixel-integrated Moffat (beta >= 1.5) below
-    1e-4 of the peak pixel for FWHM >= 0.8 px (``tests/test_profiles.py``
+    (6, 3, 2) keep the error of a pixel-integrated Moffat (beta >= 1.5) below
+    1e-4 of the peak pixel for FWHM >= 0.8 px, Gaussian or Moffat (``tests/test_profiles.py``
     measures it against a 48 x 48 rule).
     ``table_oversampling``: samples per pixel of the tabulated PSF used when
     the shape is shared or fixed (:mod:`psfax.fitting.table`).
@@ -54,7 +54,7 @@ class Accuracy:
 
     quadrature_order: int = 6
     outer_order: int = 3
-    inner_half_width: int = 1
+    inner_half_width: int = 2
     table_oversampling: int = 16
 
 

@@ -11,7 +11,7 @@ starting point and restarting Adam.  The
 learning rate decays by cosine from ``learning_rate`` to ``final_rate``
 over ``steps``; weights from the model are treated as constants in the
 gradient (``stop_gradient``), as in the Gauss-Newton fits.  Converged: the
-last ``window`` steps changed chi2 by less than ``dchi2``.
+last ``window`` steps changed chi2 by less than ``dchi2`` per free parameter.
 """
 
 from __future__ import annotations
@@ -75,4 +75,4 @@ def _adam_round(model_fn, data, weights_fn, to_x, z0, settings: AdamSettings):
 
     init = (z0, opt.init(z0), loss(z0), jnp.asarray(jnp.inf, z0.dtype))
     z, _, _, change = jax.lax.fori_loop(0, settings.steps, body, init)
-    return to_x(z), 2.0 * change < settings.dchi2
+    return to_x(z), 2.0 * change < settings.dchi2 * z.size

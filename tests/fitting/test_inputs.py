@@ -1,0 +1,122 @@
+"""Bad input gives a clear exception (message pinned) or a per-star flag, never a silent NaN row."""
+
+import numpy as np
+import pytest
+
+import psfax
+from psfax.errors import InputError, InputTypeError
+from psfax.fitting import flags as F
+
+
+def good_stamps(n=20, seed=0):
+    truth = {"x": np.full(n, 7.2), "y": np.full(n, 6.8), "flux": np.full(n, 5e4), "bkg": 100.0,
+             "fwhm": 1.8, "beta": 2.5}
+    clean = psfax.render_stamps(truth, (15, 15), model="moffat")
+    rng = np.random.default_rng(seed)
+    return rng.poisson(clean * 6.0) / 6.0
+
+
+def fit(stamps, **kw):
+    kw.setdefault("gain", 6.0)
+    kw.setdefault("read_noise", 9.0)
+    return psfax.fit_stamps(stamps, **kw)
+
+
+def test_nan_pixels_are_masked_and_flagged():
+    stamps = good_stamps()
+    stamps[3, 2, 2] = np.nan
+    t = fit(stamps).table
+    assert t["flags"][3] & F.BAD_PIXELS
+    assert np.isfinite(t["x_fit"][3]) and t["converged"][3]
+    assert t["dof"][3] == t["dof"][0] - 1  # one pixel fewer
+    assert np.all(t["flags"][[0, 1, 2, 4]] == 0)
+
+
+def test_all_masked_stamp_is_flagged_not_fitted():
+    stamps = good_stamps()
+    mask = np.zeros(stamps.shape, bool)
+    mask[5] = True
+    t = fit(stamps, mask=mask).table
+    assert t["flags"][5] & F.TOO_FEW_PIXELS
+    assert not t["converged"][5] and np.isnan(t["x_fit"][5])
+    assert np.all(t["flags"][:5] == 0) and np.all(t["converged"][:5])
+
+
+def test_fewer_pixels_than_parameters_is_flagged():
+    stamps = good_stamps()
+    mask = np.ones(stamps.shape, bool)
+    mask[:, 6:8, 6:9] = False  # 6 usable pixels, 6 free parameters (per-star Moffat)
+    mask[0] = False
+    t = fit(stamps, mask=mask).table
+    assert np.all(t["flags"][1:] & F.TOO_FEW_PIXELS)
+    assert t["flags"][0] == 0
+
+
+def test_nonpositive_variance_pixels_are_masked_and_flagged():
+    stamps = good_stamps()
+    var = np.maximum(stamps, 1.0) / 6.0 + 2.25
+    var[2, 7, 7] = 0.0
+    var[4, 0, 0] = -1.0
+    t = fit(stamps, variance=var, model_variance=False).table
+    assert t["flags"][2] & F.BAD_PIXELS and t["flags"][4] & F.BAD_PIXELS
+    assert np.isfinite(t["flux_err"][2])
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"stamps": np.zeros(15)}, InputError, r"stamps must have shape \(N, ny, nx\)"),
+    ({"stamps": [[1.0]]}, InputTypeError, "stamps must be an array"),
+    ({"variance": np.ones((2, 15, 15))}, InputError, "variance must have the shape of stamps"),
+    ({"mask": np.zeros((20, 14, 15), bool)}, InputError, "mask must have the shape of stamps"),
+    ({"model": "airy"}, InputError, "model must be one of"),
+    ({"optimizer": "bfgs"}, InputError, "optimizer must be one of"),
+    ({"gain": None}, InputError, "give variance= or gain="),
+    ({"gain": -1.0}, InputError, "gain must be a positive number"),
+    ({"read_noise": np.nan}, InputError, "read_noise must be a non-negative number"),
+    ({"shape": {"fwhm": 1.0}}, InputError, r"shape for model 'moffat' needs \['beta'\]"),
+    ({"shape": {"fwhm": 1.0, "beta": 0.9}}, InputError, "shape 'beta' must be finite and > 1"),
+    ({"shape": {"fwhm": [1.0, 2.0], "beta": 2.0}}, InputError, "must be a scalar or have one value per stamp"),
+    ({"shape": {"fwhm": 1.8, "beta": 2.5}, "shared_shape": True}, InputError, "not both"),
+    ({"spatial_degree": 1}, InputError, "spatial_degree needs shared_shape=True"),
+    ({"shared_shape": True, "spatial_degree": 3, "positions": np.zeros((20, 2))}, InputError,
+     "spatial_degree must be 0, 1 or 2"),
+    ({"shared_shape": True, "spatial_degree": 1, "positions": np.zeros((20, 3))}, InputError,
+     r"positions must be a finite \(N, 2\) array"),
+    ({"dtype": np.int32}, InputError, "dtype must be float32 or float64"),
+    ({"device": "tpu"}, InputError, "device must be 'cpu' or 'gpu'"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, error, match):
+    kw = {"stamps": good_stamps(), "gain": 6.0, "read_noise": 9.0, **kwargs}
+    stamps = kw.pop("stamps")
+    with pytest.raises(error, match=match):
+        psfax.fit_stamps(stamps, **kw)
+
+
+def test_all_stamps_unusable_raises():
+    stamps = good_stamps()
+    with pytest.raises(InputError, match="no stamp has more usable pixels"):
+        fit(stamps, mask=np.ones(stamps.shape, bool))
+
+
+def test_render_stamps_errors():
+    with pytest.raises(InputError, match="render_stamps needs 'beta'"):
+        psfax.render_stamps({"x": 1, "y": 1, "flux": 1, "fwhm": 1}, (5, 5), model="moffat")
+    with pytest.raises(InputError, match=r"shape must be \(ny, nx\)"):
+        psfax.render_stamps({"x": 1, "y": 1, "flux": 1, "fwhm": 1}, 5, model="gaussian")
+
+
+def test_float32_fit_matches_float64():
+    """float32 (the GPU default) reaches the float64 answer to a small fraction of the errors."""
+    stamps = good_stamps(n=50)
+    t64 = fit(stamps, shape={"fwhm": 1.8, "beta": 2.5}).table
+    t32 = fit(stamps, shape={"fwhm": 1.8, "beta": 2.5}, dtype=np.float32).table
+    # float32 carries ~7 digits: chi2 minima agree to ~1e-3 of the errors; allow 5 %
+    assert np.max(np.abs(t32["x_fit"] - t64["x_fit"]) / t64["x_err"]) < 0.05
+    assert np.max(np.abs(t32["flux_fit"] - t64["flux_fit"]) / t64["flux_err"]) < 0.05
+    assert np.allclose(t32["flux_err"], t64["flux_err"], rtol=1e-3)
+
+
+def test_import_leaves_jax_x64_alone():
+    import jax
+
+    fit(good_stamps(n=4))
+    assert not jax.config.jax_enable_x64
