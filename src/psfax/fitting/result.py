@@ -26,6 +26,10 @@ class SharedShape:
 
     def shape_at(self, x, y) -> tuple[dict, dict]:
         """Physical shape and its standard errors at image positions (x, y)."""
+        with jax.enable_x64(self.coef.dtype == np.float64):
+            return self._shape_at(x, y)
+
+    def _shape_at(self, x, y):
         b = np.atleast_2d(np.asarray(self.basis(np.atleast_1d(x), np.atleast_1d(y))))
 
         def reported(c):
