@@ -23,3 +23,12 @@ def ztf_exposure(ztf_files):
     from psfax.stars.exposure import read_exposure
 
     return read_exposure(*ztf_files)
+
+
+@pytest.fixture(scope="session")
+def galsim_field():
+    """1024 x 1024 GalSim quadrant, 200 stars of known spatially varying PSF (shared by the
+    pipeline and CLI tests, so that the CLI run reuses the compiled fit programs)."""
+    from stars_synthetic import render_field
+
+    return render_field(shape=(1024, 1024), n_stars=200, seed=5)
