@@ -151,8 +151,9 @@ def main() -> None:
         f"x median {np.median(dx):+.4f} px, 16-84 % [{np.percentile(dx, 16):+.4f}, {np.percentile(dx, 84):+.4f}]; "
         f"y median {np.median(dy):+.4f} px; flux median {np.median(rel_flux) * 100:+.3f} % "
         f"(16-84 % [{np.percentile(rel_flux, 16) * 100:+.3f}, {np.percentile(rel_flux, 84) * 100:+.3f}] %), "
-        f"i.e. {np.median(dflux):+.3f} sigma.  psfax fits a local sky per stamp; photutils is given the "
-        f"sep sky map subtracted, which explains most of the flux scatter.",
+        f"i.e. {np.median(dflux):+.3f} sigma.  The flux offset is systematic (its 16-84 % spread "
+        f"is small); not yet explained: psfax fits a local sky per stamp while photutils gets the sep sky "
+        f"map subtracted, and the weights differ (psfax: data-based variance).",
     ]
     write_section("ztf", "Stars: ZTF quadrant pipeline (`psfax stars fit`)", "\n".join(body), COMMAND)
 
