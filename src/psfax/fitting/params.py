@@ -114,8 +114,9 @@ def initial_star_params(data, weight, grid_x, grid_y):
     FWHM: Gaussian width with the same peak-to-flux ratio.
     """
     ok = weight > 0
-    border = jnp.zeros_like(ok).at[0, :].set(True).at[-1, :].set(True).at[:, 0].set(True).at[:, -1].set(True)
-    bkg = jnp.nanmedian(jnp.where(ok & border, data, jnp.nan))
+    edge = jnp.concatenate([data[0], data[-1], data[1:-1, 0], data[1:-1, -1]])
+    edge_ok = jnp.concatenate([ok[0], ok[-1], ok[1:-1, 0], ok[1:-1, -1]])
+    bkg = jnp.nanmedian(jnp.where(edge_ok, edge, jnp.nan))
     bkg = jnp.where(jnp.isfinite(bkg), bkg, jnp.nanmedian(jnp.where(ok, data, jnp.nan)))
     bkg = jnp.where(jnp.isfinite(bkg), bkg, 0.0)
     excess = jnp.where(ok, data - bkg, 0.0)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from psfax.fitting.params import N_STAR, shape_from_u
-from psfax.fitting.table import TableGrid, interpolate
+from psfax.fitting.table import TableGrid, table_psf
 from psfax.profiles import Accuracy, Profile, stamp_psf
 
 
@@ -71,8 +71,7 @@ def star_model(setup: Setup, u4, shape_u):
 
 def table_model(setup: Setup, v, table):
     """Model pixels (M,) of one star from a tabulated PSF (shape fixed or shared): ``v = [x0, y0, flux, bkg]``."""
-    psf = interpolate(setup.grid, table, v[0], v[1])[0]
-    return v[2] * psf.ravel() + v[3]
+    return v[2] * table_psf(setup.grid, table, v[0], v[1]).ravel() + v[3]
 
 
 def free_model(setup: Setup, v, aux):
