@@ -22,6 +22,8 @@ from psfax.fitting.spatial import PolynomialBasis
 from psfax.profiles import DEFAULT_ACCURACY, Accuracy, get_profile, render_stamps_batch
 
 OPTIMIZERS = ("lm", "tncg", "adam", "scipy")
+CPU_CHUNK = 128
+"""On the CPU, stars are processed 128 at a time (cache-sized) (see ``optimizers._in_chunks``)."""
 
 
 def fit_stamps(stamps, *, variance=None, mask=None, model="moffat", pixel_integrated=True, shared_shape=False,
@@ -86,7 +88,8 @@ def fit_stamps(stamps, *, variance=None, mask=None, model="moffat", pixel_integr
         raise InputError(f"no stamp has more usable pixels ({int(n_usable.max())} at most) than the {n_free} "
                          "free parameters")
 
-    setup = Setup(profile, (ny, nx), bool(pixel_integrated), accuracy, bool(model_variance), int(max_iter))
+    setup = Setup(profile, (ny, nx), bool(pixel_integrated), accuracy, bool(model_variance), int(max_iter),
+                  chunk=CPU_CHUNK if dev.platform == "cpu" else 0)
     flags = np.where(bad, F.BAD_PIXELS, 0) | np.where(too_few, F.TOO_FEW_PIXELS, 0)
     with compute_context(dt, dev):
         stars = StampData(*(jnp.asarray(_pad(a.reshape(n, -1)), dt) for a in (np.nan_to_num(data), usable, extra)),

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from psfax.fitting import lm, scipy_ref, shared
 from psfax.fitting.adam import AdamSettings, adam_minimize, whitening
 from psfax.fitting.params import N_STAR
-from psfax.fitting.problem import STAR_AXES, chi2, weights
+from psfax.fitting.problem import STAR_AXES, chi2, map_stars, per_star, weights
 from psfax.fitting.tncg import TNCGSettings, tncg_minimize
 
 LM_SETTINGS = lm.LMSettings()
@@ -49,7 +49,7 @@ def _tncg_independent(setup, model_of, v0, aux, stars, active, aux_axis):
                           setup.max_iter, act)
         return s.x, s.converged, s.n_iter
 
-    return jax.vmap(one, in_axes=(0, aux_axis, STAR_AXES, 0))(v0, aux, stars, active)
+    return _in_chunks(setup, one, v0, aux, stars, active, aux_axis)
 
 
 @partial(jax.jit, static_argnames=("setup", "model_of", "aux_axis"))
@@ -126,11 +126,20 @@ def _first_order_shared(setup, optimizer, u0, coef0, basis, stars, active):
     return u, coef, conv, n_iter
 
 
+def _in_chunks(setup, one, v0, aux, stars, active, aux_axis):
+    """``one(v, aux, star, active)`` for every star, in chunks (:func:`psfax.fitting.problem.map_stars`)."""
+    if aux_axis is None:
+        return map_stars(setup, lambda v, star, act: one(v, aux, star, act), v0, per_star(stars), active)
+    return map_stars(setup, one, v0, aux, per_star(stars), active)
+
+
 @partial(jax.jit, static_argnames=("setup", "model_of", "aux_axis"))
 def _lm_independent(setup, model_of, v0, aux, stars, active, aux_axis):
-    s = jax.vmap(lm.lm_star, in_axes=(None, None, None, 0, aux_axis, STAR_AXES, 0))(
-        setup, LM_SETTINGS, model_of, v0, aux, stars, active)
-    return s.v, s.converged, s.n_iter
+    def one(v, a, star, act):
+        s = lm.lm_star(setup, LM_SETTINGS, model_of, v, a, star, act)
+        return s.v, s.converged, s.n_iter
+
+    return _in_chunks(setup, one, v0, aux, stars, active, aux_axis)
 
 
 @partial(jax.jit, static_argnames=("setup",))
@@ -168,7 +177,7 @@ def solve_shared(optimizer, setup, u0, coef0, basis, stars, active):
 def fisher_batch(setup, model_of, v, aux, stars, aux_axis=0):
     """Per-star Fisher matrices (N, P, P) and chi2 (N,) at ``v``."""
 
-    def one(vi, ai, si):
+    def one(vi, ai, si, _):
         def f(p):
             m = model_of(setup, p, ai)
             return m, m
@@ -177,4 +186,4 @@ def fisher_batch(setup, model_of, v, aux, stars, aux_axis=0):
         w = weights(setup, si, m)
         return (jac * w[:, None]).T @ jac, chi2(si.data, m, w)
 
-    return jax.vmap(one, in_axes=(0, aux_axis, STAR_AXES))(v, aux, stars)
+    return _in_chunks(setup, one, v, aux, stars, jnp.ones(v.shape[0], bool), aux_axis)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from psfax.fitting.params import N_STAR, shape_from_u
@@ -30,6 +31,7 @@ class Setup:
     accuracy: Accuracy
     model_variance: bool
     max_iter: int = 100
+    chunk: int = 0  # independent stars are solved in chunks of this many (0: all at once)
 
     @property
     def n_shape(self) -> int:
@@ -101,3 +103,25 @@ def chi2(data, model, w):
 
 STAR_AXES = StampData(0, 0, 0, None, None)
 """``vmap`` axes of :class:`StampData`: per-star arrays mapped, noise scalars shared."""
+
+
+def per_star(stars: StampData) -> StampData:
+    """The batch with gain and read noise repeated per star, so that every field maps over stars."""
+    n = stars.data.shape[0]
+    return stars._replace(gain=jnp.broadcast_to(stars.gain, (n,)), read_noise=jnp.broadcast_to(stars.read_noise, (n,)))
+
+
+def map_stars(setup: Setup, fn, *args):
+    """``vmap(fn)`` over the leading (star) axis of every argument, ``setup.chunk`` stars at a time.
+
+    On the CPU, chunks sized to the cache (``lax.map`` over them) beat one
+    huge batch whose intermediates spill to memory, and a batched while loop
+    in ``fn`` then waits only for the slowest star of its chunk.
+    """
+    n = jax.tree.leaves(args)[0].shape[0]
+    c = setup.chunk
+    if c == 0 or n <= c or n % c:
+        return jax.vmap(fn)(*args)
+    chunks = jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]), args)
+    out = jax.lax.map(lambda a: jax.vmap(fn)(*a), chunks)
+    return jax.tree.map(lambda o: o.reshape((n,) + o.shape[2:]), out)

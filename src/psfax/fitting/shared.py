@@ -19,6 +19,7 @@ inverse-Fisher covariance at the solution.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -26,7 +27,8 @@ import jax.numpy as jnp
 
 from psfax.fitting.lm import LMSettings
 from psfax.fitting.params import N_STAR
-from psfax.fitting.problem import STAR_AXES, StampData, Setup, chi2, star_model, table_model, weights
+from psfax.fitting.problem import (STAR_AXES, StampData, Setup, chi2, map_stars, per_star, star_model, table_model,
+                                   weights)
 from psfax.fitting.table import build_table, interpolate
 
 
@@ -81,16 +83,16 @@ def models_and_jacobians(setup: Setup, u, coef, basis):
     """Per-star model (N, M) and Jacobians (N, M, 4), (N, M, k)."""
     if _uses_table(setup, basis):
         tables = table_stack(setup, coef)  # degree 0: the coefficients are the shape
-        return jax.vmap(_table_jacobian, in_axes=(None, 0, None))(setup, u, tables)
-    return jax.vmap(_direct_jacobian, in_axes=(None, 0, 0))(setup, u, basis @ coef.reshape(basis.shape[1], -1))
+        return map_stars(setup, lambda ui: _table_jacobian(setup, ui, tables), u)
+    return map_stars(setup, partial(_direct_jacobian, setup), u, basis @ coef.reshape(basis.shape[1], -1))
 
 
 def models(setup: Setup, u, coef, basis):
     """Per-star model (N, M)."""
     if _uses_table(setup, basis):
         table = build_table(setup.profile, setup.grid, coef)
-        return jax.vmap(table_model, in_axes=(None, 0, None))(setup, u, table)
-    return jax.vmap(star_model, in_axes=(None, 0, 0))(setup, u, basis @ coef.reshape(basis.shape[1], -1))
+        return map_stars(setup, lambda ui: table_model(setup, ui, table), u)
+    return map_stars(setup, partial(star_model, setup), u, basis @ coef.reshape(basis.shape[1], -1))
 
 
 def _star_blocks(setup: Setup, m, ju, js, basis, star: StampData, active):
@@ -112,8 +114,7 @@ def _star_blocks(setup: Setup, m, ju, js, basis, star: StampData, active):
 def blocks(setup: Setup, u, coef, basis, stars: StampData, active) -> Blocks:
     """Gauss-Newton blocks of the whole problem at (u, coef)."""
     m, ju, js = models_and_jacobians(setup, u, coef, basis)
-    U, W, V, g_u, g_c, c, w = jax.vmap(_star_blocks, in_axes=(None, 0, 0, 0, 0, STAR_AXES, 0))(
-        setup, m, ju, js, basis, stars, active)
+    U, W, V, g_u, g_c, c, w = map_stars(setup, partial(_star_blocks, setup), m, ju, js, basis, per_star(stars), active)
     return Blocks(U, W, V.sum(0), g_u, g_c.sum(0), c, w)
 
 
