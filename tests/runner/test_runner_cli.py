@@ -45,8 +45,6 @@ def test_exit_code_1_when_an_input_fails_and_resume_skips(tmp_path, smooth_regis
     assert all((tmp_path / "out" / p.stem / "smooth.fits").exists() for p in images)
 
 
-@pytest.mark.xfail(strict=True, reason="psfax.cli.main ignores the code returned by app(standalone_mode=False), "
-                                       "so typer.Exit(1) from a sub-command exits 0 (lead's file)")
 def test_psfax_main_passes_exit_code_1_on(tmp_path, smooth_registered):
     assert main(["run", "smooth", str(tmp_path / "absent.fits"), "--out", str(tmp_path / "out")]) == 1
 

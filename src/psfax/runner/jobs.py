@@ -264,11 +264,18 @@ def stars_fit_job() -> Job:
     return Job("stars-fit", read_ztf_exposure, fit_exposure, write_image_fit, options)
 
 
+def write_level16_list(smap, out_dir) -> list[Path]:
+    """``psfax.solar.prep.write_level16`` returning its one file as a list, as every job's write does."""
+    from psfax.solar.prep import write_level16
+
+    return [write_level16(smap, out_dir)]
+
+
 def aia_prep_job() -> Job:
     """``aia-prep``: AIA level 1 -> level 1.6 (optional deconvolution, registration)."""
-    from psfax.solar.prep import prep_map, read_level1, write_level16
+    from psfax.solar.prep import prep_map, read_level1
 
-    return Job("aia-prep", read_level1, prep_map, write_level16, options_from_signature(prep_map, "compute"))
+    return Job("aia-prep", read_level1, prep_map, write_level16_list, options_from_signature(prep_map, "compute"))
 
 
 def clusters_infer_job() -> Job:
