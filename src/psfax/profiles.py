@@ -117,6 +117,13 @@ def shear_to_ellipticity(g1, g2):
     return 2.0 * g / (1.0 + g), 0.5 * jnp.arctan2(g2, g1)
 
 
+def ellipticity_to_shear(ellipticity, theta):
+    """Reduced shear ``(g1, g2)`` of ``ellipticity = 1 - q`` and position angle ``theta`` (rad):
+    ``|g| = e / (2 - e)``, the inverse of :func:`shear_to_ellipticity`."""
+    g = ellipticity / (2.0 - ellipticity)
+    return g * np.cos(2.0 * theta), g * np.sin(2.0 * theta)
+
+
 def _legendre_nodes(n: int):
     x, w = np.polynomial.legendre.leggauss(n)
     return 0.5 * x, 0.5 * w  # on [-1/2, 1/2], weights summing to 1

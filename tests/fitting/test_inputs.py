@@ -120,3 +120,18 @@ def test_import_leaves_jax_x64_alone():
 
     fit(good_stamps(n=4))
     assert not jax.config.jax_enable_x64
+
+
+def test_fixed_elliptical_shape_from_ellipticity_and_theta():
+    """``shape=`` takes ellipticity/theta (the reported columns) as well as g1/g2, with the same result."""
+    truth = {"x": np.full(8, 7.1), "y": np.full(8, 6.9), "flux": np.full(8, 5e4), "bkg": 100.0, "fwhm": 1.8,
+             "beta": 2.5, "ellipticity": 0.2, "theta": 0.4}
+    stamps = np.random.default_rng(1).poisson(psfax.render_stamps(truth, (15, 15), model="elliptical_moffat") * 6) / 6
+    by_e = fit(stamps, model="elliptical_moffat", shape={k: truth[k] for k in ("fwhm", "beta", "ellipticity", "theta")})
+    g = 0.2 / 1.8
+    by_g = fit(stamps, model="elliptical_moffat",
+               shape={"fwhm": 1.8, "beta": 2.5, "g1": g * np.cos(0.8), "g2": g * np.sin(0.8)})
+    np.testing.assert_allclose(by_e.table["flux_fit"], by_g.table["flux_fit"], rtol=1e-10)  # same model
+    assert np.allclose(by_e.table["ellipticity"], 0.2) and np.allclose(by_e.table["theta"], 0.4)
+    with pytest.raises(InputError, match=r"needs \['g1', 'g2'\]"):
+        fit(stamps, model="elliptical_moffat", shape={"fwhm": 1.8, "beta": 2.5})

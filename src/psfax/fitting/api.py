@@ -19,7 +19,7 @@ from psfax.fitting.table import build_table
 from psfax.fitting.result import FitResult, SharedShape, physical_batch, results_table
 from psfax.fitting.shared import blocks, shared_covariance
 from psfax.fitting.spatial import PolynomialBasis
-from psfax.profiles import DEFAULT_ACCURACY, Accuracy, get_profile, render_stamps_batch
+from psfax.profiles import DEFAULT_ACCURACY, Accuracy, ellipticity_to_shear, get_profile, render_stamps_batch
 
 OPTIMIZERS = ("lm", "tncg", "adam", "scipy")
 CPU_CHUNK = 128
@@ -330,5 +330,5 @@ def _shear_columns(column):
         e, theta = column("ellipticity", 0.0), column("theta", 0.0)
         if np.any((e < 0) | (e >= 1)):
             raise InputError(f"ellipticity must be in [0, 1), got {e}") from None
-        g = e / (2.0 - e)  # inverse of e = 2|g| / (1 + |g|)
-        return {"g1": g * np.cos(2 * theta), "g2": g * np.sin(2 * theta)}
+        g1, g2 = ellipticity_to_shear(e, theta)
+        return {"g1": g1, "g2": g2}

@@ -17,7 +17,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from psfax.profiles import FWHM_PER_SIGMA, Profile, shear_to_ellipticity
+import numpy as np
+
+from psfax.profiles import FWHM_PER_SIGMA, Profile, ellipticity_to_shear, shear_to_ellipticity
 
 N_STAR = 4
 """Per-star parameters that every mode fits: x0, y0, flux, bkg."""
@@ -44,15 +46,21 @@ def shape_from_u(profile: Profile, shape_u) -> dict:
 
 
 def shape_to_u(profile: Profile, shape: dict, dtype=float):
-    """Unconstrained shape vector (..., k) from a physical shape dict."""
+    """Unconstrained shape vector (..., k) from a physical shape dict.
+
+    Elliptical shapes are given as ``g1, g2`` or as ``ellipticity`` and ``theta``.
+    """
     from psfax.errors import InputError
 
-    missing = [n for n in profile.shape_names if n not in shape and n not in ("g1", "g2")]
+    if profile.elliptical and "g1" not in shape and "ellipticity" in shape:
+        g1, g2 = ellipticity_to_shear(np.asarray(shape["ellipticity"], float), np.asarray(shape.get("theta", 0.0), float))
+        shape = {**shape, "g1": g1, "g2": g2}
+    missing = [n for n in profile.shape_names if n not in shape]
     if missing:
         raise InputError(f"shape for model {profile.name!r} needs {missing}, got {sorted(shape)}")
     cols = []
     for name in profile.shape_names:
-        value = jnp.asarray(shape.get(name, 0.0), dtype=dtype)
+        value = jnp.asarray(shape[name], dtype=dtype)
         if name == "fwhm":
             _check_range(value, name, low=0.0)
             cols.append(jnp.log(value))
