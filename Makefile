@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/psfax data fetch ztf-sample
 	$(BIN)/psfax stars fit $$($(BIN)/psfax data path ztf-sample science) \
 	    --mask $$($(BIN)/psfax data path ztf-sample mask) --out results/ztf-sample
+	@echo "Results: results/ztf-sample/ (stars.parquet, psf.json, figures)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q

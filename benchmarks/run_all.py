@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     parts = sorted((REPO / "docs" / "bench").glob("*.md"))
     header = ("# Benchmarks\n\nWritten by `make bench` (`benchmarks/run_all.py`) from the sections in "
               "`docs/bench/`; each section names the machine and the command that measured it. "
-              "Peers are measured in the same run.\n\n")
+              "Peers are measured in the same run. GPU rows appear only where a GPU machine was lent to the "
+              "session that ran them (`--gpu-stars`, `--gpu-stack`).\n\n")
     (REPO / "docs" / "benchmarks.md").write_text(header + "\n".join(p.read_text() for p in parts))
     if failed:
         print("failed:", ", ".join(failed), file=sys.stderr)
