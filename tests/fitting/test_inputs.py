@@ -135,3 +135,17 @@ def test_fixed_elliptical_shape_from_ellipticity_and_theta():
     assert np.allclose(by_e.table["ellipticity"], 0.2) and np.allclose(by_e.table["theta"], 0.4)
     with pytest.raises(InputError, match=r"needs \['g1', 'g2'\]"):
         fit(stamps, model="elliptical_moffat", shape={"fwhm": 1.8, "beta": 2.5})
+
+
+def test_data_based_variance_weights_the_pixels():
+    """model_variance=False with gain: weights from the data, not unit weights.
+
+    For 5e4-ADU stars the data- and model-based variances differ by the
+    Poisson noise of the pixels (~1 %), so the flux errors agree to 5 %;
+    unit weights would give errors off by the sqrt of the variance (~10x).
+    """
+    stamps = good_stamps(n=30)
+    model_based = fit(stamps, shape={"fwhm": 1.8, "beta": 2.5}).table
+    data_based = fit(stamps, shape={"fwhm": 1.8, "beta": 2.5}, model_variance=False).table
+    np.testing.assert_allclose(data_based["flux_err"], model_based["flux_err"], rtol=0.05)
+    assert np.median(data_based["reduced_chi2"]) == pytest.approx(1.0, abs=0.15)  # 221 dof: scatter ~0.1

@@ -77,7 +77,7 @@ def fit_stamps(stamps, *, variance=None, mask=None, model="moffat", pixel_integr
     gain, read_noise = _noise_parameters(gain, read_noise, need_gain=variance is None or model_variance)
     if variance is None and not model_variance:
         var = np.maximum(np.nan_to_num(data), 0.0) / gain + (read_noise / gain) ** 2
-    extra = var if variance is not None else np.zeros_like(data)
+    extra = np.zeros_like(data) if variance is None and model_variance else var
     if spatial_degree and not shared_shape:
         raise InputError("spatial_degree needs shared_shape=True")
     basis = PolynomialBasis.fit_to(positions, spatial_degree) if shared_shape else None
@@ -103,7 +103,7 @@ def fit_stamps(stamps, *, variance=None, mask=None, model="moffat", pixel_integr
 
 
 def _options(model, pixel_integrated, shared_shape, shape, optimizer, gain, read_noise, dt, model_variance,
-                   spatial_degree, accuracy):
+             spatial_degree, accuracy):
     """Options recorded with the result (JSON-ready)."""
     return {"model": model, "pixel_integrated": bool(pixel_integrated), "shared_shape": bool(shared_shape),
             "shape": None if shape is None else {k: np.asarray(v).tolist() for k, v in shape.items()},
