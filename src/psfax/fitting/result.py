@@ -71,20 +71,19 @@ class FitResult:
     shared: SharedShape | None = None
     options: dict = field(default_factory=dict)
 
+    def _shape_at_centre(self) -> tuple[dict, dict]:
+        vals, errs = self.shared.shape_at(self.shared.basis.x_mid, self.shared.basis.y_mid)
+        return {k: float(v[0]) for k, v in vals.items()}, {k: float(v[0]) for k, v in errs.items()}
+
     @property
     def shape(self) -> dict | None:
         """Shared shape at the centre of the basis (degree 0: the shape), physical values."""
-        if self.shared is None:
-            return None
-        vals, _ = self.shared.shape_at(self.shared.basis.x_mid, self.shared.basis.y_mid)
-        return {k: float(v[0]) for k, v in vals.items()}
+        return None if self.shared is None else self._shape_at_centre()[0]
 
     @property
     def shape_err(self) -> dict | None:
-        if self.shared is None:
-            return None
-        _, errs = self.shared.shape_at(self.shared.basis.x_mid, self.shared.basis.y_mid)
-        return {k: float(v[0]) for k, v in errs.items()}
+        """Standard errors of :attr:`shape`."""
+        return None if self.shared is None else self._shape_at_centre()[1]
 
     def psf_at(self, x, y) -> dict:
         """Shared PSF shape (physical parameters) at image positions ``x, y``."""
