@@ -14,7 +14,7 @@ from psfax.errors import InputError, InputTypeError
 from psfax.fitting import flags as F
 from psfax.fitting import optimizers
 from psfax.fitting.params import N_STAR, initial_star_params, physical_covariance, physical_names, shape_to_u
-from psfax.fitting.problem import Setup, StampData, fixed_model, free_model, pixel_grid, table_model
+from psfax.fitting.problem import Setup, StampData, fixed_model, free_model, map_stars, pixel_grid, table_model
 from psfax.fitting.table import build_table
 from psfax.fitting.result import FitResult, SharedShape, physical_batch, results_table
 from psfax.fitting.shared import blocks, shared_covariance
@@ -159,7 +159,8 @@ def _fixed_shape_u(profile, shape, n, dt):
             raise InputError(f"shape[{name!r}] must be a scalar or have one value per stamp ({n}), "
                              f"got shape {np.shape(value)}")
     u = shape_to_u(profile, shape, dtype=dt)
-    return jnp.asarray(_pad(np.broadcast_to(np.asarray(u), (n, u.shape[-1])).copy()), dt)
+    # padded stars repeat the last shape, so that one shape for all stays recognisable (table path)
+    return jnp.asarray(_pad(np.broadcast_to(np.asarray(u), (n, u.shape[-1])), mode="edge"), dt)
 
 
 def bucket_size(n: int) -> int:
@@ -170,11 +171,11 @@ def bucket_size(n: int) -> int:
     return next(p * f // 4 for f in (4, 5, 6, 7, 8) if p * f // 4 >= n)
 
 
-def _pad(a):
-    """Pad the leading axis to :func:`bucket_size` with zeros."""
+def _pad(a, mode="constant"):
+    """Pad the leading axis to :func:`bucket_size` (zeros, or ``mode="edge"``: repeat the last row)."""
     a = np.asarray(a)
-    pad = bucket_size(len(a)) - len(a)
-    return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
+    widths = [(0, bucket_size(len(a)) - len(a))] + [(0, 0)] * (a.ndim - 1)
+    return np.pad(a, widths, mode=mode)
 
 
 @partial(jax.jit, static_argnames=("setup",))
@@ -182,8 +183,9 @@ def _initial(setup, stars):
     """Starting [x0, y0, flux, bkg] (N, 4) and FWHM guesses (N,) from the stamps."""
     ny, nx = setup.size
     gx, gy = pixel_grid(setup.size, stars.data.dtype)
-    return jax.vmap(initial_star_params, in_axes=(0, 0, None, None))(
-        stars.data.reshape(-1, ny, nx), stars.usable.reshape(-1, ny, nx), gx.reshape(ny, nx), gy.reshape(ny, nx))
+    gx, gy = gx.reshape(ny, nx), gy.reshape(ny, nx)
+    return map_stars(setup, lambda d, u: initial_star_params(d, u, gx, gy),
+                     stars.data.reshape(-1, ny, nx), stars.usable.reshape(-1, ny, nx))
 
 
 def _default_shape_u(profile, fwhm):

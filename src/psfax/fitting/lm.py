@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from psfax.fitting.problem import StampData, Setup, chi2, weights
+from psfax.fitting.problem import StampData, Setup, chi2, linearise, weights
 
 
 @dataclass(frozen=True)
@@ -49,22 +49,19 @@ class LMState(NamedTuple):
     n_iter: jnp.ndarray  # int
 
 
-def _linearise(setup, model_of, v, aux):
-    """Model (M,) and Jacobian (M, P) at v, in one forward-mode pass."""
-
-    def f(p):
-        m = model_of(setup, p, aux)
-        return m, m
-
-    jac, m = jax.jacfwd(f, has_aux=True)(v)
-    return m, jac
-
-
 def _normal_equations(setup, star: StampData, m, jac):
     """Weights at m, ``J^T W J``, ``J^T W (d - m)`` and chi2."""
     w = weights(setup, star, m)
     jw = jac * w[:, None]
     return w, jw.T @ jac, jw.T @ (star.data - m), chi2(star.data, m, w)
+
+
+def chi2_resolution(settings: LMSettings, chi2_value):
+    """``(relative drop, absolute drop)`` below which a chi2 change is noise:
+    ``ftol`` and ``dchi2``, raised to 8 float eps of chi2 in low precision
+    (float32 cannot resolve a change of 1e-6 in a chi2 of 200)."""
+    floor = 8.0 * jnp.finfo(chi2_value.dtype).eps
+    return jnp.maximum(settings.ftol, floor), jnp.maximum(settings.dchi2, floor * chi2_value)
 
 
 def _limit_shift(delta, max_shift):
@@ -79,7 +76,7 @@ def lm_star(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampDa
     One Jacobian per iteration: it is computed at the trial point and kept
     if the step is accepted.
     """
-    w0, h0, g0, c0 = _normal_equations(setup, star, *_linearise(setup, model_of, v0, aux))
+    w0, h0, g0, c0 = _normal_equations(setup, star, *linearise(setup, model_of, v0, aux))
     dtype = v0.dtype
     state = LMState(v0, h0, g0, w0, c0, jnp.asarray(settings.lam0, dtype), jnp.asarray(2.0, dtype), ~active,
                     jnp.asarray(False), jnp.asarray(0))
@@ -89,14 +86,15 @@ def lm_star(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampDa
         scale = jnp.maximum(d, 1e-30 * jnp.max(d))
         delta = _limit_shift(jnp.linalg.solve(s.h + s.lam * jnp.diag(scale), s.g), settings.max_shift)
         trial = s.v + delta
-        m, jac = _linearise(setup, model_of, trial, aux)
+        m, jac = linearise(setup, model_of, trial, aux)
         c_trial = chi2(star.data, m, s.w)  # under the current weights, comparable with s.chi2
         predicted = delta @ (2.0 * s.g - s.h @ delta)
         rho = (s.chi2 - c_trial) / jnp.where(predicted > 0, predicted, 1e-300)
         accept = jnp.isfinite(c_trial) & (c_trial < s.chi2)
         small_step = jnp.max(jnp.abs(delta) * jnp.sqrt(scale)) < settings.xtol
-        small_drop = (s.chi2 - c_trial) <= settings.ftol * jnp.maximum(s.chi2, 1.0)
-        converged = (accept & (small_step | small_drop)) | (predicted < settings.dchi2)
+        ftol, dchi2 = chi2_resolution(settings, s.chi2)
+        small_drop = (s.chi2 - c_trial) <= ftol * jnp.maximum(s.chi2, 1.0)
+        converged = (accept & (small_step | small_drop)) | (predicted < dchi2)
         w, h, g, c = _normal_equations(setup, star, m, jac)
         lam = jnp.where(accept, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), s.lam * s.nu)
         stuck = ~accept & (s.lam > 1e12)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from psfax.fitting import lm, scipy_ref, shared
 from psfax.fitting.adam import AdamSettings, adam_minimize, whitening
 from psfax.fitting.params import N_STAR
-from psfax.fitting.problem import STAR_AXES, chi2, map_stars, per_star, weights
+from psfax.fitting.problem import STAR_AXES, chi2, linearise, map_stars, per_star, weights
 from psfax.fitting.tncg import TNCGSettings, tncg_minimize
 
 LM_SETTINGS = lm.LMSettings()
@@ -58,7 +58,7 @@ def _adam_independent(setup, model_of, v0, aux, stars, active, aux_axis):
         model_fn, weights_fn, _ = _star_problem(setup, model_of, a, star)
 
         def whitener(x):
-            m, jac = lm._linearise(setup, model_of, x, a)
+            m, jac = linearise(setup, model_of, x, a)
             w = weights_fn(m)
             whiten = whitening((jac * w[:, None]).T @ jac)
             return lambda z: x + whiten @ z
@@ -178,11 +178,7 @@ def fisher_batch(setup, model_of, v, aux, stars, aux_axis=0):
     """Per-star Fisher matrices (N, P, P) and chi2 (N,) at ``v``."""
 
     def one(vi, ai, si, _):
-        def f(p):
-            m = model_of(setup, p, ai)
-            return m, m
-
-        jac, m = jax.jacfwd(f, has_aux=True)(vi)
+        m, jac = linearise(setup, model_of, vi, ai)
         w = weights(setup, si, m)
         return (jac * w[:, None]).T @ jac, chi2(si.data, m, w)
 

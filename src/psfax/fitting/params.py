@@ -117,7 +117,8 @@ def physical_covariance(profile: Profile, u, cov_u):
 def initial_star_params(data, weight, grid_x, grid_y):
     """Starting ``[x0, y0, flux, bkg]`` and a FWHM guess (px) from one stamp.
 
-    bkg: median of the usable border pixels; flux: sum of the usable excess;
+    bkg: median of the usable border pixels (none usable: the lowest usable
+    pixel); flux: sum of the usable excess;
     centre: excess-weighted centroid within 2 px of the brightest pixel;
     FWHM: Gaussian width with the same peak-to-flux ratio.
     """
@@ -125,8 +126,8 @@ def initial_star_params(data, weight, grid_x, grid_y):
     edge = jnp.concatenate([data[0], data[-1], data[1:-1, 0], data[1:-1, -1]])
     edge_ok = jnp.concatenate([ok[0], ok[-1], ok[1:-1, 0], ok[1:-1, -1]])
     bkg = jnp.nanmedian(jnp.where(edge_ok, edge, jnp.nan))
-    bkg = jnp.where(jnp.isfinite(bkg), bkg, jnp.nanmedian(jnp.where(ok, data, jnp.nan)))
-    bkg = jnp.where(jnp.isfinite(bkg), bkg, 0.0)
+    lowest = jnp.min(jnp.where(ok, data, jnp.inf))  # no usable border: the faintest usable pixel
+    bkg = jnp.where(jnp.isfinite(bkg), bkg, jnp.where(jnp.isfinite(lowest), lowest, 0.0))
     excess = jnp.where(ok, data - bkg, 0.0)
     peak_idx = jnp.argmax(excess)
     px, py = grid_x.ravel()[peak_idx], grid_y.ravel()[peak_idx]

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from psfax.fitting.params import N_STAR, shape_from_u
-from psfax.fitting.table import TableGrid, table_psf
+from psfax.fitting.table import TableGrid, interpolate, table_psf
 from psfax.profiles import Accuracy, Profile, stamp_psf
 
 
@@ -84,6 +84,25 @@ def free_model(setup: Setup, v, aux):
 def fixed_model(setup: Setup, v, shape_u):
     """Model of a star whose shape ``shape_u`` is held fixed: ``v = [x0, y0, flux, bkg]``."""
     return star_model(setup, v, shape_u)
+
+
+def linearise(setup: Setup, model_of, v, aux):
+    """Model (M,) and Jacobian (M, P) of ``model_of`` at ``v``.
+
+    A tabulated PSF gives its Jacobian in closed form from one gather,
+    ``d m / d[x0, y0, flux, bkg] = [flux dP/dx0, flux dP/dy0, P, 1]``; other
+    models use one forward-mode pass.
+    """
+    if model_of is table_model:
+        p, px, py = (a.ravel() for a in interpolate(setup.grid, aux, v[0], v[1]))
+        return v[2] * p + v[3], jnp.stack([v[2] * px, v[2] * py, p, jnp.ones_like(p)], axis=1)
+
+    def f(p):
+        m = model_of(setup, p, aux)
+        return m, m
+
+    jac, m = jax.jacfwd(f, has_aux=True)(v)
+    return m, jac
 
 
 def weights(setup: Setup, star: StampData, model):

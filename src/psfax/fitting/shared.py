@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from psfax.fitting.lm import LMSettings
+from psfax.fitting.lm import LMSettings, chi2_resolution
 from psfax.fitting.params import N_STAR
 from psfax.fitting.problem import (STAR_AXES, StampData, Setup, chi2, map_stars, per_star, star_model, table_model,
                                    weights)
@@ -175,14 +175,15 @@ def lm_shared(setup: Setup, settings: LMSettings, u0, coef0, basis, stars: Stamp
         u_new, c_new_coef = s.u + du, s.coef + dc
         # chi2 of the trial under this iteration's weights
         c_new = jnp.sum(chi2(stars.data, models(setup, u_new, c_new_coef, basis), b.w))
-        rho = (c - c_new) / jnp.maximum(_predicted(b, du, dc), 1e-300)
+        predicted = _predicted(b, du, dc)
+        rho = (c - c_new) / jnp.maximum(predicted, 1e-300)
         accept = jnp.isfinite(c_new) & (c_new < c)
         du_sig = jnp.abs(du) * jnp.sqrt(jnp.diagonal(b.U, axis1=1, axis2=2))
         dc_sig = jnp.abs(dc) * jnp.sqrt(jnp.maximum(jnp.diag(b.V), 0.0))
         small_step = jnp.maximum(jnp.max(jnp.where(active[:, None], du_sig, 0.0)), jnp.max(dc_sig)) < settings.xtol
-        small_drop = (c - c_new) <= settings.ftol * jnp.maximum(c, 1.0)
-        predicted = _predicted(b, du, dc)
-        converged = (accept & (small_step | small_drop)) | (predicted < settings.dchi2)
+        ftol, dchi2 = chi2_resolution(settings, c)
+        small_drop = (c - c_new) <= ftol * jnp.maximum(c, 1.0)
+        converged = (accept & (small_step | small_drop)) | (predicted < dchi2)
         lam = jnp.where(accept, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), s.lam * s.nu)
         stuck = ~accept & (s.lam > 1e12)
         return SharedState(jnp.where(accept, u_new, s.u), jnp.where(accept, c_new_coef, s.coef),
