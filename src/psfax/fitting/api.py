@@ -14,7 +14,9 @@ from psfax.errors import InputError, InputTypeError
 from psfax.fitting import flags as F
 from psfax.fitting import optimizers
 from psfax.fitting.params import N_STAR, initial_star_params, physical_covariance, physical_names, shape_to_u
-from psfax.fitting.problem import Setup, StampData, fixed_model, free_model, map_stars, pixel_grid, table_model
+from psfax.fitting.problem import (Setup, StampData, bucket_size, cell_model, fixed_model, free_model, map_stars,
+                                   pixel_grid, table_model)
+from psfax.fitting.taylor import shape_cells, taylor_stack
 from psfax.fitting.table import build_table
 from psfax.fitting.result import FitResult, SharedShape, physical_batch, results_table
 from psfax.fitting.shared import blocks, shared_covariance
@@ -22,6 +24,9 @@ from psfax.fitting.spatial import PolynomialBasis
 from psfax.profiles import DEFAULT_ACCURACY, Accuracy, ellipticity_to_shear, get_profile, render_stamps_batch
 
 OPTIMIZERS = ("lm", "tncg", "adam", "scipy")
+MAX_SHAPE_CELLS = 64
+"""Fixed per-star shapes spanning more shape cells than this (each ~11 MB of tables in float64 for
+15 x 15 stamps) are integrated directly instead (:mod:`psfax.fitting.taylor`)."""
 CPU_CHUNK = 128
 """On the CPU, stars are processed 128 at a time (cache-sized) (see ``optimizers._in_chunks``)."""
 
@@ -29,7 +34,7 @@ CPU_CHUNK = 128
 def fit_stamps(stamps, *, variance=None, mask=None, model="moffat", pixel_integrated=True, shared_shape=False,
                shape=None, optimizer="lm", gain=None, read_noise=None, dtype=None, device=None,
                positions=None, spatial_degree=0, model_variance=None, accuracy: Accuracy = DEFAULT_ACCURACY,
-               max_iter=100) -> FitResult:
+               max_iter=100, start: FitResult | None = None) -> FitResult:
     """Fit ``flux * PSF(x - x0, y - y0) + bkg`` to N stamps at once, minimising chi2.
 
     Parameters
@@ -53,6 +58,10 @@ def fit_stamps(stamps, *, variance=None, mask=None, model="moffat", pixel_integr
         part the model does not contain (e.g. of a subtracted sky).
     dtype, device : float32/float64 and "cpu"/"gpu" (defaults: float64 on CPU,
         float32 on GPU).
+    start : an earlier FitResult of the same model on the same stamps (e.g.
+        before outliers were masked): its finite ``x, y, flux, bkg`` and, in
+        shared mode, its shape coefficients are the starting point (per-star
+        free shapes restart from the data).
 
     Returns
     -------
@@ -96,7 +105,8 @@ def fit_stamps(stamps, *, variance=None, mask=None, model="moffat", pixel_integr
                           jnp.asarray(gain, dt), jnp.asarray(read_noise, dt))
         active = jnp.asarray(_pad(~too_few))
         fixed_u = None if shape is None else _fixed_shape_u(profile, shape, n, dt)
-        out = _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt)
+        out = _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt,
+                     None if start is None else _start_point(start, model, n, basis))
     options = _options(model, pixel_integrated, shared_shape, shape, optimizer, gain, read_noise, dt, model_variance,
                        spatial_degree, accuracy)
     return _assemble(profile, setup, optimizer, out, n, flags, n_usable, n_free, options)
@@ -163,12 +173,20 @@ def _fixed_shape_u(profile, shape, n, dt):
     return jnp.asarray(_pad(np.broadcast_to(np.asarray(u), (n, u.shape[-1])), mode="edge"), dt)
 
 
-def bucket_size(n: int) -> int:
-    """Pad a batch of n stars to one of a few sizes (16, 20, 24, 28, 32, 40, ...) to limit re-compilation."""
-    if n <= 16:
-        return 16
-    p = 2 ** math.floor(math.log2(n))
-    return next(p * f // 4 for f in (4, 5, 6, 7, 8) if p * f // 4 >= n)
+def _start_point(start, model, n, basis):
+    """``(x, y, flux, bkg)`` (N, 4, NaN where unknown) and shared coefficients (or None) of ``start``."""
+    if not isinstance(start, FitResult):
+        raise InputTypeError(f"start must be a FitResult, got {type(start).__name__}")
+    if start.model != model or len(start.table) != n:
+        raise InputError(f"start must be a {model!r} fit of the same {n} stamps, got a {start.model!r} fit of "
+                         f"{len(start.table)}")
+    u4 = np.column_stack([np.asarray(start.table[c], float) for c in ("x_fit", "y_fit", "flux_fit", "bkg_fit")])
+    coef = None
+    if basis is not None and start.shared is not None:
+        if start.shared.coef.shape[0] != basis.size:
+            raise InputError(f"start has {start.shared.coef.shape[0]} spatial terms, this fit {basis.size}")
+        coef = np.asarray(start.shared.coef, float).ravel()
+    return u4, coef
 
 
 def _pad(a, mode="constant"):
@@ -194,25 +212,36 @@ def _default_shape_u(profile, fwhm):
     return jnp.stack([start.get(name, jnp.zeros_like(fwhm)) for name in profile.shape_names], axis=-1)
 
 
-def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt):
+def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start=None):
     """Run the optimizer; returns (values, cov, chi2, converged, n_iter) per star and SharedShape|None."""
     u4, fwhm = _initial(setup, stars)
     profile = setup.profile
+    start_u4, start_coef = (None, None) if start is None else start
+    if start_u4 is not None:
+        known = jnp.asarray(_pad(np.isfinite(start_u4)))
+        u4 = jnp.where(known, jnp.asarray(_pad(np.nan_to_num(start_u4)), dt), u4)
     if basis is not None:
         pos = np.zeros((len(u4), 2)) if positions is None else _pad(np.asarray(positions, float))
         bvals = jnp.asarray(basis(pos[:, 0], pos[:, 1]), dt)
-        start = jnp.nanmedian(jnp.where(active[:, None], _default_shape_u(profile, fwhm), jnp.nan), axis=0)
-        coef0 = jnp.zeros((basis.size, setup.n_shape), dt).at[0].set(start).ravel()
+        if start_coef is None:
+            guess = jnp.nanmedian(jnp.where(active[:, None], _default_shape_u(profile, fwhm), jnp.nan), axis=0)
+            coef0 = jnp.zeros((basis.size, setup.n_shape), dt).at[0].set(guess).ravel()
+        else:
+            coef0 = jnp.asarray(start_coef, dt)
         u, coef, conv, n_iter = optimizers.solve_shared(optimizer, setup, u4, coef0, bvals, stars, active)
         *per_star, cov_c = _finish_shared(setup, u, coef, bvals, stars, active)
         shared = SharedShape(profile, basis, np.asarray(coef).reshape(basis.size, -1), np.asarray(cov_c))
         return (*per_star, np.broadcast_to(conv, active.shape) & active, np.broadcast_to(n_iter, active.shape)), shared
-    aux_axis = 0
+    aux_axis, order = 0, None
     if fixed_u is None:
         model_of, aux = free_model, jnp.zeros((len(u4), 0), dt)
         v0 = jnp.concatenate([u4, _default_shape_u(profile, fwhm)], axis=1)
     elif setup.tabulated and bool(jnp.all(fixed_u == fixed_u[0])):
         model_of, aux, v0, aux_axis = table_model, build_table_jit(setup, fixed_u[0]), u4, None
+    elif setup.tabulated and (cells := _shape_cell_tables(setup, fixed_u, dt)) is not None:
+        (aux, order), model_of, aux_axis = cells, cell_model, (None, 0)
+        stars = stars._replace(data=stars.data[order], usable=stars.usable[order], extra_var=stars.extra_var[order])
+        v0, active, fixed_u = u4[order], active[order], fixed_u[order]
     else:
         model_of, aux, v0 = fixed_model, fixed_u, u4
     v, conv, n_iter = optimizers.solve_independent(optimizer, setup, model_of, v0, aux, stars, active, aux_axis)
@@ -221,7 +250,26 @@ def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt):
         values, cov = _physical_jit(setup, values, cov)
     else:  # report the fixed shape with zero variance
         values, cov = _with_fixed_shape(setup, values, cov, fixed_u)
-    return (values, cov, chi2, conv & active, n_iter), None
+    out = (values, cov, chi2, conv & active, n_iter)
+    if order is not None:
+        out = tuple(a[jnp.argsort(order)] for a in out)
+    return out, None
+
+
+def _shape_cell_tables(setup, fixed_u, dt):
+    """Tables of the shape cells of ``fixed_u`` (:mod:`psfax.fitting.taylor`) and each star's cell and
+    offset, stars sorted by cell (so that a chunk's tables stay in cache), and that order;
+    None when the shapes span more than MAX_SHAPE_CELLS cells."""
+    centres, cell = shape_cells(np.asarray(fixed_u))
+    if len(centres) > MAX_SHAPE_CELLS:
+        return None
+    centres = jnp.asarray(centres, dt)
+    tables = jnp.stack([taylor_stack_jit(setup, c) for c in centres])
+    n_cells = 1 << (len(centres) - 1).bit_length()  # zero-padded to a power of two: few shapes to compile for
+    tables = jnp.pad(tables, ((0, n_cells - len(centres)),) + ((0, 0),) * (tables.ndim - 1))
+    order = np.argsort(cell, kind="stable")
+    cell = cell[order]
+    return (tables, (jnp.asarray(cell, jnp.int32), fixed_u[order] - centres[cell])), jnp.asarray(order)
 
 
 def _physical(profile, v, cov_v):
@@ -246,6 +294,7 @@ def _with_fixed_shape(setup, v, cov_v, fixed_u):
 
 
 build_table_jit = jax.jit(lambda setup, shape_u: build_table(setup.profile, setup.grid, shape_u), static_argnums=0)
+taylor_stack_jit = jax.jit(lambda setup, shape_u: taylor_stack(setup.profile, setup.grid, shape_u), static_argnums=0)
 
 
 @partial(jax.jit, static_argnames=("setup",))
@@ -269,7 +318,7 @@ def _assemble(profile, setup, optimizer, out, n, flags, n_usable, n_free, option
     errors = np.where(ok[:, None], np.sqrt(np.abs(variances)), np.nan)
     cov = np.where(ok[:, None, None], cov, np.nan)
     ny, nx = setup.size
-    off = fitted & ((values[:, 0] < -0.5) | (values[:, 0] > nx - 0.5) | (values[:, 1] < -0.5) | (values[:, 1] > ny - 0.5))
+    off = fitted & (np.maximum(np.abs(values[:, 0] - (nx - 1) / 2), np.abs(values[:, 1] - (ny - 1) / 2)) > F.MAX_OFFSET)
     flags = (flags | np.where(singular, F.SINGULAR, 0) | np.where(off, F.OFF_STAMP, 0)
              | np.where(fitted & ~conv, F.NOT_CONVERGED, 0)).astype(np.int32)
     dof = (n_usable - n_free).astype(np.int64)

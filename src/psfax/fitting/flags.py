@@ -12,7 +12,10 @@ TOO_FEW_PIXELS = 2
 BAD_PIXELS = 4
 """Some pixels were non-finite or had variance <= 0; they were masked and the star fitted without them."""
 OFF_STAMP = 8
-"""The fitted centre lies outside the stamp."""
+"""The centre moved more than :data:`MAX_OFFSET` px from the stamp centre; the fit stopped there."""
+MAX_OFFSET = 3.0
+"""px: stamps are cut around a detection, so a centre further than this from the stamp centre has
+left its star (and the PSF table's range, see :class:`psfax.fitting.table.TableGrid`)."""
 SINGULAR = 16
 """The Fisher matrix is singular or not positive: errors are NaN."""
 EXCLUDED = 32
@@ -22,7 +25,7 @@ FLAG_DEFINITIONS = {
     NOT_CONVERGED: "not converged",
     TOO_FEW_PIXELS: "too few usable pixels (not fitted)",
     BAD_PIXELS: "non-finite or non-positive-variance pixels masked",
-    OFF_STAMP: "fitted centre outside the stamp",
+    OFF_STAMP: "centre moved > 3 px from the stamp centre (fit stopped)",
     SINGULAR: "singular Fisher matrix (no errors)",
     EXCLUDED: "excluded from the shared-shape solve",
 }

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from psfax.fitting.flags import MAX_OFFSET
 from psfax.fitting.problem import StampData, Setup, chi2, linearise, weights
 
 
@@ -54,6 +55,12 @@ def _normal_equations(setup, star: StampData, m, jac):
     w = weights(setup, star, m)
     jw = jac * w[:, None]
     return w, jw.T @ jac, jw.T @ (star.data - m), chi2(star.data, m, w)
+
+
+def off_centre(setup: Setup, v):
+    """True when the centre ``v[:2]`` is more than MAX_OFFSET px from the stamp centre."""
+    ny, nx = setup.size
+    return jnp.maximum(jnp.abs(v[0] - (nx - 1) / 2), jnp.abs(v[1] - (ny - 1) / 2)) > MAX_OFFSET
 
 
 def chi2_resolution(settings: LMSettings, chi2_value):
@@ -98,7 +105,8 @@ def lm_star(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampDa
         w, h, g, c = _normal_equations(setup, star, m, jac)
         lam = jnp.where(accept, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), s.lam * s.nu)
         stuck = ~accept & (s.lam > 1e12)
-        new = LMState(trial, h, g, w, c, lam, jnp.asarray(2.0, dtype), converged, converged, s.n_iter + 1)
+        left = off_centre(setup, trial)  # it has left its star: stop there (flagged OFF_STAMP)
+        new = LMState(trial, h, g, w, c, lam, jnp.asarray(2.0, dtype), converged | left, converged, s.n_iter + 1)
         rejected = s._replace(lam=lam, nu=2.0 * s.nu, done=stuck | converged, converged=converged, n_iter=s.n_iter + 1)
         chosen = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, rejected)
         return jax.tree.map(lambda a, b: jnp.where(s.done, a, b), s, chosen)

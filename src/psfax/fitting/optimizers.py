@@ -7,15 +7,17 @@ matrix whatever the optimizer.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from psfax.fitting import lm, scipy_ref, shared
 from psfax.fitting.adam import AdamSettings, adam_minimize, whitening
 from psfax.fitting.params import N_STAR
-from psfax.fitting.problem import STAR_AXES, chi2, linearise, map_stars, per_star, weights
+from psfax.fitting.problem import STAR_AXES, aux_rows, bucket_size, chi2, linearise, map_stars, per_star, weights
 from psfax.fitting.tncg import TNCGSettings, tncg_minimize
 
 LM_SETTINGS = lm.LMSettings()
@@ -130,6 +132,10 @@ def _in_chunks(setup, one, v0, aux, stars, active, aux_axis):
     """``one(v, aux, star, active)`` for every star, in chunks (:func:`psfax.fitting.problem.map_stars`)."""
     if aux_axis is None:
         return map_stars(setup, lambda v, star, act: one(v, aux, star, act), v0, per_star(stars), active)
+    if aux_axis == (None, 0):
+        shared_part, star_part = aux
+        return map_stars(setup, lambda v, a, star, act: one(v, (shared_part, a), star, act), v0, star_part,
+                         per_star(stars), active)
     return map_stars(setup, one, v0, aux, per_star(stars), active)
 
 
@@ -148,14 +154,38 @@ def _lm_shared(setup, u0, coef0, basis, stars, active):
     return s.u, s.coef, s.converged, s.n_iter
 
 
+FIRST_ROUND_ITER = 8
+"""LM iterations of the first round over all stars; the few stars still going continue in a second,
+compacted batch (a batched loop runs as long as its slowest star, so a handful of slow stars
+would otherwise hold every chunk for their whole count)."""
+
+
+def _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis):
+    """LM on every star for :data:`FIRST_ROUND_ITER` iterations, then on the unfinished ones only
+    (restarted from where they stopped) for the rest of ``setup.max_iter``."""
+    first = min(FIRST_ROUND_ITER, setup.max_iter)
+    v, conv, n_iter = _lm_independent(dataclasses.replace(setup, max_iter=first), model_of, v0, aux, stars,
+                                      active, aux_axis)
+    left = np.flatnonzero(np.asarray(active & ~conv & (n_iter >= first)))
+    if left.size == 0 or setup.max_iter <= first:
+        return v, conv, n_iter
+    rows = jnp.asarray(np.pad(left, (0, bucket_size(left.size) - left.size), mode="edge"))
+    sub = stars._replace(data=stars.data[rows], usable=stars.usable[rows], extra_var=stars.extra_var[rows])
+    v2, conv2, n2 = _lm_independent(dataclasses.replace(setup, max_iter=setup.max_iter - first), model_of, v[rows],
+                                    aux_rows(aux, aux_axis, rows), sub, active[rows], aux_axis)
+    keep = slice(0, left.size)
+    return v.at[left].set(v2[keep]), conv.at[left].set(conv2[keep]), n_iter.at[left].add(n2[keep])
+
+
 def solve_independent(optimizer, setup, model_of, v0, aux, stars, active, aux_axis=0):
     """Fit every star on its own; returns (v, converged, n_iter).
 
-    ``aux`` is per star (``aux_axis=0``, e.g. fixed shapes) or shared
-    (``aux_axis=None``, e.g. a PSF table).
+    ``aux`` is per star (``aux_axis=0``, e.g. fixed shapes), shared
+    (``aux_axis=None``, e.g. a PSF table) or a (shared, per-star) pair
+    (``aux_axis=(None, 0)``, e.g. shape-cell tables and each star's cell).
     """
     if optimizer == "lm":
-        return _lm_independent(setup, model_of, v0, aux, stars, active, aux_axis)
+        return _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis)
     if optimizer == "tncg":
         return _tncg_independent(setup, model_of, v0, aux, stars, active, aux_axis)
     if optimizer == "adam":

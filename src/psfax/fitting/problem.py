@@ -10,6 +10,7 @@ data-based weights.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -17,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from psfax.fitting.params import N_STAR, shape_from_u
-from psfax.fitting.table import TableGrid, interpolate, table_psf
+from psfax.fitting.table import TableGrid, interpolate, interpolate_mixture, table_psf
+from psfax.fitting.taylor import taylor_coefficients
 from psfax.profiles import Accuracy, Profile, stamp_psf
 
 
@@ -76,6 +78,18 @@ def table_model(setup: Setup, v, table):
     return v[2] * table_psf(setup.grid, table, v[0], v[1]).ravel() + v[3]
 
 
+def cell_psf(setup: Setup, v, aux):
+    """PSF stamp and d/dx0, d/dy0 from shape-cell tables: ``aux = (tables, (cell, delta))``
+    with the star's cell index and shape offset from the cell centre (:mod:`psfax.fitting.taylor`)."""
+    tables, (cell, delta) = aux
+    return interpolate_mixture(setup.grid, tables, cell, taylor_coefficients(delta), v[0], v[1])
+
+
+def cell_model(setup: Setup, v, aux):
+    """Model of a star whose fixed shape is expanded around its shape cell's centre."""
+    return v[2] * cell_psf(setup, v, aux)[0].ravel() + v[3]
+
+
 def free_model(setup: Setup, v, aux):
     """Model of a star whose shape is free: ``v = [x0, y0, flux, bkg, *shape_u]``."""
     return star_model(setup, v[:N_STAR], v[N_STAR:])
@@ -93,8 +107,9 @@ def linearise(setup: Setup, model_of, v, aux):
     ``d m / d[x0, y0, flux, bkg] = [flux dP/dx0, flux dP/dy0, P, 1]``; other
     models use one forward-mode pass.
     """
-    if model_of is table_model:
-        p, px, py = (a.ravel() for a in interpolate(setup.grid, aux, v[0], v[1]))
+    if model_of in (table_model, cell_model):
+        stamps = interpolate(setup.grid, aux, v[0], v[1]) if model_of is table_model else cell_psf(setup, v, aux)
+        p, px, py = (a.ravel() for a in stamps)
         return v[2] * p + v[3], jnp.stack([v[2] * px, v[2] * py, p, jnp.ones_like(p)], axis=1)
 
     def f(p):
@@ -128,6 +143,25 @@ def per_star(stars: StampData) -> StampData:
     """The batch with gain and read noise repeated per star, so that every field maps over stars."""
     n = stars.data.shape[0]
     return stars._replace(gain=jnp.broadcast_to(stars.gain, (n,)), read_noise=jnp.broadcast_to(stars.read_noise, (n,)))
+
+
+def aux_rows(aux, aux_axis, index):
+    """The ``aux`` of the stars at ``index``: all of it when shared (``aux_axis=None``), its rows when
+    per star (0), or the shared part with the rows of the per-star part (``(None, 0)``)."""
+    if aux_axis is None:
+        return aux
+    if aux_axis == 0:
+        return jax.tree.map(lambda a: a[index], aux)
+    shared_part, star_part = aux
+    return shared_part, jax.tree.map(lambda a: a[index], star_part)
+
+
+def bucket_size(n: int) -> int:
+    """Pad a batch of n stars to one of a few sizes (16, 20, 24, 28, 32, 40, ...) to limit re-compilation."""
+    if n <= 16:
+        return 16
+    p = 2 ** math.floor(math.log2(n))
+    return next(p * f // 4 for f in (4, 5, 6, 7, 8) if p * f // 4 >= n)
 
 
 def map_stars(setup: Setup, fn, *args):

@@ -27,9 +27,22 @@ class SharedShape:
     def shape_at(self, x, y) -> tuple[dict, dict]:
         """Physical shape and its standard errors at image positions (x, y)."""
         with jax.enable_x64(self.coef.dtype == np.float64):
-            return self._shape_at(x, y)
+            reported = self._reported(x, y)
+            c = jnp.asarray(self.coef.ravel())
+            jac = jax.jacfwd(reported)(c)  # (names, n, K)
+            var = jnp.einsum("inK,KL,inL->in", jac, jnp.asarray(self.covariance), jac)
+            names = shape_column_names(self.profile)
+            return ({n: np.asarray(v) for n, v in zip(names, reported(c))},
+                    {n: np.sqrt(np.maximum(np.asarray(v), 0.0)) for n, v in zip(names, var)})
 
-    def _shape_at(self, x, y):
+    def values_at(self, x, y) -> dict:
+        """Physical shape at image positions (x, y), without errors (cheaper than :meth:`shape_at`)."""
+        with jax.enable_x64(self.coef.dtype == np.float64):
+            values = self._reported(x, y)(jnp.asarray(self.coef.ravel()))
+            return {n: np.asarray(v) for n, v in zip(shape_column_names(self.profile), values)}
+
+    def _reported(self, x, y):
+        """The function: coefficients -> stacked reported shape parameters (names, n) at (x, y)."""
         b = np.atleast_2d(np.asarray(self.basis(np.atleast_1d(x), np.atleast_1d(y))))
 
         def reported(c):
@@ -39,13 +52,7 @@ class SharedShape:
                 out += list(shear_to_ellipticity(s["g1"], s["g2"]))
             return jnp.stack(out)
 
-        c = jnp.asarray(self.coef.ravel())
-        vals = reported(c)
-        jac = jax.jacfwd(reported)(c)  # (names, n, K)
-        var = jnp.einsum("inK,KL,inL->in", jac, jnp.asarray(self.covariance), jac)
-        names = shape_column_names(self.profile)
-        return ({n: np.asarray(v) for n, v in zip(names, vals)},
-                {n: np.sqrt(np.maximum(np.asarray(v), 0.0)) for n, v in zip(names, var)})
+        return reported
 
 
 def shape_column_names(profile: Profile) -> list[str]:
@@ -89,7 +96,7 @@ class FitResult:
         """Shared PSF shape (physical parameters) at image positions ``x, y``."""
         if self.shared is None:
             raise ValueError("psf_at needs a shared-shape fit (shared_shape=True)")
-        return self.shared.shape_at(x, y)[0]
+        return self.shared.values_at(x, y)
 
     def to_dict(self) -> dict:
         """JSON-ready summary of the fit (shared model when there is one)."""

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse
 
-from psfax.fitting.problem import STAR_AXES, weights
+from psfax.fitting.problem import STAR_AXES, aux_rows, weights
 
 REWEIGHT_ROUNDS = 3
 
@@ -43,7 +43,7 @@ def solve_independent(setup, model_of, v0, aux, stars, active, aux_axis):
     nfev = np.zeros(len(v), np.int32)
     data = np.asarray(stars.data)
     for i in np.flatnonzero(np.asarray(active)):
-        a = aux if aux_axis is None else aux[i]
+        a = aux_rows(aux, aux_axis, i)
         star = jax.tree.map(lambda x, ax: x if ax is None else x[i], stars, STAR_AXES)
         x = v[i]
         for _ in range(REWEIGHT_ROUNDS if setup.model_variance else 1):

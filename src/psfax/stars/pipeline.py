@@ -209,16 +209,17 @@ def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
     """Fit the PSF model to the stars, refitting after chi2-outlier rejection.
 
     A rejected star stays in the batch with every pixel masked (the engine then
-    leaves it out and flags it), so each refit has the same array shapes and
-    reuses the compiled program.  Returns ``(FitResult, kept indices into
+    leaves it out and flags it), so each refit has the same array shapes,
+    reuses the compiled program and starts from the previous solution.  Returns ``(FitResult, kept indices into
     stamps, stars per fit, converged fraction of the first fit)``.
     """
     kept = np.ones(len(stamps), bool)
     clipping = []
     converged = None
+    result = None
     for refit in range(options.clip_iterations + 1):
         masked = dataclasses.replace(stamps, mask=stamps.mask | ~kept[:, None, None])
-        result = _fit(masked, exposure, options)
+        result = _fit(masked, exposure, options, start=result)
         table = result.table
         clipping.append(int(kept.sum()))
         if converged is None:
@@ -240,8 +241,9 @@ def chi2_outliers(reduced_chi2: np.ndarray, k: float) -> np.ndarray:
     return ~finite | (reduced_chi2 > med + k * mad)
 
 
-def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, shape=None):
-    """One call of :func:`psfax.fit_stamps` on ``stamps`` (PSF fit, or photometry with ``shape``)."""
+def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, shape=None, start=None):
+    """One call of :func:`psfax.fit_stamps` on ``stamps`` (PSF fit, or photometry with ``shape``);
+    a refit starts from the previous ``start``."""
     import psfax
 
     positions = np.column_stack([stamps.x0 + stamps.x_init, stamps.y0 + stamps.y_init])
@@ -251,7 +253,7 @@ def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, shape=None):
         pixel_integrated=options.pixel_integrated, shared_shape=shared, shape=shape,
         optimizer=options.optimizer, dtype=options.dtype, device=options.device,
         positions=positions if shared else None,
-        spatial_degree=options.spatial_degree if shared else 0)
+        spatial_degree=options.spatial_degree if shared else 0, start=start)
 
 
 def psf_shape_at(result, options: FitOptions, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
