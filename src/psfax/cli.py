@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("psfax: aborted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # usage errors (missing argument, bad option) are click exceptions; typer may ship its own
+        # copy of click, so they are recognised by their interface rather than their class
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             return exc.exit_code
         raise

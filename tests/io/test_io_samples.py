@@ -57,3 +57,10 @@ def test_fetch_from_package_index(empty_cache):
         pytest.skip(f"package index not reachable: {exc}")
     for role, spec in samples.get_sample("ztf-sample").files.items():
         assert samples.sha256(paths[role]) == spec.sha256
+
+
+def test_usage_error_is_one_message_not_a_traceback(capsys):
+    """A missing argument exits 2 with click's usage message (typer may bundle its own click)."""
+    assert main(["data", "path", "ztf-sample"]) == 2
+    err = capsys.readouterr().err
+    assert "Missing argument" in err and "Traceback" not in err
