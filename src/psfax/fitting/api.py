@@ -355,12 +355,15 @@ def render_stamps(params, shape, *, model="moffat", pixel_integrated=True, accur
     n = max(len(a) for a in [x, y, flux, bkg, *shape_values.values()])
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    def padded(a):  # to a bucket size: one compiled program serves many N
+        return jnp.asarray(_pad(np.broadcast_to(a, (n,)), mode="edge"), dt)
+
     with compute_context(dt, dev):
-        arrays = [jnp.asarray(np.broadcast_to(a, (n,)), dt) for a in (x, y, flux, bkg)]
-        shape_arr = {k: jnp.asarray(np.broadcast_to(v, (n,)), dt) for k, v in shape_values.items()}
+        arrays = [padded(a) for a in (x, y, flux, bkg)]
+        shape_arr = {k: padded(v) for k, v in shape_values.items()}
         out = render_stamps_batch(profile, *arrays, shape_arr, (ny, nx), pixel_integrated=bool(pixel_integrated),
                                   accuracy=accuracy)
-        return np.asarray(out)
+        return np.asarray(out)[:n]
 
 
 def _stamp_size(shape):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -37,22 +38,29 @@ class SharedShape:
 
     def values_at(self, x, y) -> dict:
         """Physical shape at image positions (x, y), without errors (cheaper than :meth:`shape_at`)."""
+        from psfax.fitting.problem import bucket_size
+
+        b = np.atleast_2d(np.asarray(self.basis(np.atleast_1d(x), np.atleast_1d(y))))
+        n = len(b)
+        b = np.pad(b, ((0, bucket_size(n) - n), (0, 0)))  # one compiled program serves many n
         with jax.enable_x64(self.coef.dtype == np.float64):
-            values = self._reported(x, y)(jnp.asarray(self.coef.ravel()))
-            return {n: np.asarray(v) for n, v in zip(shape_column_names(self.profile), values)}
+            values = _reported_shape(self.profile, jnp.asarray(b), jnp.asarray(self.coef))
+            return {n_: np.asarray(v)[:n] for n_, v in zip(shape_column_names(self.profile), values)}
 
     def _reported(self, x, y):
         """The function: coefficients -> stacked reported shape parameters (names, n) at (x, y)."""
-        b = np.atleast_2d(np.asarray(self.basis(np.atleast_1d(x), np.atleast_1d(y))))
+        b = jnp.atleast_2d(jnp.asarray(self.basis(np.atleast_1d(x), np.atleast_1d(y))))
+        return lambda c: _reported_shape(self.profile, b, c.reshape(self.basis.size, -1))
 
-        def reported(c):
-            s = shape_from_u(self.profile, b @ c.reshape(self.basis.size, -1))
-            out = [s["fwhm"]] + ([s["beta"]] if "beta" in s else [])
-            if self.profile.elliptical:
-                out += list(shear_to_ellipticity(s["g1"], s["g2"]))
-            return jnp.stack(out)
 
-        return reported
+@partial(jax.jit, static_argnums=0)
+def _reported_shape(profile: Profile, basis_values, coef):
+    """Reported shape parameters (names, n) from basis values (n, size) and coefficients (size, k)."""
+    s = shape_from_u(profile, basis_values @ coef)
+    out = [s["fwhm"]] + ([s["beta"]] if "beta" in s else [])
+    if profile.elliptical:
+        out += list(shear_to_ellipticity(s["g1"], s["g2"]))
+    return jnp.stack(out)
 
 
 def shape_column_names(profile: Profile) -> list[str]:

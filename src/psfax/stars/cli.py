@@ -67,5 +67,5 @@ def summary_table(result, total: float):
     if info["n_photometry"] is not None:
         table.add_row("PSF photometry", f"{info['n_photometry']} sources")
     times = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
-    table.add_row("time [s]", f"{times}; total {total:.2f}")
+    table.add_row("time (s)", f"{times}; total {total:.2f}")
     return table

@@ -19,7 +19,9 @@ from psfax.io.atomic import atomic_path
 def _figure(ncols: int = 1, width: float = 5.0, height: float = 4.2):
     from matplotlib.figure import Figure  # no pyplot: no global state, Agg by default
 
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    fig = Figure(figsize=(width * ncols, height))
+    # fixed margins: a constrained layout would cost a second draw of every figure
+    fig.subplots_adjust(left=0.17 / ncols, right=1 - 0.1 / ncols, bottom=0.12, top=0.92, wspace=0.3)
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
