@@ -108,6 +108,10 @@ def linearise(setup: Setup, model_of, v, aux):
     ``d m / d[x0, y0, flux, bkg] = [flux dP/dx0, flux dP/dy0, P, 1]``; other
     models use one forward-mode pass.
     """
+    if model_of is free_model:
+        return direct_linearise(setup, v[:N_STAR], v[N_STAR:], wrt_shape=True)
+    if model_of is fixed_model:
+        return direct_linearise(setup, v, aux, wrt_shape=False)
     if model_of in (table_model, cell_model):
         stamps = interpolate(setup.grid, aux, v[0], v[1]) if model_of is table_model else cell_psf(setup, v, aux)
         p, px, py = (a.ravel() for a in stamps)
@@ -119,6 +123,22 @@ def linearise(setup: Setup, model_of, v, aux):
 
     jac, m = jax.jacfwd(f, has_aux=True)(v)
     return m, jac
+
+
+def direct_linearise(setup: Setup, u4, shape_u, *, wrt_shape: bool):
+    """Model (M,) and Jacobian wrt ``[x0, y0, flux, bkg]`` (and ``shape_u`` when ``wrt_shape``) by direct
+    integration.  Flux and bkg enter linearly, so forward mode runs over the PSF's own arguments only
+    (x0, y0 and the shape): ``dm/dflux = P``, ``dm/dbkg = 1``, ``dm/dx0 = flux dP/dx0``."""
+    def psf(p):
+        shape = shape_from_u(setup.profile, p[2:] if wrt_shape else shape_u)
+        out = stamp_psf(setup.profile, p[0], p[1], shape, setup.size, pixel_integrated=setup.pixel_integrated,
+                        accuracy=setup.accuracy).ravel()
+        return out, out
+
+    jac, p = jax.jacfwd(psf, has_aux=True)(jnp.concatenate([u4[:2], shape_u]) if wrt_shape else u4[:2])
+    flux = u4[2]
+    columns = [flux * jac[:, :2], p[:, None], jnp.ones_like(p)[:, None]]
+    return flux * p + u4[3], jnp.concatenate(columns + ([flux * jac[:, 2:]] if wrt_shape else []), axis=1)
 
 
 def weights(setup: Setup, star: StampData, model):

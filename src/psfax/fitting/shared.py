@@ -27,8 +27,8 @@ import jax.numpy as jnp
 
 from psfax.fitting.lm import LMSettings, chi2_resolution
 from psfax.fitting.params import N_STAR
-from psfax.fitting.problem import (STAR_AXES, StampData, Setup, chi2, map_stars, per_star, star_model, table_model,
-                                   weights)
+from psfax.fitting.problem import (STAR_AXES, StampData, Setup, chi2, direct_linearise, map_stars, per_star, star_model,
+                                   table_model, weights)
 from psfax.fitting.table import build_table, interpolate
 
 
@@ -40,16 +40,12 @@ class Blocks(NamedTuple):
     g_c: jnp.ndarray  # (K,)
     chi2: jnp.ndarray  # (N,)
     w: jnp.ndarray  # (N, M) weights used
+    m: jnp.ndarray  # (N, M) model
 
 
 def _direct_jacobian(setup: Setup, u, shape_u):
     """Model (M,) and Jacobians wrt u (M, 4) and shape (M, k) by direct integration."""
-
-    def f(p):
-        m = star_model(setup, p[:N_STAR], p[N_STAR:])
-        return m, m
-
-    jac, m = jax.jacfwd(f, has_aux=True)(jnp.concatenate([u, shape_u]))
+    m, jac = direct_linearise(setup, u, shape_u, wrt_shape=True)
     return m, jac[:, :N_STAR], jac[:, N_STAR:]
 
 
@@ -115,7 +111,7 @@ def blocks(setup: Setup, u, coef, basis, stars: StampData, active) -> Blocks:
     """Gauss-Newton blocks of the whole problem at (u, coef)."""
     m, ju, js = models_and_jacobians(setup, u, coef, basis)
     U, W, V, g_u, g_c, c, w = map_stars(setup, partial(_star_blocks, setup), m, ju, js, basis, per_star(stars), active)
-    return Blocks(U, W, V.sum(0), g_u, g_c.sum(0), c, w)
+    return Blocks(U, W, V.sum(0), g_u, g_c.sum(0), c, w, m)
 
 
 def schur_solve(b: Blocks, lam):
@@ -142,7 +138,7 @@ def _predicted(b: Blocks, du, dc):
 class SharedState(NamedTuple):
     u: jnp.ndarray
     coef: jnp.ndarray
-    chi2: jnp.ndarray
+    b: Blocks  # at (u, coef)
     lam: jnp.ndarray
     nu: jnp.ndarray
     done: jnp.ndarray
@@ -150,31 +146,30 @@ class SharedState(NamedTuple):
     n_iter: jnp.ndarray
 
 
-def total_chi2(setup, u, coef, basis, stars, active):
-    m = models(setup, u, coef, basis)
-    return jnp.sum(jnp.where(active, chi2(stars.data, m, weights_batch(setup, stars, m)), 0.0))
-
-
 def weights_batch(setup, stars, m):
     return jax.vmap(weights, in_axes=(None, STAR_AXES, 0))(setup, stars, m)
 
 
 def lm_shared(setup: Setup, settings: LMSettings, u0, coef0, basis, stars: StampData, active) -> SharedState:
-    """Fit all stars with one shared shape model; returns the final state."""
+    """Fit all stars with one shared shape model; returns the final state.
+
+    One linearisation per iteration: the blocks are computed at the trial
+    point (its model gives the trial chi2) and kept if the step is accepted.
+    """
     dtype = u0.dtype
-    state = SharedState(u0, coef0, total_chi2(setup, u0, coef0, basis, stars, active), jnp.asarray(settings.lam0, dtype),
+    state = SharedState(u0, coef0, blocks(setup, u0, coef0, basis, stars, active), jnp.asarray(settings.lam0, dtype),
                         jnp.asarray(2.0, dtype), jnp.asarray(False), jnp.asarray(False), jnp.asarray(0))
 
     def step(s: SharedState):
-        b = blocks(setup, s.u, s.coef, basis, stars, active)
+        b = s.b
         c = jnp.sum(b.chi2)
         du, dc = schur_solve(b, s.lam)
         shift = jnp.maximum(jnp.max(jnp.abs(du[:, :2])), 1e-30)
         scale = jnp.minimum(1.0, settings.max_shift / shift)
         du, dc = du * scale, dc * scale
         u_new, c_new_coef = s.u + du, s.coef + dc
-        # chi2 of the trial under this iteration's weights
-        c_new = jnp.sum(chi2(stars.data, models(setup, u_new, c_new_coef, basis), b.w))
+        b_new = blocks(setup, u_new, c_new_coef, basis, stars, active)
+        c_new = jnp.sum(chi2(stars.data, b_new.m, b.w))  # under this iteration's weights, comparable with c
         predicted = _predicted(b, du, dc)
         rho = (c - c_new) / jnp.maximum(predicted, 1e-300)
         accept = jnp.isfinite(c_new) & (c_new < c)
@@ -186,9 +181,10 @@ def lm_shared(setup: Setup, settings: LMSettings, u0, coef0, basis, stars: Stamp
         converged = (accept & (small_step | small_drop)) | (predicted < dchi2)
         lam = jnp.where(accept, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), s.lam * s.nu)
         stuck = ~accept & (s.lam > 1e12)
-        return SharedState(jnp.where(accept, u_new, s.u), jnp.where(accept, c_new_coef, s.coef),
-                           jnp.where(accept, c_new, c), lam, jnp.where(accept, 2.0, 2.0 * s.nu).astype(dtype),
-                           converged | stuck, converged, s.n_iter + 1)
+        kept = jax.tree.map(lambda new, old: jnp.where(accept, new, old), b_new, b)
+        return SharedState(jnp.where(accept, u_new, s.u), jnp.where(accept, c_new_coef, s.coef), kept, lam,
+                           jnp.where(accept, 2.0, 2.0 * s.nu).astype(dtype), converged | stuck, converged,
+                           s.n_iter + 1)
 
     return jax.lax.while_loop(lambda s: ~s.done & (s.n_iter < setup.max_iter), step, state)
 
