@@ -16,7 +16,6 @@ t = floor((x + 0.5) / tile).
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 
 import jax

@@ -15,7 +15,7 @@ from psfax.fitting import flags as F
 from psfax.fitting import optimizers
 from psfax.fitting.params import N_STAR, initial_star_params, physical_covariance, physical_names, shape_to_u
 from psfax.fitting.problem import (Setup, StampData, bucket_size, cell_model, fixed_model, free_model, map_stars,
-                                   pixel_grid, table_model)
+                                   pixel_grid, star_rows, table_model)
 from psfax.fitting.taylor import shape_cells, taylor_stack
 from psfax.fitting.table import build_table
 from psfax.fitting.result import FitResult, SharedShape, physical_batch, results_table
@@ -240,7 +240,7 @@ def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start
         model_of, aux, v0, aux_axis = table_model, build_table_jit(setup, fixed_u[0]), u4, None
     elif setup.tabulated and (cells := _shape_cell_tables(setup, fixed_u, dt)) is not None:
         (aux, order), model_of, aux_axis = cells, cell_model, (None, 0)
-        stars = stars._replace(data=stars.data[order], usable=stars.usable[order], extra_var=stars.extra_var[order])
+        stars = star_rows(stars, order)
         v0, active, fixed_u = u4[order], active[order], fixed_u[order]
     else:
         model_of, aux, v0 = fixed_model, fixed_u, u4

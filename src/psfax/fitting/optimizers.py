@@ -17,7 +17,8 @@ import numpy as np
 from psfax.fitting import lm, scipy_ref, shared
 from psfax.fitting.adam import AdamSettings, adam_minimize, whitening
 from psfax.fitting.params import N_STAR
-from psfax.fitting.problem import STAR_AXES, aux_rows, bucket_size, chi2, linearise, map_stars, per_star, weights
+from psfax.fitting.problem import (STAR_AXES, aux_rows, bucket_size, chi2, linearise, map_stars, per_star,
+                                   star_rows, weights)
 from psfax.fitting.tncg import TNCGSettings, tncg_minimize
 
 LM_SETTINGS = lm.LMSettings()
@@ -170,9 +171,8 @@ def _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis):
     if left.size == 0 or setup.max_iter <= first:
         return v, conv, n_iter
     rows = jnp.asarray(np.pad(left, (0, bucket_size(left.size) - left.size), mode="edge"))
-    sub = stars._replace(data=stars.data[rows], usable=stars.usable[rows], extra_var=stars.extra_var[rows])
     v2, conv2, n2 = _lm_independent(dataclasses.replace(setup, max_iter=setup.max_iter - first), model_of, v[rows],
-                                    aux_rows(aux, aux_axis, rows), sub, active[rows], aux_axis)
+                                    aux_rows(aux, aux_axis, rows), star_rows(stars, rows), active[rows], aux_axis)
     keep = slice(0, left.size)
     return v.at[left].set(v2[keep]), conv.at[left].set(conv2[keep]), n_iter.at[left].add(n2[keep])
 

@@ -102,27 +102,19 @@ def fixed_model(setup: Setup, v, shape_u):
 
 
 def linearise(setup: Setup, model_of, v, aux):
-    """Model (M,) and Jacobian (M, P) of ``model_of`` at ``v``.
+    """Model (M,) and Jacobian (M, P) of ``model_of`` (one of the four star models above) at ``v``.
 
     A tabulated PSF gives its Jacobian in closed form from one gather,
-    ``d m / d[x0, y0, flux, bkg] = [flux dP/dx0, flux dP/dy0, P, 1]``; other
-    models use one forward-mode pass.
+    ``d m / d[x0, y0, flux, bkg] = [flux dP/dx0, flux dP/dy0, P, 1]``; direct
+    integration uses one forward-mode pass (:func:`direct_linearise`).
     """
     if model_of is free_model:
         return direct_linearise(setup, v[:N_STAR], v[N_STAR:], wrt_shape=True)
     if model_of is fixed_model:
         return direct_linearise(setup, v, aux, wrt_shape=False)
-    if model_of in (table_model, cell_model):
-        stamps = interpolate(setup.grid, aux, v[0], v[1]) if model_of is table_model else cell_psf(setup, v, aux)
-        p, px, py = (a.ravel() for a in stamps)
-        return v[2] * p + v[3], jnp.stack([v[2] * px, v[2] * py, p, jnp.ones_like(p)], axis=1)
-
-    def f(p):
-        m = model_of(setup, p, aux)
-        return m, m
-
-    jac, m = jax.jacfwd(f, has_aux=True)(v)
-    return m, jac
+    stamps = interpolate(setup.grid, aux, v[0], v[1]) if model_of is table_model else cell_psf(setup, v, aux)
+    p, px, py = (a.ravel() for a in stamps)
+    return v[2] * p + v[3], jnp.stack([v[2] * px, v[2] * py, p, jnp.ones_like(p)], axis=1)
 
 
 def direct_linearise(setup: Setup, u4, shape_u, *, wrt_shape: bool):
@@ -164,6 +156,11 @@ def per_star(stars: StampData) -> StampData:
     """The batch with gain and read noise repeated per star, so that every field maps over stars."""
     n = stars.data.shape[0]
     return stars._replace(gain=jnp.broadcast_to(stars.gain, (n,)), read_noise=jnp.broadcast_to(stars.read_noise, (n,)))
+
+
+def star_rows(stars: StampData, index) -> StampData:
+    """The stars at ``index`` (the noise scalars stay shared)."""
+    return stars._replace(data=stars.data[index], usable=stars.usable[index], extra_var=stars.extra_var[index])
 
 
 def aux_rows(aux, aux_axis, index):

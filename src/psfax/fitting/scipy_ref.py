@@ -11,32 +11,18 @@ Jacobian come from the same JAX functions as the fast fitters; with
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 import scipy.sparse
 
-from psfax.fitting.problem import STAR_AXES, aux_rows, weights
+from psfax.fitting.problem import STAR_AXES, aux_rows, linearise, weights
 
 REWEIGHT_ROUNDS = 3
 
 
-def _one_star_functions(setup, model_of):
-    @jax.jit
-    def model_and_jac(v, aux):
-        def f(p):
-            m = model_of(setup, p, aux)
-            return m, m
-
-        jac, m = jax.jacfwd(f, has_aux=True)(v)
-        return m, jac
-
-    return model_and_jac
-
-
 def solve_independent(setup, model_of, v0, aux, stars, active, aux_axis):
     """Per-star ``least_squares``; returns (v, converged, n_evaluations) as numpy arrays."""
-    model_and_jac = _one_star_functions(setup, model_of)
+    model_and_jac = jax.jit(lambda v, aux: linearise(setup, model_of, v, aux))
     weights_one = jax.jit(lambda star, m: weights(setup, star, m))
     v = np.array(v0)
     conv = np.zeros(len(v), bool)
@@ -65,7 +51,7 @@ def solve_shared(setup, u0, coef0, basis, stars, active):
     """Joint ``least_squares`` with a sparse Jacobian; returns (u, coef, converged, n_evaluations)."""
     from psfax.fitting.shared import models, models_and_jacobians, weights_batch
 
-    n, k_coef = u0.shape[0], coef0.shape[0]
+    k_coef = coef0.shape[0]
     idx = np.flatnonzero(np.asarray(active))
     data = np.asarray(stars.data)[idx]
     m_pix = data.shape[1]
