@@ -9,8 +9,9 @@
   global configuration.
 * ``enable_compilation_cache()`` turns on JAX's persistent compilation cache in
   the user cache directory (``$PSFAX_CACHE_DIR`` or the platform default), so
-  a second run does not re-compile.  psfax calls it lazily on its first
-  computation; set ``PSFAX_NO_COMPILATION_CACHE=1`` to opt out.
+  a second run does not re-compile (and, with :mod:`psfax.programs`, does not
+  re-trace).  psfax calls it lazily on its first computation; set
+  ``PSFAX_NO_COMPILATION_CACHE=1`` to opt out.
 """
 
 from __future__ import annotations
@@ -46,9 +47,19 @@ def enable_compilation_cache() -> None:
         return
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     _cache_enabled = True
+
+
+def program_cache_dir() -> Path | None:
+    """Folder of the lowered programs of :mod:`psfax.programs` (``cache_dir()/programs``), or None when
+    the compilation cache is off (not yet enabled, or ``PSFAX_NO_COMPILATION_CACHE`` set)."""
+    if not _cache_enabled:
+        return None
+    path = cache_dir() / "programs"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def resolve_device(device: str | jax.Device | None) -> jax.Device:

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
+
+from psfax.programs import persistent_jit
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -191,7 +192,7 @@ def render_stamp(profile: Profile, x0, y0, flux, bkg, shape: dict, size: tuple[i
     return flux * stamp_psf(profile, x0, y0, shape, size, pixel_integrated=pixel_integrated, accuracy=accuracy) + bkg
 
 
-@partial(jax.jit, static_argnames=("profile", "size", "pixel_integrated", "accuracy"))
+@persistent_jit(static_argnames=("profile", "size", "pixel_integrated", "accuracy"))
 def render_stamps_batch(profile: Profile, x0, y0, flux, bkg, shape: dict, size: tuple[int, int], *,
                         pixel_integrated: bool = True, accuracy: Accuracy = DEFAULT_ACCURACY):
     """:func:`render_stamp` for N stars at once (every argument but ``size`` has a leading N axis)."""

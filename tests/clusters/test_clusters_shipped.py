@@ -1,7 +1,6 @@
 """The shipped default model against the issue's target, on fresh held-out fields."""
 
 import numpy as np
-import pytest
 
 from psfax.clusters.config import load_config
 from psfax.clusters.dataset import field_rng, simulate_field

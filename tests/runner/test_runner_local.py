@@ -19,7 +19,7 @@ from astropy.io import fits
 from runner_testjobs import SMOOTH_JOB, box_smooth, expected_smooth, make_images, read_image, write_smoothed
 
 from psfax.errors import InputError
-from psfax.runner import Job, JobOption, run_jobs
+from psfax.runner import Job, run_jobs
 from psfax.runner.manifest import Manifest
 
 # float64 smoothing of N(0,1) pixels agrees with scipy to rounding: 1e-12 is ~1e4 ulps of slack.

@@ -73,6 +73,20 @@ def test_photometry_fluxes_and_positions(field, result):
     assert np.mean(np.abs(cat["mag"] - true_mag)[ok] < 3 * cat["mag_err"][ok] + 1e-3) > 0.97
 
 
+def test_float32_photometry_agrees_with_float64(field, result):
+    # the default photometry runs in float32; each star's chi2 (~225) is resolved to 8 eps x 225 = 2e-4,
+    # so both precisions stop within ~0.015 sigma of the same optimum: allow 0.05 sigma
+    assert result.catalog["flux_fit"].dtype == np.float32
+    cat64 = fit_image(field.image, header=field.header, photometry_dtype="float64").catalog
+    assert cat64["flux_fit"].dtype == np.float64
+    ok = (np.asarray(result.catalog["flags"]) == 0) & (np.asarray(cat64["flags"]) == 0)
+    assert ok.mean() >= 0.95
+    for name in ("flux", "x", "y"):
+        col = "flux_fit" if name == "flux" else name
+        diff = (np.asarray(result.catalog[col], float) - np.asarray(cat64[col], float)) / np.asarray(cat64[f"{name}_err"])
+        assert np.max(np.abs(diff[ok])) < 0.05, name
+
+
 def test_outputs_written(result, tmp_path):
     paths = result.write(tmp_path)
     names = sorted(p.name for p in paths)

@@ -15,12 +15,13 @@ from psfax.fitting import flags as F
 from psfax.fitting import optimizers
 from psfax.fitting.params import N_STAR, initial_star_params, physical_covariance, physical_names, shape_to_u
 from psfax.fitting.problem import (Setup, StampData, bucket_size, cell_model, fixed_model, free_model, map_stars,
-                                   pixel_grid, star_rows, table_model)
+                                   pixel_grid, table_model)
 from psfax.fitting.taylor import shape_cells, taylor_stack
 from psfax.fitting.table import build_table
 from psfax.fitting.result import FitResult, SharedShape, physical_batch, results_table
 from psfax.fitting.shared import blocks, shared_covariance
 from psfax.fitting.spatial import PolynomialBasis
+from psfax.programs import persistent_jit
 from psfax.profiles import DEFAULT_ACCURACY, Accuracy, ellipticity_to_shear, get_profile, render_stamps_batch
 
 OPTIMIZERS = ("lm", "tncg", "adam", "scipy")
@@ -170,7 +171,7 @@ def _fixed_shape_u(profile, shape, n, dt):
                              f"got shape {np.shape(value)}")
     u = shape_to_u(profile, shape, dtype=dt)
     # padded stars repeat the last shape, so that one shape for all stays recognisable (table path)
-    return jnp.asarray(_pad(np.broadcast_to(np.asarray(u), (n, u.shape[-1])), mode="edge"), dt)
+    return _pad(np.broadcast_to(u, (n, u.shape[-1])), mode="edge")
 
 
 def _start_point(start, model, n, basis):
@@ -196,110 +197,129 @@ def _pad(a, mode="constant"):
     return np.pad(a, widths, mode=mode)
 
 
-@partial(jax.jit, static_argnames=("setup",))
-def _initial(setup, stars):
-    """Starting [x0, y0, flux, bkg] (N, 4) and FWHM guesses (N,) from the stamps."""
+@persistent_jit(static_argnames=("setup",))
+def _initial(setup, stars, start_u4):
+    """Starting [x0, y0, flux, bkg] (N, 4) from the stamps, the finite entries of ``start_u4`` (N, 4)
+    taking precedence, and a starting unconstrained shape per star (N, k): its FWHM guess, beta = 2.5,
+    round."""
     ny, nx = setup.size
     gx, gy = pixel_grid(setup.size, stars.data.dtype)
     gx, gy = gx.reshape(ny, nx), gy.reshape(ny, nx)
-    return map_stars(setup, lambda d, u: initial_star_params(d, u, gx, gy),
-                     stars.data.reshape(-1, ny, nx), stars.usable.reshape(-1, ny, nx))
-
-
-def _default_shape_u(profile, fwhm):
-    """Unconstrained starting shape: the guessed FWHM, beta = 2.5, round."""
-    start = {"fwhm": jnp.log(fwhm), "beta": jnp.full_like(fwhm, math.log(1.5))}
-    return jnp.stack([start.get(name, jnp.zeros_like(fwhm)) for name in profile.shape_names], axis=-1)
+    u4, fwhm = map_stars(setup, lambda d, u: initial_star_params(d, u, gx, gy),
+                         stars.data.reshape(-1, ny, nx), stars.usable.reshape(-1, ny, nx))
+    shape = {"fwhm": jnp.log(fwhm), "beta": jnp.full_like(fwhm, math.log(1.5))}
+    shape_u = jnp.stack([shape.get(name, jnp.zeros_like(fwhm)) for name in setup.profile.shape_names], axis=-1)
+    return jnp.where(jnp.isfinite(start_u4), start_u4, u4), shape_u
 
 
 def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start=None):
-    """Run the optimizer; returns (values, cov, chi2, converged, n_iter) per star and SharedShape|None."""
-    u4, fwhm = _initial(setup, stars)
-    profile = setup.profile
+    """Run the optimizer; returns (values, cov, chi2, converged, n_iter) per star and SharedShape|None.
+
+    Host-side preparation is numpy; every device computation is one compiled program (no eager JAX
+    operations, which a new process would each have to lower)."""
     start_u4, start_coef = (None, None) if start is None else start
+    known = np.full((len(active), N_STAR), np.nan)
     if start_u4 is not None:
-        known = jnp.asarray(_pad(np.isfinite(start_u4)))
-        u4 = jnp.where(known, jnp.asarray(_pad(np.nan_to_num(start_u4)), dt), u4)
+        known[:len(start_u4)] = start_u4
+    u4, shape_u0 = _initial(setup, stars, jnp.asarray(known, dt))
+    profile = setup.profile
     if basis is not None:
-        pos = np.zeros((len(u4), 2)) if positions is None else _pad(np.asarray(positions, float))
+        pos = np.zeros((len(active), 2)) if positions is None else _pad(np.asarray(positions, float))
         bvals = jnp.asarray(basis(pos[:, 0], pos[:, 1]), dt)
         if start_coef is None:
-            guess = jnp.nanmedian(jnp.where(active[:, None], _default_shape_u(profile, fwhm), jnp.nan), axis=0)
-            coef0 = jnp.zeros((basis.size, setup.n_shape), dt).at[0].set(guess).ravel()
+            coef0 = np.zeros((basis.size, setup.n_shape))
+            coef0[0] = np.nanmedian(np.where(np.asarray(active)[:, None], np.asarray(shape_u0), np.nan), axis=0)
         else:
-            coef0 = jnp.asarray(start_coef, dt)
-        u, coef, conv, n_iter = optimizers.solve_shared(optimizer, setup, u4, coef0, bvals, stars, active)
-        *per_star, cov_c = _finish_shared(setup, u, coef, bvals, stars, active)
+            coef0 = start_coef
+        coef0 = jnp.asarray(np.ravel(coef0), dt)
+        u, coef, conv, n_iter, b = optimizers.solve_shared(optimizer, setup, u4, coef0, bvals, stars, active)
+        if b is None:
+            b = _shared_blocks(setup, u, coef, bvals, stars, active)
+        *per_star, cov_c = _finish_shared(setup, u, coef, bvals, b)
         shared = SharedShape(profile, basis, np.asarray(coef).reshape(basis.size, -1), np.asarray(cov_c))
+        active = np.asarray(active)
         return (*per_star, np.broadcast_to(conv, active.shape) & active, np.broadcast_to(n_iter, active.shape)), shared
     aux_axis, order = 0, None
     if fixed_u is None:
-        model_of, aux = free_model, jnp.zeros((len(u4), 0), dt)
-        v0 = jnp.concatenate([u4, _default_shape_u(profile, fwhm)], axis=1)
-    elif setup.tabulated and bool(jnp.all(fixed_u == fixed_u[0])):
-        model_of, aux, v0, aux_axis = table_model, build_table_jit(setup, fixed_u[0]), u4, None
+        model_of, aux = free_model, jnp.zeros((len(active), 0), dt)
+        v0 = jnp.concatenate([u4, shape_u0], axis=1)
+    elif setup.tabulated and np.all(fixed_u == fixed_u[0]):
+        model_of, aux, v0, aux_axis = table_model, build_table_jit(setup, jnp.asarray(fixed_u[0], dt)), u4, None
     elif setup.tabulated and (cells := _shape_cell_tables(setup, fixed_u, dt)) is not None:
         (aux, order), model_of, aux_axis = cells, cell_model, (None, 0)
-        stars = star_rows(stars, order)
-        v0, active, fixed_u = u4[order], active[order], fixed_u[order]
+        v0, active, stars, _ = optimizers.select_stars(jnp.asarray(order), u4, active, stars, None, aux_axis=None)
+        fixed_u = fixed_u[order]
     else:
-        model_of, aux, v0 = fixed_model, fixed_u, u4
+        model_of, aux, v0 = fixed_model, jnp.asarray(fixed_u, dt), u4
     v, conv, n_iter = optimizers.solve_independent(optimizer, setup, model_of, v0, aux, stars, active, aux_axis)
     values, cov, chi2 = _finish_independent(setup, model_of, v, aux, stars, aux_axis)
     if fixed_u is None:
         values, cov = _physical_jit(setup, values, cov)
     else:  # report the fixed shape with zero variance
-        values, cov = _with_fixed_shape(setup, values, cov, fixed_u)
+        values, cov = _with_fixed_shape(setup, values, cov, jnp.asarray(fixed_u, dt))
     out = (values, cov, chi2, conv & active, n_iter)
     if order is not None:
-        out = tuple(a[jnp.argsort(order)] for a in out)
+        out = optimizers.take(out, jnp.asarray(np.argsort(order)))
     return out, None
 
 
 def _shape_cell_tables(setup, fixed_u, dt):
     """Tables of the shape cells of ``fixed_u`` (:mod:`psfax.fitting.taylor`) and each star's cell and
-    offset, stars sorted by cell (so that a chunk's tables stay in cache), and that order;
+    offset, stars sorted by cell (so that a chunk's tables stay in cache), and that order (numpy);
     None when the shapes span more than MAX_SHAPE_CELLS cells."""
-    centres, cell = shape_cells(np.asarray(fixed_u))
+    centres, cell = shape_cells(fixed_u)
     if len(centres) > MAX_SHAPE_CELLS:
         return None
-    centres = jnp.asarray(centres, dt)
-    tables = jnp.stack([taylor_stack_jit(setup, c) for c in centres])
-    n_cells = 1 << (len(centres) - 1).bit_length()  # zero-padded to a power of two: few shapes to compile for
-    tables = jnp.pad(tables, ((0, n_cells - len(centres)),) + ((0, 0),) * (tables.ndim - 1))
+    n_cells = 1 << (len(centres) - 1).bit_length()  # padded to a power of two: few shapes to compile for
+    tables = cell_tables(setup, jnp.asarray(np.pad(centres, ((0, n_cells - len(centres)), (0, 0)), mode="edge"), dt))
     order = np.argsort(cell, kind="stable")
     cell = cell[order]
-    return (tables, (jnp.asarray(cell, jnp.int32), fixed_u[order] - centres[cell])), jnp.asarray(order)
+    return (tables, (jnp.asarray(cell, jnp.int32), jnp.asarray(fixed_u[order] - centres[cell], dt))), order
 
 
 def _physical(profile, v, cov_v):
     return physical_batch(profile, v), jax.vmap(partial(physical_covariance, profile))(v, cov_v)
 
 
-_physical_jit = jax.jit(lambda setup, v, cov_v: _physical(setup.profile, v, cov_v), static_argnums=0)
+@persistent_jit(static_argnames=("setup",))
+def _physical_jit(setup, v, cov_v):
+    return _physical(setup.profile, v, cov_v)
 
 
-@partial(jax.jit, static_argnames=("setup", "model_of", "aux_axis"))
+@persistent_jit(static_argnames=("setup", "model_of", "aux_axis"))
 def _finish_independent(setup, model_of, v, aux, stars, aux_axis):
     """Fitted values (N, P), their inverse-Fisher covariance (N, P, P) and chi2 at the solution."""
     fish, chi2 = optimizers.fisher_batch(setup, model_of, v, aux, stars, aux_axis)
     return v, jnp.linalg.inv(fish), chi2
 
 
-@partial(jax.jit, static_argnames=("setup",))
+@persistent_jit(static_argnames=("setup",))
 def _with_fixed_shape(setup, v, cov_v, fixed_u):
     """Append the fixed shape (zero variance) to [x0, y0, flux, bkg] and map to reported parameters."""
     k = setup.n_shape
     return _physical(setup.profile, jnp.concatenate([v, fixed_u], axis=1), jnp.pad(cov_v, ((0, 0), (0, k), (0, k))))
 
 
-build_table_jit = jax.jit(lambda setup, shape_u: build_table(setup.profile, setup.grid, shape_u), static_argnums=0)
-taylor_stack_jit = jax.jit(lambda setup, shape_u: taylor_stack(setup.profile, setup.grid, shape_u), static_argnums=0)
+@persistent_jit(static_argnames=("setup",))
+def build_table_jit(setup, shape_u):
+    return build_table(setup.profile, setup.grid, shape_u)
 
 
-@partial(jax.jit, static_argnames=("setup",))
-def _finish_shared(setup, u, coef, bvals, stars, active):
-    b = blocks(setup, u, coef, bvals, stars, active)
+@persistent_jit(static_argnames=("setup",))
+def cell_tables(setup, centres):
+    """Table stacks (:func:`psfax.fitting.taylor.taylor_stack`) of the shape cells ``centres`` (C, k)."""
+    return jax.lax.map(partial(taylor_stack, setup.profile, setup.grid), centres)
+
+
+@persistent_jit(static_argnames=("setup",))
+def _shared_blocks(setup, u, coef, bvals, stars, active):
+    return blocks(setup, u, coef, bvals, stars, active)
+
+
+@persistent_jit(static_argnames=("setup",))
+def _finish_shared(setup, u, coef, bvals, b):
+    """Reported values, their inverse-Fisher covariance and chi2 per star, and the coefficients'
+    covariance, from the Gauss-Newton blocks ``b`` at the solution."""
     cov_v, cov_c = shared_covariance(b, bvals, setup.n_shape)
     v = jnp.concatenate([u, bvals @ coef.reshape(bvals.shape[1], -1)], axis=1)
     return (*_physical(setup.profile, v, cov_v), b.chi2, cov_c)

@@ -45,8 +45,8 @@ def shape_from_u(profile: Profile, shape_u) -> dict:
     return out
 
 
-def shape_to_u(profile: Profile, shape: dict, dtype=float):
-    """Unconstrained shape vector (..., k) from a physical shape dict.
+def shape_to_u(profile: Profile, shape: dict, dtype=float) -> np.ndarray:
+    """Unconstrained shape vector (..., k) from a physical shape dict (numpy, on the host).
 
     Elliptical shapes are given as ``g1, g2`` or as ``ellipticity`` and ``theta``.
     """
@@ -60,29 +60,31 @@ def shape_to_u(profile: Profile, shape: dict, dtype=float):
         raise InputError(f"shape for model {profile.name!r} needs {missing}, got {sorted(shape)}")
     cols = []
     for name in profile.shape_names:
-        value = jnp.asarray(shape[name], dtype=dtype)
+        value = np.asarray(shape[name], dtype=dtype)
         if name == "fwhm":
             _check_range(value, name, low=0.0)
-            cols.append(jnp.log(value))
+            cols.append(np.log(value))
         elif name == "beta":
             _check_range(value, name, low=1.0)
-            cols.append(jnp.log(value - 1.0))
+            cols.append(np.log(value - 1.0))
         else:
             cols.append(value)
     if profile.elliptical:
         g1, g2 = cols[-2], cols[-1]
-        g = jnp.hypot(g1, g2)
-        if bool(jnp.any(g >= 1.0)):
-            raise InputError(f"shape shear |g| must be < 1, got max {float(jnp.max(g))}")
-        scale = jnp.where(g > 0, jnp.arctanh(g) / jnp.where(g > 0, g, 1.0), 1.0)
+        g = np.hypot(g1, g2)
+        if np.any(g >= 1.0):
+            raise InputError(f"shape shear |g| must be < 1, got max {float(np.max(g))}")
+        scale = np.where(g > 0, np.arctanh(g) / np.where(g > 0, g, 1.0), 1.0)
         cols[-2], cols[-1] = g1 * scale, g2 * scale
-    return jnp.stack(jnp.broadcast_arrays(*cols), axis=-1)
+    return np.stack(np.broadcast_arrays(*cols), axis=-1).astype(dtype)
 
 
 def _check_range(value, name, low):
     from psfax.errors import InputError
 
-    if not bool(jnp.all(jnp.isfinite(value) & (value > low))):
+    with np.errstate(invalid="ignore"):
+        ok = np.all(np.isfinite(value) & (value > low))
+    if not ok:
         raise InputError(f"shape {name!r} must be finite and > {low}, got {value}")
 
 

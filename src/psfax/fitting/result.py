@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +13,7 @@ from psfax.fitting.flags import FLAG_DEFINITIONS
 from psfax.fitting.params import physical, shape_from_u
 from psfax.fitting.spatial import PolynomialBasis
 from psfax.profiles import Profile, shear_to_ellipticity
+from psfax.programs import persistent_jit
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class SharedShape:
         return lambda c: _reported_shape(self.profile, b, c.reshape(self.basis.size, -1))
 
 
-@partial(jax.jit, static_argnums=0)
+@persistent_jit(static_argnames=("profile",))
 def _reported_shape(profile: Profile, basis_values, coef):
     """Reported shape parameters (names, n) from basis values (n, size) and coefficients (size, k)."""
     s = shape_from_u(profile, basis_values @ coef)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-import scipy.optimize
-import scipy.sparse
 
 from psfax.fitting.problem import STAR_AXES, aux_rows, linearise, weights
 
@@ -22,6 +20,8 @@ REWEIGHT_ROUNDS = 3
 
 def solve_independent(setup, model_of, v0, aux, stars, active, aux_axis):
     """Per-star ``least_squares``; returns (v, converged, n_evaluations) as numpy arrays."""
+    import scipy.optimize  # here, not at import: it takes 0.3 s and only the reference needs it
+
     model_and_jac = jax.jit(lambda v, aux: linearise(setup, model_of, v, aux))
     weights_one = jax.jit(lambda star, m: weights(setup, star, m))
     v = np.array(v0)
@@ -49,6 +49,9 @@ def solve_independent(setup, model_of, v0, aux, stars, active, aux_axis):
 
 def solve_shared(setup, u0, coef0, basis, stars, active):
     """Joint ``least_squares`` with a sparse Jacobian; returns (u, coef, converged, n_evaluations)."""
+    import scipy.optimize
+    import scipy.sparse
+
     from psfax.fitting.shared import models, models_and_jacobians, weights_batch
 
     k_coef = coef0.shape[0]

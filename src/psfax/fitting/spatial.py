@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jax.numpy as jnp
 import numpy as np
 
 from psfax.errors import InputError
@@ -48,10 +47,10 @@ class PolynomialBasis:
         return len(self.powers)
 
     def __call__(self, x, y):
-        """Basis values (..., size) at image positions."""
-        xs = (jnp.asarray(x) - self.x_mid) / self.x_half
-        ys = (jnp.asarray(y) - self.y_mid) / self.y_half
-        return jnp.stack([xs**i * ys**j for i, j in self.powers], axis=-1)
+        """Basis values (..., size) at image positions (numpy, on the host)."""
+        xs = (np.asarray(x, float) - self.x_mid) / self.x_half
+        ys = (np.asarray(y, float) - self.y_mid) / self.y_half
+        return np.stack([xs**i * ys**j for i, j in self.powers], axis=-1)
 
     def names(self) -> list[str]:
         return [f"x^{i} y^{j}" for i, j in self.powers]

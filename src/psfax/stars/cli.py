@@ -25,7 +25,8 @@ def fit(science: Path = typer.Argument(..., help="science image (FITS, may be gz
         isolation: float = typer.Option(20.0, help="no other detection within this many arcsec"),
         stamp_size: int = typer.Option(15, help="stamp side [px], odd"),
         device: str = typer.Option(None, help="cpu or gpu (default: JAX's default backend)"),
-        dtype: str = typer.Option(None, help="float32 or float64 (default: float64 on CPU, float32 on GPU)"),
+        dtype: str = typer.Option(None, help="float32 or float64 for the PSF fit and the photometry "
+                                  "(default: PSF fit in float64 on CPU, float32 on GPU; photometry in float32)"),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="write the figures")):
     """Fit the PSF of SCIENCE and write stars.parquet, psf_stars.parquet, psf.json and figures to OUT."""
     from rich.console import Console
@@ -39,7 +40,8 @@ def fit(science: Path = typer.Argument(..., help="science image (FITS, may be gz
                            model=model, optimizer=optimizer, spatial_degree=degree,
                            shared_shape=not per_star, catalog=None if catalog is None else str(catalog),
                            mag_min=mag_min, mag_max=mag_max, isolation=isolation,
-                           stamp_size=stamp_size, device=device, dtype=dtype)
+                           stamp_size=stamp_size, device=device, dtype=dtype,
+                           **({} if dtype is None else {"photometry_dtype": dtype}))
         status.update("[bold]write")
         paths = result.write(out, plots=plots)
     total = time.perf_counter() - start

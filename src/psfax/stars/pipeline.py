@@ -50,7 +50,11 @@ SOURCE_FLAGS = {
 
 @dataclasses.dataclass(frozen=True)
 class FitOptions:
-    """Everything :func:`fit_exposure` can be told; ``selection`` holds the cut thresholds."""
+    """Everything :func:`fit_exposure` can be told; ``selection`` holds the cut thresholds.
+
+    ``dtype`` is the precision of the PSF fit (default float64 on the CPU), ``photometry_dtype`` that
+    of the photometry of every source (float32 by default: the image's own precision; see docs/stars.md).
+    """
 
     model: str = "moffat"
     optimizer: str = "lm"
@@ -67,6 +71,7 @@ class FitOptions:
     match_radius: float = 2.0
     device: str | None = None
     dtype: str | None = None
+    photometry_dtype: str | None = "float32"
     selection: SelectionOptions = SelectionOptions()
 
     def __post_init__(self):
@@ -242,8 +247,8 @@ def chi2_outliers(reduced_chi2: np.ndarray, k: float) -> np.ndarray:
 
 
 def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, shape=None, start=None):
-    """One call of :func:`psfax.fit_stamps` on ``stamps`` (PSF fit, or photometry with ``shape``);
-    a refit starts from the previous ``start``."""
+    """One call of :func:`psfax.fit_stamps` on ``stamps`` (PSF fit, or photometry with ``shape``,
+    in ``options.photometry_dtype``); a refit starts from the previous ``start``."""
     import psfax
 
     positions = np.column_stack([stamps.x0 + stamps.x_init, stamps.y0 + stamps.y_init])
@@ -251,7 +256,8 @@ def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, shape=None, st
     return psfax.fit_stamps(
         stamps.data, variance=stamps.variance, mask=stamps.mask, model=options.model,
         pixel_integrated=options.pixel_integrated, shared_shape=shared, shape=shape,
-        optimizer=options.optimizer, dtype=options.dtype, device=options.device,
+        optimizer=options.optimizer, dtype=options.dtype if shape is None else options.photometry_dtype,
+        device=options.device,
         positions=positions if shared else None,
         spatial_degree=options.spatial_degree if shared else 0, start=start)
 
