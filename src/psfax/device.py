@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -55,9 +56,12 @@ def enable_compilation_cache() -> None:
 def program_cache_dir() -> Path | None:
     """Folder of the lowered programs of :mod:`psfax.programs` (``cache_dir()/programs``), or None when
     the compilation cache is off (not yet enabled, or ``PSFAX_NO_COMPILATION_CACHE`` set)."""
-    if not _cache_enabled:
-        return None
-    path = cache_dir() / "programs"
+    return _program_folder(cache_dir()) if _cache_enabled else None
+
+
+@functools.cache
+def _program_folder(cache: Path) -> Path:
+    path = cache / "programs"
     path.mkdir(exist_ok=True)
     return path
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import pickle
+import importlib
+import json
 from pathlib import Path
 
 import jax
@@ -90,33 +91,70 @@ def persistent_jit(fun=None, *, static_argnames: tuple[str, ...] = ()):
                tuple(str(jax.typeof(x)) for x in leaves), "cpu")
         if key not in programs:
             programs[key] = _load_or_export(fun, static, names, tree, leaves, key, folder)
-        run, out_tree = programs[key]
-        return jax.tree.unflatten(out_tree, run(*leaves))
+        run, structure = programs[key]
+        return rebuild(structure, iter(run(*leaves)))
 
     return call
 
 
 def _load_or_export(fun, static, names, tree, leaves, key, folder: Path):
-    """(jitted call of the exported program, output tree) from ``folder``, exporting it on a miss."""
+    """(jitted call of the exported program, its output structure) from ``folder``, exporting it on a
+    miss.  File: 8-byte length, the output structure as JSON, the serialized ``jax.export`` program."""
     name = f"{fun.__module__}.{fun.__qualname__}"
     text = repr((name, key, jax.__version__, source_digest()))
     path = folder / f"{fun.__qualname__}-{hashlib.sha256(text.encode()).hexdigest()[:32]}.bin"
     if path.exists():
-        exported, out_tree = pickle.loads(path.read_bytes())
-        exported = jax.export.deserialize(exported)
+        blob = path.read_bytes()
+        size = int.from_bytes(blob[:8], "little")
+        structure = json.loads(blob[8:8 + size])
+        exported = jax.export.deserialize(bytearray(blob[8 + size:]))
     else:
         holder = {}
 
         def flat(*flat_args):
-            arguments = dict(zip(names, jax.tree.unflatten(tree, flat_args)))
-            out_leaves, holder["tree"] = jax.tree.flatten(fun(**arguments, **static))
-            return out_leaves
+            out = fun(**dict(zip(names, jax.tree.unflatten(tree, flat_args))), **static)
+            holder["structure"] = describe(out)
+            return jax.tree.leaves(out)
 
         exported = jax.export.export(jax.jit(flat), platforms=[key[-1]])(
             *(jax.ShapeDtypeStruct(np.shape(x), jax.typeof(x).dtype, weak_type=jax.typeof(x).weak_type)
               for x in leaves))
-        out_tree = holder["tree"]
+        structure = holder["structure"]
+        header = json.dumps(structure).encode()
         tmp = path.with_suffix(f".tmp{np.random.default_rng().integers(1 << 30)}")
-        tmp.write_bytes(pickle.dumps((bytes(exported.serialize()), out_tree)))
+        tmp.write_bytes(len(header).to_bytes(8, "little") + header + bytes(exported.serialize()))
         tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
-    return jax.jit(exported.call), out_tree
+    return jax.jit(exported.call), structure
+
+
+def describe(tree):
+    """JSON-able structure of an output pytree: arrays become ``"leaf"``; tuples, lists, dicts (sorted
+    keys, as JAX flattens them), None and NamedTuples (by module and name) are kept."""
+    if tree is None:
+        return None
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return {"namedtuple": f"{type(tree).__module__}:{type(tree).__qualname__}",
+                "items": [describe(x) for x in tree]}
+    if isinstance(tree, (tuple, list)):
+        return {type(tree).__name__: [describe(x) for x in tree]}
+    if isinstance(tree, dict):
+        return {"dict": [[k, describe(tree[k])] for k in sorted(tree)]}
+    if isinstance(tree, (jax.Array, np.ndarray)) or np.isscalar(tree):
+        return "leaf"
+    raise TypeError(f"persistent_jit: cannot describe an output of type {type(tree).__name__}")
+
+
+def rebuild(structure, leaves):
+    """The pytree of :func:`describe`'s ``structure`` filled from the iterator ``leaves`` (flatten order)."""
+    if structure is None:
+        return None
+    if structure == "leaf":
+        return next(leaves)
+    if "namedtuple" in structure:
+        module, qualname = structure["namedtuple"].split(":")
+        cls = functools.reduce(getattr, qualname.split("."), importlib.import_module(module))
+        return cls(*(rebuild(x, leaves) for x in structure["items"]))
+    (kind, items), = structure.items()
+    if kind == "dict":
+        return {k: rebuild(x, leaves) for k, x in items}
+    return {"tuple": tuple, "list": list}[kind](rebuild(x, leaves) for x in items)

@@ -130,16 +130,11 @@ def physical_batch(profile, u):
 
 def results_table(names, values, errors, chi2, dof, converged, n_iter, flags) -> Table:
     """Per-star table: ``<name>`` and ``<name>_err`` columns (photutils-style names)."""
-    t = Table()
+    columns = {}
     for i, name in enumerate(names):
-        t[name] = values[:, i]
-        err = name.replace("_fit", "") + "_err"
-        t[err] = errors[:, i]
-    t["chi2"] = chi2
-    t["dof"] = dof
+        columns[name] = values[:, i]
+        columns[name.replace("_fit", "") + "_err"] = errors[:, i]
     with np.errstate(divide="ignore", invalid="ignore"):
-        t["reduced_chi2"] = np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan)
-    t["converged"] = converged
-    t["n_iter"] = n_iter
-    t["flags"] = flags
-    return t
+        reduced = np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan)
+    columns.update(chi2=chi2, dof=dof, reduced_chi2=reduced, converged=converged, n_iter=n_iter, flags=flags)
+    return Table(columns)
