@@ -83,6 +83,7 @@ def test_nonpositive_variance_pixels_are_masked_and_flagged():
      r"positions must be a finite \(N, 2\) array"),
     ({"dtype": np.int32}, InputError, "dtype must be float32 or float64"),
     ({"device": "tpu"}, InputError, "device must be 'cpu' or 'gpu'"),
+    ({"chi2_tolerance": 0.0}, InputError, "chi2_tolerance must be a positive number"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     kw = {"stamps": good_stamps(), "gain": 6.0, "read_noise": 9.0, **kwargs}

@@ -4,7 +4,7 @@ import numpy as np
 
 import psfax
 from galsim_stars import GAIN, READ_NOISE
-from psfax.fitting import api
+from psfax.fitting import api, optimizers
 from psfax.fitting.params import shape_to_u
 from psfax.profiles import get_profile
 
@@ -31,3 +31,27 @@ def test_per_star_shapes_on_shape_cells_match_direct_integration(moffat_stars, m
         diff = (np.asarray(cells[f"{name}_fit"]) - direct[f"{name}_fit"]) / direct[f"{name}_err"]
         assert np.max(np.abs(diff)) < 0.02, name
     assert np.allclose(cells["flux_err"], direct["flux_err"], rtol=1e-3)
+
+
+def test_shared_fit_reaches_the_same_optimum_by_every_start(moffat_stars, monkeypatch):
+    """A shared fit of 500 stars starts from a pilot fit of the 128 brightest; without the pilot, or
+    stopped early (chi2_tolerance 500) and continued from there, it must reach the same optimum.
+    Each fit stops within sqrt(2e-3) = 0.045 sigma of it (per parameter), so two agree within 0.1 sigma."""
+    def fit(**kw):
+        return psfax.fit_stamps(moffat_stars.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat",
+                                shared_shape=True, **kw)
+
+    pilot = fit()
+    loose = fit(chi2_tolerance=500.0)
+    continued = fit(start=loose)
+    monkeypatch.setattr(optimizers, "PILOT_STARS", 10**6)
+    plain = fit()
+    assert loose.table["n_iter"][0] < pilot.table["n_iter"][0]  # the early stop did stop early
+    for other in (plain, continued):
+        assert other.table["converged"].all()
+        for name in ("x", "y", "flux", "bkg"):
+            diff = (np.asarray(other.table[f"{name}_fit"]) - pilot.table[f"{name}_fit"]) / pilot.table[f"{name}_err"]
+            assert np.max(np.abs(diff)) < 0.1, name
+        for name in ("fwhm", "beta"):
+            diff = (other.table[name][0] - pilot.table[name][0]) / pilot.table[f"{name}_err"][0]
+            assert abs(diff) < 0.1, name

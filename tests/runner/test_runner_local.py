@@ -182,8 +182,8 @@ def test_next_input_is_read_while_current_computes(tmp_path):
 
 
 def test_inputs_from_glob_and_list_file_with_unique_names(tmp_path):
-    a = make_images(tmp_path / "a", 2)
-    b = make_images(tmp_path / "b", 1)            # b/img0.fits collides with a/img0.fits
+    make_images(tmp_path / "a", 2)
+    make_images(tmp_path / "b", 1)            # b/img0.fits collides with a/img0.fits
     listing = tmp_path / "inputs.txt"
     listing.write_text("# one path a line\nb/img0.fits\n\n")
     summary = run_jobs(SMOOTH_JOB, [str(tmp_path / "a" / "*.fits"), listing], out_dir=tmp_path / "out",

@@ -77,13 +77,15 @@ def sample(coefficients, x, y, *, order: int, cval):
     outside = (x < 0) | (x > nx - 1) | (y < 0) | (y > ny - 1)
     x = jnp.clip(x, 0, nx - 1)
     y = jnp.clip(y, 0, ny - 1)
-    x0 = jnp.floor(x)
-    y0 = jnp.floor(y)
-    wx = _weights(x - x0, order)
-    wy = _weights(y - y0, order)
+    # the fractions are taken from the integer indices themselves: XLA may compute x once for the
+    # indices and again (rounded otherwise) for the weights, and floor() of the two may differ by one
+    ix = jnp.floor(x).astype(jnp.int32)
+    iy = jnp.floor(y).astype(jnp.int32)
+    wx = _weights(x - ix.astype(x.dtype), order)
+    wy = _weights(y - iy.astype(y.dtype), order)
     first = -(order // 2)
-    cols = [_mirror(x0.astype(jnp.int32) + first + k, nx) for k in range(order + 1)]
-    rows = [_mirror(y0.astype(jnp.int32) + first + k, ny) * nx for k in range(order + 1)]
+    cols = [_mirror(ix + first + k, nx) for k in range(order + 1)]
+    rows = [_mirror(iy + first + k, ny) * nx for k in range(order + 1)]
     flat = coefficients.ravel()
     total = jnp.zeros_like(x)
     for row, w_row in zip(rows, wy):
