@@ -214,7 +214,8 @@ def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
     """Fit the PSF model to the stars, refitting after chi2-outlier rejection.
 
     The clipping fits only rank the stars by chi2: they stop once the predicted chi2 decrease is below
-    :data:`CLIP_CHI2_TOLERANCE` per star, and a last fit from where they stopped converges in full.
+    :data:`CLIP_CHI2_TOLERANCE` per star; the fit after the last clipping converges in full (when the
+    outliers run out first, one more fit from where the last one stopped does).
     A rejected star stays in the batch with every pixel masked (the engine then
     leaves it out and flags it), so each refit has the same array shapes,
     reuses the compiled program and starts from the previous solution.  Returns ``(FitResult, kept indices into
@@ -225,8 +226,10 @@ def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
     converged = None
     result = None
     for refit in range(options.clip_iterations + 1):
+        last = refit == options.clip_iterations
         masked = dataclasses.replace(stamps, mask=stamps.mask | ~kept[:, None, None])
-        result = _fit(masked, exposure, options, start=result, chi2_tolerance=CLIP_CHI2_TOLERANCE * kept.sum())
+        result = _fit(masked, exposure, options, start=result,
+                      chi2_tolerance=None if last else CLIP_CHI2_TOLERANCE * kept.sum())
         table = result.table
         clipping.append(int(kept.sum()))
         if converged is None:
@@ -234,10 +237,12 @@ def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
         outliers = np.zeros_like(kept)
         outliers[kept] = chi2_outliers(np.asarray(table["reduced_chi2"], float)[kept], options.clip_sigma)
         outliers[kept] |= np.asarray(table["flags"])[kept] != 0
-        if refit == options.clip_iterations or not outliers.any() or outliers[kept].all():
+        if last:
+            break
+        if not outliers.any() or outliers[kept].all():
+            result = _fit(masked, exposure, options, start=result)  # converged in full on these stars
             break
         kept &= ~outliers
-    result = _fit(masked, exposure, options, start=result)  # converged in full on the final PSF stars
     return result, np.flatnonzero(kept), clipping, converged
 
 
