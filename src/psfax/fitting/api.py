@@ -241,7 +241,7 @@ def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start
         else:
             coef0 = jnp.asarray(np.ravel(start_coef), dt)
         u, coef, conv, n_iter, b = optimizers.solve_shared(optimizer, setup, u4, coef0, bvals, stars, active,
-                                                                 tolerance)
+                                                           tolerance)
         if b is None:
             b = _shared_blocks(setup, u, coef, bvals, stars, active)
         *per_star, cov_c = _finish_shared(setup, u, coef, bvals, b)
@@ -261,7 +261,7 @@ def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start
     else:
         model_of, aux, v0 = fixed_model, jnp.asarray(fixed_u, dt), u4
     v, conv, n_iter = optimizers.solve_independent(optimizer, setup, model_of, v0, aux, stars, active, aux_axis,
-                                                        tolerance)
+                                                   tolerance)
     values, cov, chi2 = _finish_independent(setup, model_of, v, aux, stars, aux_axis)
     if fixed_u is None:
         values, cov = _physical_jit(setup, values, cov)

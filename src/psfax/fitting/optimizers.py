@@ -25,8 +25,9 @@ LM_SETTINGS = lm.LMSettings()
 SHARED_LM_SETTINGS = dataclasses.replace(LM_SETTINGS, dchi2=1e-3)
 """The shared fit stops once the Gauss-Newton step predicts a chi2 decrease below 1e-3: by
 Cauchy-Schwarz every parameter is then within ``sqrt(1e-3) = 0.03`` of its standard error of the
-quadratic model's optimum.  With weights from the model the iteration converges linearly (about 0.4 per
-step on ZTF), so the per-star default (1e-6) would cost some 7 more passes over all stars for nothing."""
+quadratic model's optimum.  On ZTF, before the outliers are clipped, the iteration converges only
+linearly (large residuals: the curvature Gauss-Newton neglects), so the per-star default (1e-6) would
+cost some 7 more passes over all stars for nothing."""
 PILOT_DCHI2 = 1.0
 """A pilot fit (:func:`pilot_coefficients`) only seeds the shape: it stops at a predicted decrease of 1."""
 TNCG_SETTINGS = TNCGSettings()
