@@ -260,9 +260,11 @@ def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start
         fixed_u = fixed_u[order]
     else:
         model_of, aux, v0 = fixed_model, jnp.asarray(fixed_u, dt), u4
-    v, conv, n_iter = optimizers.solve_independent(optimizer, setup, model_of, v0, aux, stars, active, aux_axis,
-                                                   tolerance)
-    values, cov, chi2 = _finish_independent(setup, model_of, v, aux, stars, aux_axis)
+    v, conv, n_iter, cov_chi2 = optimizers.solve_independent(optimizer, setup, model_of, v0, aux, stars, active,
+                                                             aux_axis, tolerance)
+    if cov_chi2 is None:
+        cov_chi2 = _fisher_covariance(setup, model_of, v, aux, stars, aux_axis)
+    values, cov, chi2 = v, *cov_chi2
     if fixed_u is None:
         values, cov = _physical_jit(setup, values, cov)
     else:  # report the fixed shape with zero variance
@@ -297,10 +299,10 @@ def _physical_jit(setup, v, cov_v):
 
 
 @persistent_jit(static_argnames=("setup", "model_of", "aux_axis"))
-def _finish_independent(setup, model_of, v, aux, stars, aux_axis):
-    """Fitted values (N, P), their inverse-Fisher covariance (N, P, P) and chi2 at the solution."""
+def _fisher_covariance(setup, model_of, v, aux, stars, aux_axis):
+    """Inverse-Fisher covariance (N, P, P) and chi2 (N,) at the solution ``v``."""
     fish, chi2 = optimizers.fisher_batch(setup, model_of, v, aux, stars, aux_axis)
-    return v, jnp.linalg.inv(fish), chi2
+    return jnp.linalg.inv(fish), chi2
 
 
 @persistent_jit(static_argnames=("setup",))

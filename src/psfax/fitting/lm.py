@@ -9,9 +9,11 @@ iterations.  A step is stopped at ``max_shift`` px in position (the stamp
 model is only trusted near its centre).
 
 Converged: an accepted step smaller than ``xtol`` of every parameter's
-standard error, a relative chi2 decrease below ``ftol``, or a step whose
-predicted chi2 decrease is below ``dchi2`` (nothing left to gain: a
-change of 1e-6 in chi2 moves parameters by ~1e-3 of their errors).
+standard error, a relative chi2 decrease below ``ftol``, a step whose
+predicted chi2 decrease is below ``dchi2``, or a point whose own undamped
+Gauss-Newton step would predict less than ``dchi2`` (the Newton decrement
+``g^T H^-1 g``: nothing left to gain, and no linearisation spent to find it
+out; a change of 1e-6 in chi2 moves parameters by ~1e-3 of their errors).
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ def chi2_resolution(settings: LMSettings, chi2_value):
     return jnp.maximum(settings.ftol, floor), jnp.maximum(settings.dchi2, floor * chi2_value)
 
 
+def newton_decrement(h, g):
+    """``g^T H^-1 g``: the chi2 decrease the undamped Gauss-Newton step predicts (NaN or inf when H is singular)."""
+    return g @ jnp.linalg.solve(h, g)
+
+
 def _limit_shift(delta, max_shift):
     """Scale the step so that the centre moves at most ``max_shift`` px."""
     shift = jnp.maximum(jnp.abs(delta[0]), jnp.abs(delta[1]))
@@ -85,8 +92,9 @@ def lm_star(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampDa
     """
     w0, h0, g0, c0 = _normal_equations(setup, star, *linearise(setup, model_of, v0, aux))
     dtype = v0.dtype
-    state = LMState(v0, h0, g0, w0, c0, jnp.asarray(settings.lam0, dtype), jnp.asarray(2.0, dtype), ~active,
-                    jnp.asarray(False), jnp.asarray(0))
+    at_optimum = active & (newton_decrement(h0, g0) < chi2_resolution(settings, c0)[1])
+    state = LMState(v0, h0, g0, w0, c0, jnp.asarray(settings.lam0, dtype), jnp.asarray(2.0, dtype),
+                    ~active | at_optimum, at_optimum, jnp.asarray(0))
 
     def step(s: LMState):
         d = jnp.diag(s.h)
@@ -101,8 +109,9 @@ def lm_star(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampDa
         small_step = jnp.max(jnp.abs(delta) * jnp.sqrt(scale)) < settings.xtol
         ftol, dchi2 = chi2_resolution(settings, s.chi2)
         small_drop = (s.chi2 - c_trial) <= ftol * jnp.maximum(s.chi2, 1.0)
-        converged = (accept & (small_step | small_drop)) | (predicted < dchi2)
         w, h, g, c = _normal_equations(setup, star, m, jac)
+        at_optimum = newton_decrement(h, g) < chi2_resolution(settings, c)[1]
+        converged = (accept & (small_step | small_drop | at_optimum)) | (predicted < dchi2)
         lam = jnp.where(accept, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), s.lam * s.nu)
         stuck = ~accept & (s.lam > 1e12)
         left = off_centre(setup, trial)  # it has left its star: stop there (flagged OFF_STAMP)

@@ -154,7 +154,7 @@ def _lm_independent(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
 
     def one(v, a, star, act):
         s = lm.lm_star(setup, settings, model_of, v, a, star, act)
-        return s.v, s.converged, s.n_iter
+        return s.v, s.converged, s.n_iter, jnp.linalg.inv(s.h), s.chi2  # the state's J^T W J is the Fisher matrix
 
     return _in_chunks(setup, one, v0, aux, stars, active, aux_axis)
 
@@ -165,7 +165,7 @@ def _lm_shared(setup, u0, coef0, basis, stars, active, dchi2):
     return s.u, s.coef, s.converged, s.n_iter, s.b
 
 
-FIRST_ROUND_ITER = 6
+FIRST_ROUND_ITER = 5
 """LM iterations of the first round over all stars; the few stars still going continue in a second,
 compacted batch (a batched loop runs as long as its slowest star, so a handful of slow stars
 would otherwise hold every chunk for their whole count)."""
@@ -173,18 +173,20 @@ would otherwise hold every chunk for their whole count)."""
 
 def _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
     """LM on every star for :data:`FIRST_ROUND_ITER` iterations, then on the unfinished ones only
-    (restarted from where they stopped) for the rest of ``setup.max_iter``."""
+    (restarted from where they stopped) for the rest of ``setup.max_iter``.
+    Returns (v, converged, n_iter, covariance, chi2) per star."""
     first = min(FIRST_ROUND_ITER, setup.max_iter)
-    v, conv, n_iter = _lm_independent(dataclasses.replace(setup, max_iter=first), model_of, v0, aux, stars,
-                                      active, aux_axis, dchi2)
+    out = _lm_independent(dataclasses.replace(setup, max_iter=first), model_of, v0, aux, stars, active, aux_axis,
+                          dchi2)
+    v, conv, n_iter = out[:3]
     left = np.flatnonzero(np.asarray(active) & ~np.asarray(conv) & (np.asarray(n_iter) >= first))
     if left.size == 0 or setup.max_iter <= first:
-        return v, conv, n_iter
+        return out
     rows = jnp.asarray(np.pad(left, (0, bucket_size(left.size) - left.size), mode="edge"))
     v_r, active_r, stars_r, aux_r = select_stars(rows, v, active, stars, aux, aux_axis=aux_axis)
-    v2, conv2, n2 = _lm_independent(dataclasses.replace(setup, max_iter=setup.max_iter - first), model_of, v_r,
-                                    aux_r, stars_r, active_r, aux_axis, dchi2)
-    return _put_rows(rows, (v, conv, n_iter), (v2, conv2, n2))
+    part = _lm_independent(dataclasses.replace(setup, max_iter=setup.max_iter - first), model_of, v_r, aux_r,
+                           stars_r, active_r, aux_axis, dchi2)
+    return _put_rows(rows, out, part)
 
 
 @persistent_jit(static_argnames=("aux_axis",))
@@ -201,14 +203,17 @@ def take(arrays, rows):
 
 @persistent_jit
 def _put_rows(rows, full, part):
-    """``(v, converged, n_iter)`` with the rows ``rows`` replaced by the continued fits ``part``
-    (iterations added; repeated rows carry identical results)."""
-    (v, conv, n_iter), (v2, conv2, n2) = full, part
-    return v.at[rows].set(v2), conv.at[rows].set(conv2), n_iter.at[rows].set(n_iter[rows] + n2)
+    """The per-star outputs ``full = (v, converged, n_iter, ...)`` with the rows ``rows`` replaced by the
+    continued fits ``part`` (iterations added; repeated rows carry identical results)."""
+    part = (*part[:2], full[2][rows] + part[2], *part[3:])
+    return jax.tree.map(lambda a, b: a.at[rows].set(b), full, part)
 
 
 def solve_independent(optimizer, setup, model_of, v0, aux, stars, active, aux_axis=0, dchi2=None):
-    """Fit every star on its own; returns (v, converged, n_iter).
+    """Fit every star on its own; returns (v, converged, n_iter, (covariance, chi2) or None).
+
+    LM ends each star with its Fisher matrix ``J^T W J`` at the solution, and returns its inverse;
+    the other optimizers leave the covariance to :func:`fisher_batch` (None).
 
     ``aux`` is per star (``aux_axis=0``, e.g. fixed shapes), shared
     (``aux_axis=None``, e.g. a PSF table) or a (shared, per-star) pair
@@ -217,13 +222,14 @@ def solve_independent(optimizer, setup, model_of, v0, aux, stars, active, aux_ax
     """
     if optimizer == "lm":
         dchi2 = np.asarray(LM_SETTINGS.dchi2 if dchi2 is None else dchi2, v0.dtype)
-        return _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis, dchi2)
+        v, conv, n, cov, chi2_values = _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis, dchi2)
+        return v, conv, n, (cov, chi2_values)
     if optimizer == "tncg":
-        return _tncg_independent(setup, model_of, v0, aux, stars, active, aux_axis)
+        return (*_tncg_independent(setup, model_of, v0, aux, stars, active, aux_axis), None)
     if optimizer == "adam":
-        return _adam_independent(setup, model_of, v0, aux, stars, active, aux_axis)
+        return (*_adam_independent(setup, model_of, v0, aux, stars, active, aux_axis), None)
     v, conv, n = scipy_ref.solve_independent(setup, model_of, v0, aux, stars, active, aux_axis)
-    return jnp.asarray(v, v0.dtype), conv, n
+    return jnp.asarray(v, v0.dtype), conv, n, None
 
 
 def solve_shared(optimizer, setup, u0, coef0, basis, stars, active, dchi2=None):

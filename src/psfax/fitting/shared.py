@@ -128,6 +128,12 @@ def schur_solve(b: Blocks, lam):
     return du, dc
 
 
+def newton_decrement(b: Blocks):
+    """Chi2 decrease predicted by the undamped Gauss-Newton step of the blocks (NaN when singular)."""
+    du, dc = schur_solve(b, 0.0)
+    return _predicted(b, du, dc)
+
+
 def _predicted(b: Blocks, du, dc):
     """Quadratic-model chi2 decrease ``d^T (2 g - H d)`` of the full step."""
     hu = jnp.einsum("nab,nb->na", b.U, du) + b.W @ dc
@@ -155,10 +161,14 @@ def lm_shared(setup: Setup, settings: LMSettings, u0, coef0, basis, stars: Stamp
 
     One linearisation per iteration: the blocks are computed at the trial
     point (its model gives the trial chi2) and kept if the step is accepted.
+    Converged as in :func:`psfax.fitting.lm.lm_star`, the Newton decrement
+    from the Schur complement of the blocks at hand.
     """
     dtype = u0.dtype
-    state = SharedState(u0, coef0, blocks(setup, u0, coef0, basis, stars, active), jnp.asarray(settings.lam0, dtype),
-                        jnp.asarray(2.0, dtype), jnp.asarray(False), jnp.asarray(False), jnp.asarray(0))
+    b0 = blocks(setup, u0, coef0, basis, stars, active)
+    at_optimum = newton_decrement(b0) < chi2_resolution(settings, jnp.sum(b0.chi2))[1]
+    state = SharedState(u0, coef0, b0, jnp.asarray(settings.lam0, dtype), jnp.asarray(2.0, dtype), at_optimum,
+                        at_optimum, jnp.asarray(0))
 
     def step(s: SharedState):
         b = s.b
@@ -178,7 +188,8 @@ def lm_shared(setup: Setup, settings: LMSettings, u0, coef0, basis, stars: Stamp
         small_step = jnp.maximum(jnp.max(jnp.where(active[:, None], du_sig, 0.0)), jnp.max(dc_sig)) < settings.xtol
         ftol, dchi2 = chi2_resolution(settings, c)
         small_drop = (c - c_new) <= ftol * jnp.maximum(c, 1.0)
-        converged = (accept & (small_step | small_drop)) | (predicted < dchi2)
+        at_optimum = newton_decrement(b_new) < chi2_resolution(settings, jnp.sum(b_new.chi2))[1]
+        converged = (accept & (small_step | small_drop | at_optimum)) | (predicted < dchi2)
         lam = jnp.where(accept, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), s.lam * s.nu)
         stuck = ~accept & (s.lam > 1e12)
         kept = jax.tree.map(lambda new, old: jnp.where(accept, new, old), b_new, b)

@@ -44,7 +44,7 @@ def n_terms(k: int) -> int:
 
 
 def taylor_stack(profile, grid: TableGrid, anchor_u):
-    """Polyphase tables (n_terms, C, C, V, V) of T, dT/du_k and d2T/du_k du_l (k <= l) at ``anchor_u``."""
+    """Polyphase tables (n_terms, V, V, C, C) of T, dT/du_k and d2T/du_k du_l (k <= l) at ``anchor_u``."""
 
     def table(u):
         return plain_table(profile, grid, u)
