@@ -72,20 +72,20 @@ def register(smap, *, order: int = 3, missing=None, dtype=None, device=None):
     _check_aia_map(smap)
     if order not in (1, 3):
         raise InputError(f"order must be 1 or 3, got {order!r}")
-    data = np.asarray(smap.data)
-    if not np.all(np.isfinite(data)):
-        raise InputError("register: the image contains NaN or infinite values")
     check_full_disk(smap)
-    missing = float(np.min(data)) if missing is None else missing
-    if isinstance(missing, bool) or not isinstance(missing, (int, float, np.number)) or not np.isfinite(missing):
+    if missing is not None and (isinstance(missing, bool) or not isinstance(missing, (int, float, np.number))
+                                or not np.isfinite(missing)):
         raise InputError(f"missing must be a finite number, got {missing!r}")
     geometry = registration_geometry(smap)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     with compute_context(dt, dev):
-        out = _register_pixels(jnp.asarray(data, dtype=dt), jnp.asarray(geometry.matrix, dtype=dt),
-                               jnp.asarray(geometry.offset, dtype=dt), jnp.asarray(missing, dtype=dt),
-                               pad=geometry.pad, padded_shape=geometry.padded_shape, order=order)
+        out, finite = _register_pixels(jnp.asarray(smap.data, dtype=dt), jnp.asarray(geometry.matrix, dtype=dt),
+                                       jnp.asarray(geometry.offset, dtype=dt),
+                                       jnp.asarray(np.nan if missing is None else missing, dtype=dt),
+                                       pad=geometry.pad, padded_shape=geometry.padded_shape, order=order)
+        if not finite:
+            raise InputError("register: the image contains NaN or infinite values")
         out = np.asarray(out)
     (r0, r1), (c0, c1) = [(s.start, s.stop) for s in geometry.crop]
     uy, ux = geometry.unpad[1], geometry.unpad[0]
@@ -96,12 +96,14 @@ def register(smap, *, order: int = 3, missing=None, dtype=None, device=None):
 
 @partial(jax.jit, static_argnames=("pad", "padded_shape", "order"))
 def _register_pixels(data, matrix, offset, missing, *, pad, padded_shape, order):
-    """Pad with ``missing``, resample, clip to the input range (sunpy's ``clip=True``)."""
+    """Pad with ``missing`` (NaN: the image minimum), resample, clip to the input range (sunpy's
+    ``clip=True``); and whether every input pixel is finite (checked here: one pass fewer over the image)."""
+    missing = jnp.where(jnp.isnan(missing), data.min(), missing)
     padded = jnp.pad(data, ((pad[1], pad[1]), (pad[0], pad[0])), constant_values=missing)
     out = affine_transform(padded, matrix, offset, output_shape=padded_shape, order=order, cval=missing)
     lower = jnp.minimum(jnp.maximum(missing, out.min()), padded.min())
     upper = jnp.maximum(jnp.minimum(missing, out.max()), padded.max())
-    return jnp.clip(out, lower, upper)
+    return jnp.clip(out, lower, upper), jnp.all(jnp.isfinite(data))
 
 
 def registration_geometry(smap) -> RegistrationGeometry:
