@@ -1,11 +1,12 @@
 """The fast paths of PSF photometry agree with direct pixel integration on the same stamps."""
 
 import numpy as np
+import pytest
 
 import psfax
 from galsim_stars import GAIN, READ_NOISE
 from psfax.fitting import api, optimizers
-from psfax.fitting.params import shape_to_u
+from psfax.fitting.params import physical_names, shape_to_u
 from psfax.profiles import get_profile
 
 
@@ -56,3 +57,23 @@ def test_shared_fit_reaches_the_same_optimum_by_every_start(moffat_stars, monkey
         for name in ("fwhm", "beta"):
             diff = (other.table[name][0] - pilot.table[name][0]) / pilot.table[f"{name}_err"][0]
             assert abs(diff) < 0.1, name
+
+
+@pytest.mark.parametrize("mode", [{}, {"shared_shape": True}, {"shape": {"fwhm": 1.8, "beta": 2.5}}],
+                         ids=["free", "shared", "photometry"])
+def test_fit_started_at_its_solution_stops_there(moffat_stars, mode):
+    """LM also stops at a point whose own Gauss-Newton step predicts less than the tolerance (the
+    Newton decrement), so a refit from a converged result takes no step: every star keeps its values
+    and covariance to rounding (1e-12; the shape goes through the table as FWHM and beta and back
+    through log, a few ulp).  A fit that re-guessed any part of the start (e.g. the per-star shapes)
+    would need steps and move the values by ~1e-3 of their errors or more."""
+    def fit(**kw):
+        return psfax.fit_stamps(moffat_stars.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat", **mode, **kw)
+
+    first = fit()
+    again = fit(start=first)
+    assert np.all(first.table["converged"]) and np.all(again.table["converged"])
+    assert np.all(again.table["n_iter"] == 0)
+    for name in physical_names(get_profile("moffat")):
+        np.testing.assert_allclose(again.table[name], first.table[name], rtol=1e-12, atol=0)
+    assert np.max(np.abs(again.covariance - first.covariance)) < 1e-12 * np.max(np.abs(first.covariance))

@@ -60,9 +60,10 @@ def fit_stamps(stamps, *, variance=None, mask=None, model="moffat", pixel_integr
     dtype, device : float32/float64 and "cpu"/"gpu" (defaults: float64 on CPU,
         float32 on GPU).
     start : an earlier FitResult of the same model on the same stamps (e.g.
-        before outliers were masked): its finite ``x, y, flux, bkg`` and, in
-        shared mode, its shape coefficients are the starting point (per-star
-        free shapes restart from the data).
+        before outliers were masked): its finite ``x, y, flux, bkg``, each
+        star's shape and, in shared mode, its shape coefficients are the
+        starting point (a fit started at its own solution stops there, with
+        ``n_iter = 0``).
     chi2_tolerance : LM stops once a step predicts a chi2 decrease below this
         (default: 1e-6 per star for independent fits; 1e-3 for the total chi2
         of a shared shape, which puts every parameter within 0.03 sigma of the
@@ -181,19 +182,25 @@ def _fixed_shape_u(profile, shape, n, dt):
 
 
 def _start_point(start, model, n, basis):
-    """``(x, y, flux, bkg)`` (N, 4, NaN where unknown) and shared coefficients (or None) of ``start``."""
+    """``(x, y, flux, bkg)`` (N, 4) and unconstrained shapes (N, k) of ``start`` (NaN where unknown), and
+    its shared coefficients (or None)."""
     if not isinstance(start, FitResult):
         raise InputTypeError(f"start must be a FitResult, got {type(start).__name__}")
     if start.model != model or len(start.table) != n:
         raise InputError(f"start must be a {model!r} fit of the same {n} stamps, got a {start.model!r} fit of "
                          f"{len(start.table)}")
     u4 = np.column_stack([np.asarray(start.table[c], float) for c in ("x_fit", "y_fit", "flux_fit", "bkg_fit")])
+    profile = get_profile(model)
+    shape = {name: np.asarray(start.table[name], float) for name in physical_names(profile)[N_STAR:]}
+    known = np.all([np.isfinite(v) for v in shape.values()], axis=0)
+    shape_u = np.full((n, len(profile.shape_names)), np.nan)
+    shape_u[known] = shape_to_u(profile, {name: v[known] for name, v in shape.items()})
     coef = None
     if basis is not None and start.shared is not None:
         if start.shared.coef.shape[0] != basis.size:
             raise InputError(f"start has {start.shared.coef.shape[0]} spatial terms, this fit {basis.size}")
         coef = np.asarray(start.shared.coef, float).ravel()
-    return u4, coef
+    return u4, shape_u, coef
 
 
 def _pad(a, mode="constant"):
@@ -204,10 +211,9 @@ def _pad(a, mode="constant"):
 
 
 @persistent_jit(static_argnames=("setup",))
-def _initial(setup, stars, start_u4):
-    """Starting [x0, y0, flux, bkg] (N, 4) from the stamps, the finite entries of ``start_u4`` (N, 4)
-    taking precedence, and a starting unconstrained shape per star (N, k): its FWHM guess, beta = 2.5,
-    round."""
+def _initial(setup, stars, start):
+    """Starting [x0, y0, flux, bkg] (N, 4) from the stamps and a starting unconstrained shape per star
+    (N, k): its FWHM guess, beta = 2.5, round; the finite entries of ``start`` (N, 4 + k) take precedence."""
     ny, nx = setup.size
     gx, gy = pixel_grid(setup.size, stars.data.dtype)
     gx, gy = gx.reshape(ny, nx), gy.reshape(ny, nx)
@@ -215,7 +221,9 @@ def _initial(setup, stars, start_u4):
                          stars.data.reshape(-1, ny, nx), stars.usable.reshape(-1, ny, nx))
     shape = {"fwhm": jnp.log(fwhm), "beta": jnp.full_like(fwhm, math.log(1.5))}
     shape_u = jnp.stack([shape.get(name, jnp.zeros_like(fwhm)) for name in setup.profile.shape_names], axis=-1)
-    return jnp.where(jnp.isfinite(start_u4), start_u4, u4), shape_u
+    guess = jnp.concatenate([u4, shape_u], axis=1)
+    v = jnp.where(jnp.isfinite(start), start, guess)
+    return v[:, :N_STAR], v[:, N_STAR:]
 
 
 def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start=None, tolerance=None):
@@ -223,10 +231,10 @@ def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start
 
     Host-side preparation is numpy; every device computation is one compiled program (no eager JAX
     operations, which a new process would each have to lower)."""
-    start_u4, start_coef = (None, None) if start is None else start
-    known = np.full((len(active), N_STAR), np.nan)
+    start_u4, start_shape, start_coef = (None, None, None) if start is None else start
+    known = np.full((len(active), N_STAR + setup.n_shape), np.nan)
     if start_u4 is not None:
-        known[:len(start_u4)] = start_u4
+        known[:len(start_u4)] = np.concatenate([start_u4, start_shape], axis=1)
     u4, shape_u0 = _initial(setup, stars, jnp.asarray(known, dt))
     profile = setup.profile
     if basis is not None:
