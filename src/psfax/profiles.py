@@ -172,8 +172,9 @@ def moffat_pixel_terms(dx, dy, fwhm, beta, order: int):
     ``q = 1 + r^2 / a^2``, ``s = 2 beta I / (a^2 q)``.  Then (see :func:`moffat_derivatives`)
     ``dP/dx0 = S_x``, ``dP/dy0 = S_y``, ``dP/dln(fwhm) = S_r - 2 P`` and
     ``dP/dbeta = P / (beta - 1) - S_L + (S_r - 2 P) dln(a)/dbeta``."""
-    tx, ty, w = _node_grid(order, jnp.ndim(dx), jnp.result_type(dx))
-    dx, dy = dx + tx, dy + ty
+    pixels = jnp.shape(dx)
+    tx, ty, w = _node_grid(order, 1, jnp.result_type(dx))
+    dx, dy = jnp.ravel(dx) + tx, jnp.ravel(dy) + ty  # (nodes, pixels): one long row per node vectorises
     a2 = moffat_alpha(fwhm, beta) ** 2
     r2 = dx * dx + dy * dy
     q = 1.0 + r2 / a2
@@ -181,9 +182,9 @@ def moffat_pixel_terms(dx, dy, fwhm, beta, order: int):
     value = jnp.exp(-beta * log_q)
     slope = value * (2.0 * beta / a2) / q
     norm = (beta - 1.0) / (jnp.pi * a2)
-    return norm * jnp.stack([jnp.sum(w * value, axis=0), jnp.sum(w * slope * dx, axis=0),
-                             jnp.sum(w * slope * dy, axis=0), jnp.sum(w * slope * r2, axis=0),
-                             jnp.sum(w * value * log_q, axis=0)])
+    terms = jnp.stack([jnp.sum(w * value, axis=0), jnp.sum(w * slope * dx, axis=0), jnp.sum(w * slope * dy, axis=0),
+                       jnp.sum(w * slope * r2, axis=0), jnp.sum(w * value * log_q, axis=0)])
+    return norm * terms.reshape((5,) + pixels)
 
 
 def moffat_derivatives(terms, beta):

@@ -16,8 +16,8 @@ import numpy as np
 from psfax.fitting import lm, scipy_ref, shared
 from psfax.fitting.adam import AdamSettings, adam_minimize, whitening
 from psfax.fitting.params import N_STAR
-from psfax.fitting.problem import (STAR_AXES, aux_rows, bucket_size, chi2, linearise, map_stars, per_star,
-                                   star_rows, weights)
+from psfax.fitting.problem import (STAR_AXES, aux_rows, bucket_size, chi2, free_model, linearise, map_stars,
+                                   per_star, star_rows, weights)
 from psfax.fitting.tncg import TNCGSettings, tncg_minimize
 from psfax.programs import persistent_jit
 
@@ -28,6 +28,11 @@ Cauchy-Schwarz every parameter is then within ``sqrt(1e-3) = 0.03`` of its stand
 quadratic model's optimum.  On ZTF, before the outliers are clipped, the iteration converges only
 linearly (large residuals: the curvature Gauss-Newton neglects), so the per-star default (1e-6) would
 cost some 7 more passes over all stars for nothing."""
+FREE_SHAPE_LAM0 = 1e-2
+"""Starting LM damping of per-star fits with a free shape, whose start (moment FWHM, beta = 2.5) is
+rougher than the positions and fluxes of PSF photometry (which keeps 1e-3).  On 500 GalSim stars each
+of FWHM 0.9, 1.8 and 3.0 px, 1e-3 let one star in five or more overshoot and take 7-17 iterations at
+FWHM 0.9 and 1.8; 1e-2 brought nearly all to 4-6 (1e-1 was slower at 3.0 px and in photometry)."""
 PILOT_DCHI2 = 1.0
 """A pilot fit (:func:`pilot_coefficients`) only seeds the shape: it stops at a predicted decrease of 1."""
 TNCG_SETTINGS = TNCGSettings()
@@ -150,7 +155,8 @@ def _in_chunks(setup, one, v0, aux, stars, active, aux_axis):
 
 @persistent_jit(static_argnames=("setup", "model_of", "aux_axis"))
 def _lm_independent(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
-    settings = dataclasses.replace(LM_SETTINGS, dchi2=dchi2)
+    settings = dataclasses.replace(LM_SETTINGS, dchi2=dchi2,
+                                   lam0=FREE_SHAPE_LAM0 if model_of is free_model else LM_SETTINGS.lam0)
 
     def one(v, a, star, act):
         s = lm.lm_star(setup, settings, model_of, v, a, star, act)
@@ -165,7 +171,7 @@ def _lm_shared(setup, u0, coef0, basis, stars, active, dchi2):
     return s.u, s.coef, s.converged, s.n_iter, s.b
 
 
-FIRST_ROUND_ITER = 5
+FIRST_ROUND_ITER = 6
 """LM iterations of the first round over all stars; the few stars still going continue in a second,
 compacted batch (a batched loop runs as long as its slowest star, so a handful of slow stars
 would otherwise hold every chunk for their whole count)."""
