@@ -130,15 +130,14 @@ def _legendre_nodes(n: int):
     return 0.5 * x, 0.5 * w  # on [-1/2, 1/2], weights summing to 1
 
 
-def _node_grid(order: int, ndim: int, dtype):
-    """Gauss-Legendre nodes of the unit pixel, ``order^2`` of them on a leading axis (shaped to broadcast
-    against ``ndim`` pixel axes): x offsets, y offsets and weights (summing to 1).  Nodes lead and
-    pixels trail, so that a node sum is a reduction over contiguous rows that XLA fuses with the
-    profile: ~5x faster than nodes innermost for values, but ~2x slower under ``jax.jacfwd`` (which
-    :func:`_pixel_values` serves, so it keeps the nodes innermost)."""
+def _node_grid(order: int, dtype):
+    """Gauss-Legendre nodes of the unit pixel as columns (``order^2``, 1): x offsets, y offsets and
+    weights (summing to 1), to broadcast against a row of pixels.  Nodes lead and pixels trail, so
+    that a node sum is a reduction over contiguous rows that XLA fuses with the profile: ~5x faster
+    than nodes innermost for values, but ~2x slower under ``jax.jacfwd`` (which :func:`_pixel_values`
+    serves, so it keeps the nodes innermost)."""
     t, w = _legendre_nodes(order)
-    lead = (-1,) + (1,) * ndim
-    return tuple(jnp.asarray(a, dtype=dtype).reshape(lead)
+    return tuple(jnp.asarray(a, dtype=dtype)[:, None]
                  for a in (np.tile(t, order), np.repeat(t, order), np.outer(w, w).ravel()))
 
 
@@ -173,7 +172,7 @@ def moffat_pixel_terms(dx, dy, fwhm, beta, order: int):
     ``dP/dx0 = S_x``, ``dP/dy0 = S_y``, ``dP/dln(fwhm) = S_r - 2 P`` and
     ``dP/dbeta = P / (beta - 1) - S_L + (S_r - 2 P) dln(a)/dbeta``."""
     pixels = jnp.shape(dx)
-    tx, ty, w = _node_grid(order, 1, jnp.result_type(dx))
+    tx, ty, w = _node_grid(order, jnp.result_type(dx))
     dx, dy = jnp.ravel(dx) + tx, jnp.ravel(dy) + ty  # (nodes, pixels): one long row per node vectorises
     a2 = moffat_alpha(fwhm, beta) ** 2
     r2 = dx * dx + dy * dy
@@ -217,12 +216,17 @@ def stamp_psf(profile: Profile, x0, y0, shape: dict, size: tuple[int, int], *, p
     with ``outer_order`` nodes everywhere, then with ``quadrature_order`` in
     the (2 inner_half_width + 1)^2 pixels around the star's centre pixel.
     """
+    if not pixel_integrated or profile.name == "gaussian":
+        return _pixel_values(profile, *_offsets(x0, y0, size), shape, pixel_integrated, accuracy.quadrature_order)
+    return two_tier(lambda dx, dy, order: _pixel_values(profile, dx, dy, shape, True, order), x0, y0, size, accuracy)
+
+
+def _offsets(x0, y0, size: tuple[int, int]):
+    """Offsets (dx, dy), each (ny, nx), of the pixel centres of a stamp of ``size`` from (x0, y0)."""
     ny, nx = size
     dtype = jnp.result_type(x0, float)
     yy, xx = jnp.meshgrid(jnp.arange(ny, dtype=dtype), jnp.arange(nx, dtype=dtype), indexing="ij")
-    if not pixel_integrated or profile.name == "gaussian":
-        return _pixel_values(profile, xx - x0, yy - y0, shape, pixel_integrated, accuracy.quadrature_order)
-    return two_tier(lambda dx, dy, order: _pixel_values(profile, dx, dy, shape, True, order), x0, y0, size, accuracy)
+    return xx - x0, yy - y0
 
 
 def two_tier(integrate, x0, y0, size: tuple[int, int], accuracy: Accuracy = DEFAULT_ACCURACY):
@@ -231,15 +235,12 @@ def two_tier(integrate, x0, y0, size: tuple[int, int], accuracy: Accuracy = DEFA
     everywhere, then with ``quadrature_order`` in the (2 inner_half_width + 1)^2 pixels around the
     star's centre pixel."""
     ny, nx = size
-    dtype = jnp.result_type(x0, float)
-    yy, xx = jnp.meshgrid(jnp.arange(ny, dtype=dtype), jnp.arange(nx, dtype=dtype), indexing="ij")
-    out = integrate(xx - x0, yy - y0, accuracy.outer_order)
+    out = integrate(*_offsets(x0, y0, size), accuracy.outer_order)
     h = accuracy.inner_half_width
     n_in = 2 * h + 1
     iy = jnp.clip(jnp.round(y0).astype(jnp.int32) - h, 0, ny - n_in)
     ix = jnp.clip(jnp.round(x0).astype(jnp.int32) - h, 0, nx - n_in)
-    cy, cx = jnp.meshgrid(jnp.arange(n_in, dtype=dtype), jnp.arange(n_in, dtype=dtype), indexing="ij")
-    inner = integrate(cx + ix - x0, cy + iy - y0, accuracy.quadrature_order)
+    inner = integrate(*_offsets(x0 - ix, y0 - iy, (n_in, n_in)), accuracy.quadrature_order)
     lead = (jnp.zeros((), jnp.int32),) * (out.ndim - 2)
     return jax.lax.dynamic_update_slice(out, inner, lead + (iy, ix))
 
