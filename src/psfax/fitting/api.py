@@ -13,7 +13,8 @@ from psfax.device import compute_context, resolve_device, resolve_dtype
 from psfax.errors import InputError, InputTypeError
 from psfax.fitting import flags as F
 from psfax.fitting import optimizers
-from psfax.fitting.params import N_STAR, initial_star_params, physical_covariance, physical_names, shape_to_u
+from psfax.fitting.params import (N_STAR, START_BETA, fwhm_of_core_sigma, initial_star_params, physical_covariance,
+                                  physical_names, shape_to_u)
 from psfax.fitting.problem import (Setup, StampData, bucket_size, cell_model, fixed_model, free_model, map_stars,
                                    pixel_grid, table_model)
 from psfax.fitting.taylor import shape_cells, taylor_stack
@@ -21,6 +22,7 @@ from psfax.fitting.table import build_table
 from psfax.fitting.result import FitResult, SharedShape, physical_batch, results_table
 from psfax.fitting.shared import blocks, shared_covariance
 from psfax.fitting.spatial import PolynomialBasis
+from psfax.fitting.spd import spd_inverse
 from psfax.programs import persistent_jit
 from psfax.profiles import DEFAULT_ACCURACY, Accuracy, ellipticity_to_shear, get_profile, render_stamps_batch
 
@@ -213,13 +215,15 @@ def _pad(a, mode="constant"):
 @persistent_jit(static_argnames=("setup",))
 def _initial(setup, stars, start):
     """Starting [x0, y0, flux, bkg] (N, 4) from the stamps and a starting unconstrained shape per star
-    (N, k): its FWHM guess, beta = 2.5, round; the finite entries of ``start`` (N, 4 + k) take precedence."""
+    (N, k): the FWHM of its core width at beta = START_BETA, round; the finite entries of ``start`` (N, 4 + k)
+    take precedence."""
     ny, nx = setup.size
     gx, gy = pixel_grid(setup.size, stars.data.dtype)
     gx, gy = gx.reshape(ny, nx), gy.reshape(ny, nx)
-    u4, fwhm = map_stars(setup, lambda d, u: initial_star_params(d, u, gx, gy),
-                         stars.data.reshape(-1, ny, nx), stars.usable.reshape(-1, ny, nx))
-    shape = {"fwhm": jnp.log(fwhm), "beta": jnp.full_like(fwhm, math.log(1.5))}
+    u4, sigma = map_stars(setup, lambda d, u: initial_star_params(d, u, gx, gy),
+                           stars.data.reshape(-1, ny, nx), stars.usable.reshape(-1, ny, nx))
+    fwhm = jnp.clip(fwhm_of_core_sigma(setup.profile, sigma, START_BETA), 0.6, 8.0)
+    shape = {"fwhm": jnp.log(fwhm), "beta": jnp.full_like(fwhm, math.log(START_BETA - 1.0))}
     shape_u = jnp.stack([shape.get(name, jnp.zeros_like(fwhm)) for name in setup.profile.shape_names], axis=-1)
     guess = jnp.concatenate([u4, shape_u], axis=1)
     v = jnp.where(jnp.isfinite(start), start, guess)
@@ -310,7 +314,7 @@ def _physical_jit(setup, v, cov_v):
 def _fisher_covariance(setup, model_of, v, aux, stars, aux_axis):
     """Inverse-Fisher covariance (N, P, P) and chi2 (N,) at the solution ``v``."""
     fish, chi2 = optimizers.fisher_batch(setup, model_of, v, aux, stars, aux_axis)
-    return jnp.linalg.inv(fish), chi2
+    return spd_inverse(fish), chi2
 
 
 @persistent_jit(static_argnames=("setup",))
