@@ -18,6 +18,7 @@ from psfax.fitting.adam import AdamSettings, adam_minimize, whitening
 from psfax.fitting.params import N_STAR
 from psfax.fitting.problem import (STAR_AXES, aux_rows, bucket_size, chi2, free_model, linearise, map_stars,
                                    per_star, star_rows, weights)
+from psfax.fitting.spd import spd_inverse, spd_solve
 from psfax.fitting.tncg import TNCGSettings, tncg_minimize
 from psfax.programs import persistent_jit
 
@@ -129,7 +130,7 @@ def _first_order_shared(setup, optimizer, u0, coef0, basis, stars, active):
             u, coef = split(x)
             b = shared.blocks(setup, u, coef, basis, stars, active)
             a_u = jax.vmap(whitening)(b.U)
-            a_c = whitening(b.V - jnp.einsum("nak,nal->kl", b.W, jnp.linalg.solve(b.U, b.W)))
+            a_c = whitening(b.V - jnp.einsum("nak,nal->kl", b.W, spd_solve(b.U, b.W)))
 
             def to_x(z):
                 zu, zc = split(z)
@@ -160,7 +161,7 @@ def _lm_independent(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
 
     def one(v, a, star, act):
         s = lm.lm_star(setup, settings, model_of, v, a, star, act)
-        return s.v, s.converged, s.n_iter, jnp.linalg.inv(s.h), s.chi2  # the state's J^T W J is the Fisher matrix
+        return s.v, s.converged, s.n_iter, spd_inverse(s.h), s.chi2  # the state's J^T W J is the Fisher matrix
 
     return _in_chunks(setup, one, v0, aux, stars, active, aux_axis)
 

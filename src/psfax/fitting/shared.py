@@ -29,6 +29,7 @@ from psfax.fitting.lm import LMSettings, chi2_resolution
 from psfax.fitting.params import N_STAR
 from psfax.fitting.problem import (STAR_AXES, StampData, Setup, chi2, direct_linearise, map_stars, per_star, star_model,
                                    table_model, weights)
+from psfax.fitting.spd import spd_inverse
 from psfax.fitting.table import build_table, interpolate
 
 
@@ -119,7 +120,7 @@ def schur_solve(b: Blocks, lam):
     du_diag = jnp.diagonal(b.U, axis1=1, axis2=2)
     Ud = b.U + lam * jax.vmap(jnp.diag)(du_diag)
     dv = jnp.diag(b.V)
-    Uinv = jnp.linalg.inv(Ud)
+    Uinv = spd_inverse(Ud)
     UiW = Uinv @ b.W  # (N, 4, K)
     S = b.V + lam * jnp.diag(dv) - jnp.einsum("nak,nal->kl", b.W, UiW)
     rhs = b.g_c - jnp.einsum("nak,na->k", UiW, b.g_u)
@@ -202,7 +203,7 @@ def lm_shared(setup: Setup, settings: LMSettings, u0, coef0, basis, stars: Stamp
 
 def shared_covariance(b: Blocks, basis, k: int):
     """Inverse-Fisher covariance of each star's ``[u_i, shape_u(B_i)]`` (N, 4+k, 4+k) and of ``c`` (K, K)."""
-    Uinv = jnp.linalg.inv(b.U)
+    Uinv = spd_inverse(b.U)
     UiW = Uinv @ b.W
     S = b.V - jnp.einsum("nak,nal->kl", b.W, UiW)
     Sinv = jnp.linalg.inv(S)
