@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from pathlib import Path
 
@@ -38,32 +37,28 @@ def cache_dir() -> Path:
     return path
 
 
-_cache_enabled = False
+_program_folder: Path | None = None  # set once the cache is on
 
 
 def enable_compilation_cache() -> None:
-    """Turn on JAX's persistent compilation cache under ``cache_dir()/jax``."""
-    global _cache_enabled
-    if _cache_enabled or os.environ.get("PSFAX_NO_COMPILATION_CACHE"):
+    """Turn on JAX's persistent compilation cache under ``cache_dir()/jax`` and the lowered programs of
+    :mod:`psfax.programs` under ``cache_dir()/programs`` (both fixed from then on)."""
+    global _program_folder
+    if _program_folder is not None or os.environ.get("PSFAX_NO_COMPILATION_CACHE"):
         return
+    folder = cache_dir()
     if jax.config.jax_compilation_cache_dir is None:
-        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
+        jax.config.update("jax_compilation_cache_dir", str(folder / "jax"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    _cache_enabled = True
+    (folder / "programs").mkdir(exist_ok=True)
+    _program_folder = folder / "programs"
 
 
 def program_cache_dir() -> Path | None:
-    """Folder of the lowered programs of :mod:`psfax.programs` (``cache_dir()/programs``), or None when
-    the compilation cache is off (not yet enabled, or ``PSFAX_NO_COMPILATION_CACHE`` set)."""
-    return _program_folder(cache_dir()) if _cache_enabled else None
-
-
-@functools.cache
-def _program_folder(cache: Path) -> Path:
-    path = cache / "programs"
-    path.mkdir(exist_ok=True)
-    return path
+    """Folder of the lowered programs of :mod:`psfax.programs`, or None when the compilation cache is off
+    (not yet enabled, or ``PSFAX_NO_COMPILATION_CACHE`` set)."""
+    return _program_folder
 
 
 def resolve_device(device: str | jax.Device | None) -> jax.Device:

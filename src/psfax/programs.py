@@ -87,20 +87,21 @@ def persistent_jit(fun=None, *, static_argnames: tuple[str, ...] = ()):
         leaves, tree = jax.tree.flatten([bound.arguments[k] for k in names])
         if folder is None or any(isinstance(x, jax.core.Tracer) for x in leaves) or _platform(leaves) != "cpu":
             return jitted(*args, **kwargs)
-        key = (tuple((k, _static_key(v)) for k, v in static.items()), str(tree),
-               tuple(str(jax.typeof(x)) for x in leaves), "cpu")
+        key = (tuple(static.items()), tree, tuple(jax.typeof(x) for x in leaves))  # hashable, cheap to compare
         if key not in programs:
-            programs[key] = _load_or_export(fun, static, names, tree, leaves, key, folder)
+            programs[key] = _load_or_export(fun, static, names, tree, leaves, folder)
         run, structure = programs[key]
         return rebuild(structure, iter(run(*leaves)))
 
     return call
 
 
-def _load_or_export(fun, static, names, tree, leaves, key, folder: Path):
+def _load_or_export(fun, static, names, tree, leaves, folder: Path):
     """(jitted call of the exported program, its output structure) from ``folder``, exporting it on a
     miss.  File: 8-byte length, the output structure as JSON, the serialized ``jax.export`` program."""
     name = f"{fun.__module__}.{fun.__qualname__}"
+    key = (tuple((k, _static_key(v)) for k, v in static.items()), str(tree),
+           tuple(str(jax.typeof(x)) for x in leaves), "cpu")
     text = repr((name, key, jax.__version__, source_digest()))
     path = folder / f"{fun.__qualname__}-{hashlib.sha256(text.encode()).hexdigest()[:32]}.bin"
     if path.exists():
