@@ -18,7 +18,7 @@ from psfax.fitting.params import (N_STAR, START_BETA, fwhm_of_core_sigma, initia
 from psfax.fitting.problem import (Setup, StampData, bucket_size, cell_model, fixed_model, free_model, map_stars,
                                    pixel_grid, table_model)
 from psfax.fitting.taylor import shape_cells, taylor_stack
-from psfax.fitting.table import build_table
+from psfax.fitting.table import build_table, interpolate
 from psfax.fitting.result import FitResult, SharedShape, physical_batch, results_table
 from psfax.fitting.shared import blocks, shared_covariance
 from psfax.fitting.spatial import PolynomialBasis
@@ -272,6 +272,9 @@ def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start
         fixed_u = fixed_u[order]
     else:
         model_of, aux, v0 = fixed_model, jnp.asarray(fixed_u, dt), u4
+    if fixed_u is not None:
+        given = np.isfinite(known[:, 2]) if order is None else np.isfinite(known[order, 2])
+        v0 = _aperture_corrected(setup, model_of, aux, stars, v0, given)
     v, conv, n_iter, cov_chi2 = optimizers.solve_independent(optimizer, setup, model_of, v0, aux, stars, active,
                                                              aux_axis, tolerance)
     if cov_chi2 is None:
@@ -285,6 +288,34 @@ def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start
     if order is not None:
         out = optimizers.take(out, jnp.asarray(np.argsort(order)))
     return out, None
+
+
+@persistent_jit(static_argnames=("setup", "model_of"))
+def _aperture_corrected(setup, model_of, aux, stars, u4, given):
+    """Starting flux and background of PSF photometry (but where ``given`` by ``start``) corrected for the PSF's light that the stamp misses
+    or that its border adds to the background estimate.
+
+    With ``P`` the known PSF of a star at the stamp centre, the excess over the border median sums
+    ``flux (sum_usable P - n_usable leak)``, ``leak`` being the mean of ``P`` over the usable border
+    pixels (light the median took for background), and the background is high by ``flux leak``.
+    Without it, the start of a FWHM 1.8 px Moffat is 1 % faint (~10 sigma for bright stars) and a
+    third of the stars need a third LM iteration.
+    """
+    ny, nx = setup.size
+    centre = jnp.asarray([(nx - 1) / 2, (ny - 1) / 2, 1.0, 0.0], u4.dtype)
+    if model_of is table_model:
+        psf = table_model(setup, centre, aux)[None]
+    elif model_of is cell_model:
+        tables, (cell, _) = aux
+        psf = interpolate(setup.grid, tables[:, 0], centre[0], centre[1])[0].reshape(tables.shape[0], -1)[cell]
+    else:
+        psf = jax.vmap(lambda shape_u: fixed_model(setup, centre, shape_u))(aux)
+    border = jnp.ones((ny, nx), bool).at[1:-1, 1:-1].set(False).ravel()
+    on_border = stars.usable * border
+    leak = jnp.sum(on_border * psf, axis=1) / jnp.maximum(jnp.sum(on_border, axis=1), 1.0)
+    inside = jnp.sum(stars.usable * psf, axis=1) - jnp.sum(stars.usable, axis=1) * leak
+    flux = u4[:, 2] / jnp.where(inside > 0, inside, 1.0)
+    return jnp.where(given[:, None], u4, u4.at[:, 2].set(flux).at[:, 3].add(-flux * leak))
 
 
 def _shape_cell_tables(setup, fixed_u, dt):

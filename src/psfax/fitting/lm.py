@@ -86,16 +86,28 @@ def _limit_shift(delta, max_shift):
 
 
 def lm_star(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampData, active):
-    """Fit one star from ``v0``; ``active=False`` leaves it untouched.
+    """Fit one star from ``v0``; ``active=False`` leaves it untouched (:func:`lm_start`, :func:`lm_iterate`)."""
+    return lm_iterate(setup, settings, model_of, lm_start(setup, settings, model_of, v0, aux, star, active), aux, star)
+
+
+def lm_start(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampData, active):
+    """The LM state of one star at ``v0``: its normal equations, the starting damping, and done (converged)
+    already when inactive or when the Newton decrement says ``v0`` is the optimum."""
+    w0, h0, g0, c0 = _normal_equations(setup, star, *linearise(setup, model_of, v0, aux))
+    dtype = v0.dtype
+    at_optimum = active & (newton_decrement(h0, g0) < chi2_resolution(settings, c0)[1])
+    return LMState(v0, h0, g0, w0, c0, jnp.asarray(settings.lam0, dtype), jnp.asarray(2.0, dtype),
+                   ~active | at_optimum, at_optimum, jnp.asarray(0))
+
+
+def lm_iterate(setup: Setup, settings: LMSettings, model_of, state: LMState, aux, star: StampData):
+    """LM iterations of one star from ``state`` until it is done or has made ``setup.max_iter`` in all
+    (``state.n_iter`` counts on, so a fit stopped by the count resumes where it was).
 
     One Jacobian per iteration: it is computed at the trial point and kept
     if the step is accepted.
     """
-    w0, h0, g0, c0 = _normal_equations(setup, star, *linearise(setup, model_of, v0, aux))
-    dtype = v0.dtype
-    at_optimum = active & (newton_decrement(h0, g0) < chi2_resolution(settings, c0)[1])
-    state = LMState(v0, h0, g0, w0, c0, jnp.asarray(settings.lam0, dtype), jnp.asarray(2.0, dtype),
-                    ~active | at_optimum, at_optimum, jnp.asarray(0))
+    dtype = state.v.dtype
 
     def step(s: LMState):
         d = jnp.diag(s.h)

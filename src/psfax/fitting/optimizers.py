@@ -154,16 +154,37 @@ def _in_chunks(setup, one, v0, aux, stars, active, aux_axis):
     return map_stars(setup, one, v0, aux, per_star(stars), active)
 
 
+def _lm_settings(model_of, dchi2):
+    return dataclasses.replace(LM_SETTINGS, dchi2=dchi2,
+                               lam0=FREE_SHAPE_LAM0 if model_of is free_model else LM_SETTINGS.lam0)
+
+
+def _lm_outputs(s: lm.LMState):
+    """(v, converged, n_iter, covariance, chi2) of a star's LM state: its ``J^T W J`` is the Fisher matrix."""
+    return s.v, s.converged, s.n_iter, spd_inverse(s.h), s.chi2
+
+
 @persistent_jit(static_argnames=("setup", "model_of", "aux_axis"))
 def _lm_independent(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
-    settings = dataclasses.replace(LM_SETTINGS, dchi2=dchi2,
-                                   lam0=FREE_SHAPE_LAM0 if model_of is free_model else LM_SETTINGS.lam0)
+    """LM on every star from ``v0`` for up to ``setup.max_iter`` iterations: (outputs, LM states) per star."""
+    settings = _lm_settings(model_of, dchi2)
 
     def one(v, a, star, act):
         s = lm.lm_star(setup, settings, model_of, v, a, star, act)
-        return s.v, s.converged, s.n_iter, spd_inverse(s.h), s.chi2  # the state's J^T W J is the Fisher matrix
+        return _lm_outputs(s), s
 
     return _in_chunks(setup, one, v0, aux, stars, active, aux_axis)
+
+
+@persistent_jit(static_argnames=("setup", "model_of", "aux_axis"))
+def _lm_resume(setup, model_of, state, aux, stars, aux_axis, dchi2):
+    """LM continued from each star's ``state`` up to ``setup.max_iter`` iterations in all: outputs per star."""
+    settings = _lm_settings(model_of, dchi2)
+
+    def one(s, a, star, _):
+        return _lm_outputs(lm.lm_iterate(setup, settings, model_of, s, a, star))
+
+    return _in_chunks(setup, one, state, aux, stars, ~state.done, aux_axis)
 
 
 @persistent_jit(static_argnames=("setup",))
@@ -172,34 +193,33 @@ def _lm_shared(setup, u0, coef0, basis, stars, active, dchi2):
     return s.u, s.coef, s.converged, s.n_iter, s.b
 
 
-FIRST_ROUND_ITER = 6
-"""LM iterations of the first round over all stars; the few stars still going continue in a second,
-compacted batch (a batched loop runs as long as its slowest star, so a handful of slow stars
-would otherwise hold every chunk for their whole count)."""
+PHOTOMETRY_FIRST_ROUND = 2
+FREE_SHAPE_FIRST_ROUND = 3
+"""LM iterations of the first round over all stars, for a fixed shape and for a free one: what most stars
+take from psfax's start (GalSim Moffats of FWHM 1.8 px: 94 % of PSF photometry fits in 2, 98 % of free-shape
+fits in 3).  A batched loop runs as long as its slowest star, so the few stars still going continue in a
+second, compacted batch, resumed from their LM state (no linearisation repeated)."""
 
 
 def _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
-    """LM on every star for :data:`FIRST_ROUND_ITER` iterations, then on the unfinished ones only
-    (restarted from where they stopped) for the rest of ``setup.max_iter``.
-    Returns (v, converged, n_iter, covariance, chi2) per star."""
-    first = min(FIRST_ROUND_ITER, setup.max_iter)
-    out = _lm_independent(dataclasses.replace(setup, max_iter=first), model_of, v0, aux, stars, active, aux_axis,
-                          dchi2)
-    v, conv, n_iter = out[:3]
-    left = np.flatnonzero(np.asarray(active) & ~np.asarray(conv) & (np.asarray(n_iter) >= first))
+    """LM on every star for the first round's iterations, then on the unfinished ones only (resumed where they
+    stopped) up to ``setup.max_iter``.  Returns (v, converged, n_iter, covariance, chi2) per star."""
+    first = min(FREE_SHAPE_FIRST_ROUND if model_of is free_model else PHOTOMETRY_FIRST_ROUND, setup.max_iter)
+    out, state = _lm_independent(dataclasses.replace(setup, max_iter=first), model_of, v0, aux, stars, active,
+                                 aux_axis, dchi2)
+    left = np.flatnonzero(np.asarray(active) & ~np.asarray(state.done))
     if left.size == 0 or setup.max_iter <= first:
         return out
     rows = jnp.asarray(np.pad(left, (0, bucket_size(left.size) - left.size), mode="edge"))
-    v_r, active_r, stars_r, aux_r = select_stars(rows, v, active, stars, aux, aux_axis=aux_axis)
-    part = _lm_independent(dataclasses.replace(setup, max_iter=setup.max_iter - first), model_of, v_r, aux_r,
-                           stars_r, active_r, aux_axis, dchi2)
-    return _put_rows(rows, out, part)
+    state_r, _, stars_r, aux_r = select_stars(rows, state, active, stars, aux, aux_axis=aux_axis)
+    return _put_rows(rows, out, _lm_resume(setup, model_of, state_r, aux_r, stars_r, aux_axis, dchi2))
 
 
 @persistent_jit(static_argnames=("aux_axis",))
 def select_stars(rows, v, active, stars, aux, aux_axis):
-    """The stars at ``rows``: their parameters, active flags, stamps and ``aux`` (see ``aux_rows``)."""
-    return v[rows], active[rows], star_rows(stars, rows), aux_rows(aux, aux_axis, rows)
+    """The stars at ``rows``: their parameters (any pytree of per-star arrays), active flags, stamps and
+    ``aux`` (see ``aux_rows``)."""
+    return take(v, rows), active[rows], star_rows(stars, rows), aux_rows(aux, aux_axis, rows)
 
 
 @persistent_jit
@@ -210,9 +230,8 @@ def take(arrays, rows):
 
 @persistent_jit
 def _put_rows(rows, full, part):
-    """The per-star outputs ``full = (v, converged, n_iter, ...)`` with the rows ``rows`` replaced by the
-    continued fits ``part`` (iterations added; repeated rows carry identical results)."""
-    part = (*part[:2], full[2][rows] + part[2], *part[3:])
+    """The per-star pytree ``full`` with the rows ``rows`` replaced by ``part`` (repeated rows carry identical
+    values)."""
     return jax.tree.map(lambda a, b: a.at[rows].set(b), full, part)
 
 
