@@ -80,3 +80,18 @@ def test_lambdas_are_refused(cache_on):
     with pytest.raises(TypeError, match="lambda"):
         fn(jnp.ones(2), f=lambda x: x)
     np.testing.assert_array_equal(fn(jnp.ones(2), f=jnp.negative), -np.ones(2))
+
+
+def count_from_zero(x):
+    """Returns a weakly typed integer (``jnp.asarray(0)``) beside an array."""
+    return x + 1.0, jnp.asarray(0)
+
+
+def test_outputs_typed_alike_when_exported_and_when_loaded(cache_on):
+    """Serialization drops weak types; the exporting process must see the outputs a later process will
+    load, or programs fed with them are keyed (and exported, compiled) once more in that later process."""
+    x = jnp.ones(3)
+    exported = persistent_jit(count_from_zero)(x)
+    loaded = persistent_jit(count_from_zero)(x)  # a fresh wrapper loads from the file
+    assert [jax.typeof(a) for a in exported] == [jax.typeof(a) for a in loaded]
+    assert not jax.typeof(loaded[1]).weak_type

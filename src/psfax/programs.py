@@ -106,9 +106,6 @@ def _load_or_export(fun, static, names, tree, leaves, folder: Path):
     path = folder / f"{fun.__qualname__}-{hashlib.sha256(text.encode()).hexdigest()[:32]}.bin"
     if path.exists():
         blob = path.read_bytes()
-        size = int.from_bytes(blob[:8], "little")
-        structure = json.loads(blob[8:8 + size])
-        exported = jax.export.deserialize(bytearray(blob[8 + size:]))
     else:
         holder = {}
 
@@ -120,11 +117,17 @@ def _load_or_export(fun, static, names, tree, leaves, folder: Path):
         exported = jax.export.export(jax.jit(flat), platforms=[key[-1]])(
             *(jax.ShapeDtypeStruct(np.shape(x), jax.typeof(x).dtype, weak_type=jax.typeof(x).weak_type)
               for x in leaves))
-        structure = holder["structure"]
-        header = json.dumps(structure).encode()
+        header = json.dumps(holder["structure"]).encode()
+        blob = len(header).to_bytes(8, "little") + header + bytes(exported.serialize())
         tmp = path.with_suffix(f".tmp{np.random.default_rng().integers(1 << 30)}")
-        tmp.write_bytes(len(header).to_bytes(8, "little") + header + bytes(exported.serialize()))
+        tmp.write_bytes(blob)
         tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
+    # a fresh export also runs from its serialized form, as every later process will: serializing drops the
+    # outputs' weak types, and outputs typed differently in the first process would key different programs
+    # downstream (seen: the second ZTF run exported and compiled four more)
+    size = int.from_bytes(blob[:8], "little")
+    structure = json.loads(blob[8:8 + size])
+    exported = jax.export.deserialize(bytearray(blob[8 + size:]))
     return jax.jit(exported.call), structure
 
 
