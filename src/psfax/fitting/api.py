@@ -292,8 +292,8 @@ def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start
 
 @persistent_jit(static_argnames=("setup", "model_of"))
 def _aperture_corrected(setup, model_of, aux, stars, u4, given):
-    """Starting flux and background of PSF photometry (but where ``given`` by ``start``) corrected for the PSF's light that the stamp misses
-    or that its border adds to the background estimate.
+    """Starting flux and background of PSF photometry (but where ``given`` by ``start``) corrected for the
+    PSF's light that the stamp misses or that its border adds to the background estimate.
 
     With ``P`` the known PSF of a star at the stamp centre, the excess over the border median sums
     ``flux (sum_usable P - n_usable leak)``, ``leak`` being the mean of ``P`` over the usable border
