@@ -274,7 +274,8 @@ def _solve(setup, optimizer, stars, active, fixed_u, basis, positions, dt, start
         model_of, aux, v0 = fixed_model, jnp.asarray(fixed_u, dt), u4
     if fixed_u is not None:
         given = np.isfinite(known[:, 2]) if order is None else np.isfinite(known[order, 2])
-        v0 = _aperture_corrected(setup, model_of, aux, stars, v0, given)
+        one_shape = model_of is fixed_model and np.all(fixed_u == fixed_u[0])
+        v0 = _aperture_corrected(setup, model_of, jnp.asarray(fixed_u[:1], dt) if one_shape else aux, stars, v0, given)
     v, conv, n_iter, cov_chi2 = optimizers.solve_independent(optimizer, setup, model_of, v0, aux, stars, active,
                                                              aux_axis, tolerance)
     if cov_chi2 is None:
@@ -295,7 +296,8 @@ def _aperture_corrected(setup, model_of, aux, stars, u4, given):
     """Starting flux and background of PSF photometry (but where ``given`` by ``start``) corrected for the
     PSF's light that the stamp misses or that its border adds to the background estimate.
 
-    With ``P`` the known PSF of a star at the stamp centre, the excess over the border median sums
+    With ``P`` the known PSF of a star at the stamp centre (one for all stars when ``aux`` of the direct
+    model holds one shape), the excess over the border median sums
     ``flux (sum_usable P - n_usable leak)``, ``leak`` being the mean of ``P`` over the usable border
     pixels (light the median took for background), and the background is high by ``flux leak``.
     Without it, the start of a FWHM 1.8 px Moffat is 1 % faint (~10 sigma for bright stars) and a

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 
 from psfax.fitting.flags import MAX_OFFSET
 from psfax.fitting.problem import StampData, Setup, chi2, linearise, weights
-from psfax.fitting.spd import spd_solve
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ def chi2_resolution(settings: LMSettings, chi2_value):
 
 def newton_decrement(h, g):
     """``g^T H^-1 g``: the chi2 decrease the undamped Gauss-Newton step predicts (NaN or inf when H is singular)."""
-    return g @ spd_solve(h, g)
+    return g @ jnp.linalg.solve(h, g)
 
 
 def _limit_shift(delta, max_shift):
@@ -112,7 +111,7 @@ def lm_iterate(setup: Setup, settings: LMSettings, model_of, state: LMState, aux
     def step(s: LMState):
         d = jnp.diag(s.h)
         scale = jnp.maximum(d, 1e-30 * jnp.max(d))
-        delta = _limit_shift(spd_solve(s.h + s.lam * jnp.diag(scale), s.g), settings.max_shift)
+        delta = _limit_shift(jnp.linalg.solve(s.h + s.lam * jnp.diag(scale), s.g), settings.max_shift)
         trial = s.v + delta
         m, jac = linearise(setup, model_of, trial, aux)
         c_trial = chi2(star.data, m, s.w)  # under the current weights, comparable with s.chi2

@@ -1,10 +1,10 @@
 """Solves with small symmetric positive definite matrices, one per star.
 
-Every per-star system of the fitter (``J^T W J``, 4 to 8 parameters) is
-solved by a Cholesky factorisation ``A = L L^T`` written out over its rows:
-for a batch of matrices each step is one vector operation across the batch,
-where LAPACK's batched solve makes one small call per matrix (about ten times
-slower for 4 x 4 matrices on the CPU).  A matrix that is not positive
+The per-star covariances (``J^T W J``, 4 to 8 parameters) and the shared
+fit's per-star Schur blocks are solved by a Cholesky factorisation
+``A = L L^T`` written out over its rows: for a batch of matrices each step is
+one vector operation across the batch, where LAPACK's batched solve makes one
+small call per matrix (about ten times slower for 4 x 4 matrices on the CPU).  A matrix that is not positive
 definite (singular, or indefinite by rounding) gives NaN or inf, never a
 silently wrong finite answer from a failed factorisation.
 """
