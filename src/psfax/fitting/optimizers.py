@@ -177,12 +177,13 @@ def _lm_independent(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
 
 
 @persistent_jit(static_argnames=("setup", "model_of", "aux_axis"))
-def _lm_resume(setup, model_of, state, aux, stars, aux_axis, dchi2):
-    """LM continued from each star's ``state`` up to ``setup.max_iter`` iterations in all: outputs per star."""
+def _lm_resume(setup, model_of, state, aux, stars, aux_axis, dchi2, max_iter):
+    """LM continued from each star's ``state`` up to ``max_iter`` iterations in all: (outputs, LM states)."""
     settings = _lm_settings(model_of, dchi2)
 
     def one(s, a, star, _):
-        return _lm_outputs(lm.lm_iterate(setup, settings, model_of, s, a, star))
+        s = lm.lm_iterate(setup, settings, model_of, s, a, star, max_iter)
+        return _lm_outputs(s), s
 
     return _in_chunks(setup, one, state, aux, stars, ~state.done, aux_axis)
 
@@ -197,22 +198,35 @@ PHOTOMETRY_FIRST_ROUND = 2
 FREE_SHAPE_FIRST_ROUND = 3
 """LM iterations of the first round over all stars, for a fixed shape and for a free one: what most stars
 take from psfax's start (GalSim Moffats of FWHM 1.8 px: 94 % of PSF photometry fits in 2, 98 % of free-shape
-fits in 3).  A batched loop runs as long as its slowest star, so the few stars still going continue in a
-second, compacted batch, resumed from their LM state (no linearisation repeated)."""
+fits in 3).  A batched loop runs as long as its slowest star, so the stars still going continue in
+compacted batches, each resumed from its LM state (no linearisation repeated), each round doubling the
+iterations reached (2, 4, 8, ... for photometry): real sources have long tails (ZTF photometry of 7,770
+sources: 49 % take 3 iterations, 2 % 8 to 23), which one long second round would make every chunk wait for."""
 
 
 def _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
-    """LM on every star for the first round's iterations, then on the unfinished ones only (resumed where they
-    stopped) up to ``setup.max_iter``.  Returns (v, converged, n_iter, covariance, chi2) per star."""
-    first = min(FREE_SHAPE_FIRST_ROUND if model_of is free_model else PHOTOMETRY_FIRST_ROUND, setup.max_iter)
-    out, state = _lm_independent(dataclasses.replace(setup, max_iter=first), model_of, v0, aux, stars, active,
+    """LM on every star for the first round's iterations, then on the unfinished ones only, in rounds that
+    double the iterations reached, up to ``setup.max_iter``.  Returns (v, converged, n_iter, covariance,
+    chi2) per star."""
+    reached = min(FREE_SHAPE_FIRST_ROUND if model_of is free_model else PHOTOMETRY_FIRST_ROUND, setup.max_iter)
+    out, state = _lm_independent(dataclasses.replace(setup, max_iter=reached), model_of, v0, aux, stars, active,
                                  aux_axis, dchi2)
-    left = np.flatnonzero(np.asarray(active) & ~np.asarray(state.done))
-    if left.size == 0 or setup.max_iter <= first:
-        return out
-    rows = jnp.asarray(np.pad(left, (0, bucket_size(left.size) - left.size), mode="edge"))
-    state_r, _, stars_r, aux_r = select_stars(rows, state, active, stars, aux, aux_axis=aux_axis)
-    return _put_rows(rows, out, _lm_resume(setup, model_of, state_r, aux_r, stars_r, aux_axis, dchi2))
+    size = None
+    while reached < setup.max_iter:
+        going = np.asarray(active) & ~np.asarray(state.done)
+        left = np.flatnonzero(going)
+        if left.size == 0:
+            break
+        reached = min(2 * reached, setup.max_iter)
+        # every later round keeps the second's batch size (one compiled program, which a new process loads
+        # once), padded with a finished star: chunks of padding end at once
+        size = size or bucket_size(left.size)
+        filler = np.flatnonzero(~going)[:1] if (~going).any() else left[-1:]
+        rows = jnp.asarray(np.concatenate([left, np.repeat(filler, size - left.size)]))
+        state_r, _, stars_r, aux_r = select_stars(rows, state, active, stars, aux, aux_axis=aux_axis)
+        part = _lm_resume(setup, model_of, state_r, aux_r, stars_r, aux_axis, dchi2, np.int32(reached))
+        out, state = _put_rows(rows, (out, state), part)
+    return out
 
 
 @persistent_jit(static_argnames=("aux_axis",))
