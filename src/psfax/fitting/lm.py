@@ -84,11 +84,6 @@ def _limit_shift(delta, max_shift):
     return delta * jnp.minimum(1.0, max_shift / jnp.maximum(shift, 1e-30))
 
 
-def lm_star(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampData, active):
-    """Fit one star from ``v0``; ``active=False`` leaves it untouched (:func:`lm_start`, :func:`lm_iterate`)."""
-    return lm_iterate(setup, settings, model_of, lm_start(setup, settings, model_of, v0, aux, star, active), aux, star)
-
-
 def lm_start(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampData, active):
     """The LM state of one star at ``v0``: its normal equations, the starting damping, and done (converged)
     already when inactive or when the Newton decrement says ``v0`` is the optimum."""

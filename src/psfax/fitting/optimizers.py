@@ -165,27 +165,18 @@ def _lm_outputs(s: lm.LMState):
 
 
 @persistent_jit(static_argnames=("setup", "model_of", "aux_axis"))
-def _lm_independent(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
-    """LM on every star from ``v0`` for up to ``setup.max_iter`` iterations: (outputs, LM states) per star."""
+def _lm_run(setup, model_of, start, aux, stars, active, aux_axis, dchi2, max_iter):
+    """LM on every star from ``start`` (parameters (N, P), or LM states to resume from) up to ``max_iter``
+    iterations in all: (outputs, LM states) per star."""
     settings = _lm_settings(model_of, dchi2)
+    resume = isinstance(start, lm.LMState)
 
-    def one(v, a, star, act):
-        s = lm.lm_star(setup, settings, model_of, v, a, star, act)
-        return _lm_outputs(s), s
-
-    return _in_chunks(setup, one, v0, aux, stars, active, aux_axis)
-
-
-@persistent_jit(static_argnames=("setup", "model_of", "aux_axis"))
-def _lm_resume(setup, model_of, state, aux, stars, aux_axis, dchi2, max_iter):
-    """LM continued from each star's ``state`` up to ``max_iter`` iterations in all: (outputs, LM states)."""
-    settings = _lm_settings(model_of, dchi2)
-
-    def one(s, a, star, _):
+    def one(x, a, star, act):
+        s = x if resume else lm.lm_start(setup, settings, model_of, x, a, star, act)
         s = lm.lm_iterate(setup, settings, model_of, s, a, star, max_iter)
         return _lm_outputs(s), s
 
-    return _in_chunks(setup, one, state, aux, stars, ~state.done, aux_axis)
+    return _in_chunks(setup, one, start, aux, stars, active, aux_axis)
 
 
 @persistent_jit(static_argnames=("setup",))
@@ -209,8 +200,7 @@ def _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
     double the iterations reached, up to ``setup.max_iter``.  Returns (v, converged, n_iter, covariance,
     chi2) per star."""
     reached = min(FREE_SHAPE_FIRST_ROUND if model_of is free_model else PHOTOMETRY_FIRST_ROUND, setup.max_iter)
-    out, state = _lm_independent(dataclasses.replace(setup, max_iter=reached), model_of, v0, aux, stars, active,
-                                 aux_axis, dchi2)
+    out, state = _lm_run(setup, model_of, v0, aux, stars, active, aux_axis, dchi2, np.int32(reached))
     size = None
     while reached < setup.max_iter:
         going = np.asarray(active) & ~np.asarray(state.done)
@@ -223,8 +213,8 @@ def _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
         size = size or bucket_size(left.size)
         filler = np.flatnonzero(~going)[:1] if (~going).any() else left[-1:]
         rows = jnp.asarray(np.concatenate([left, np.repeat(filler, size - left.size)]))
-        state_r, _, stars_r, aux_r = select_stars(rows, state, active, stars, aux, aux_axis=aux_axis)
-        part = _lm_resume(setup, model_of, state_r, aux_r, stars_r, aux_axis, dchi2, np.int32(reached))
+        state_r, active_r, stars_r, aux_r = select_stars(rows, state, active, stars, aux, aux_axis=aux_axis)
+        part = _lm_run(setup, model_of, state_r, aux_r, stars_r, active_r, aux_axis, dchi2, np.int32(reached))
         out, state = _put_rows(rows, (out, state), part)
     return out
 

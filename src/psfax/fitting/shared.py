@@ -162,7 +162,7 @@ def lm_shared(setup: Setup, settings: LMSettings, u0, coef0, basis, stars: Stamp
 
     One linearisation per iteration: the blocks are computed at the trial
     point (its model gives the trial chi2) and kept if the step is accepted.
-    Converged as in :func:`psfax.fitting.lm.lm_star`, the Newton decrement
+    Converged as in :func:`psfax.fitting.lm.lm_iterate`, the Newton decrement
     from the Schur complement of the blocks at hand.
     """
     dtype = u0.dtype
