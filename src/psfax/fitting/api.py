@@ -300,7 +300,7 @@ def _aperture_corrected(setup, model_of, aux, stars, u4, given):
     model holds one shape), the excess over the border median sums
     ``flux (sum_usable P - n_usable leak)``, ``leak`` being the mean of ``P`` over the usable border
     pixels (light the median took for background), and the background is high by ``flux leak``.
-    Without it, the start of a FWHM 1.8 px Moffat is 1 % faint (~10 sigma for bright stars) and a
+    Without it, the start of a FWHM 1.8 px Moffat is 2 % faint (~10 sigma for bright stars) and a
     third of the stars need a third LM iteration.
     """
     ny, nx = setup.size

@@ -18,11 +18,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import erf
 
 import numpy as np
 
-from psfax.profiles import FWHM_PER_SIGMA, Profile, ellipticity_to_shear, shear_to_ellipticity
+from psfax.profiles import (FWHM_PER_SIGMA, Profile, ellipticity_to_shear, get_profile, pixel_values,
+                            shear_to_ellipticity)
 
 N_STAR = 4
 """Per-star parameters that every mode fits: x0, y0, flux, bkg."""
@@ -167,14 +167,13 @@ def core_sigma(ratio, offset_x, offset_y, steps: int = 12):
     """Width ``sigma`` (px, 0.1 to 5) of the circular Gaussian whose pixel integral holds ``ratio`` of its flux in
     the pixel whose centre lies at ``(offset_x, offset_y)`` px from the Gaussian's centre.
 
-    That fraction, ``prod_axis [erf((e + 1/2) / (sqrt 2 sigma)) - erf((e - 1/2) / (sqrt 2 sigma))] / 2``,
-    falls as ``sigma`` grows (for ``|e| <= 1/2``): bisection in ``ln sigma``, ``steps`` halvings
-    (12: 0.1 % of sigma).
+    That fraction (:func:`psfax.profiles.pixel_values`, a product of erf differences) falls as ``sigma``
+    grows (for ``|e| <= 1/2``): bisection in ``ln sigma``, ``steps`` halvings (12: 0.1 % of sigma).
     """
+    gaussian = get_profile("gaussian")
+
     def fraction(sigma):
-        c = 1.0 / (math.sqrt(2.0) * sigma)
-        box = [0.5 * (erf((e + 0.5) * c) - erf((e - 0.5) * c)) for e in (offset_x, offset_y)]
-        return box[0] * box[1]
+        return pixel_values(gaussian, offset_x, offset_y, {"fwhm": FWHM_PER_SIGMA * sigma})
 
     def halve(_, bounds):
         lo, hi = bounds
