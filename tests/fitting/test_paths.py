@@ -163,3 +163,23 @@ def test_core_sigma_inverts_galsim_pixel_integrals():
                 iy, ix = np.unravel_index(np.argmax(image), image.shape)
                 got = float(core_sigma(image[iy, ix], ix - (7 + dx), iy - (7 + dy)))  # unit flux: share = value
                 assert got == pytest.approx(sigma, rel=2e-3), (sigma, dx, dy)
+
+
+def test_masked_median_equals_numpy():
+    """The start's border median (rank counting, no sort) equals numpy's median of the usable values, ties
+    and even counts included, and is NaN when none is usable."""
+    import jax
+
+    from psfax.fitting.params import masked_median
+
+    rng = np.random.default_rng(1)
+    with jax.enable_x64(True):
+        for n in (1, 2, 3, 8, 56):
+            for trial in range(40):
+                values = rng.integers(0, 4, n).astype(float) if trial % 2 else rng.normal(size=n)
+                ok = rng.random(n) < 0.7
+                got = float(masked_median(values, ok))
+                if ok.any():
+                    assert got == np.median(values[ok]), (values, ok)
+                else:
+                    assert np.isnan(got)
