@@ -94,10 +94,9 @@ def lm_start(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampD
                    ~active | at_optimum, at_optimum, jnp.asarray(0))
 
 
-def lm_iterate(setup: Setup, settings: LMSettings, model_of, state: LMState, aux, star: StampData, max_iter=None):
-    """LM iterations of one star from ``state`` until it is done or has made ``max_iter`` (default
-    ``setup.max_iter``; may be traced) in all: ``state.n_iter`` counts on, so a fit stopped by the count
-    resumes where it was.
+def lm_iterate(setup: Setup, settings: LMSettings, model_of, state: LMState, aux, star: StampData, max_iter):
+    """LM iterations of one star from ``state`` until it is done or has made ``max_iter`` (may be traced) in
+    all: ``state.n_iter`` counts on, so a fit stopped by the count resumes where it was.
 
     One Jacobian per iteration: it is computed at the trial point and kept
     if the step is accepted.
@@ -128,9 +127,7 @@ def lm_iterate(setup: Setup, settings: LMSettings, model_of, state: LMState, aux
         chosen = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, rejected)
         return jax.tree.map(lambda a, b: jnp.where(s.done, a, b), s, chosen)
 
-    limit = setup.max_iter if max_iter is None else max_iter
-
     def cond(s):
-        return ~s.done & (s.n_iter < limit)
+        return ~s.done & (s.n_iter < max_iter)
 
     return jax.lax.while_loop(cond, step, state)

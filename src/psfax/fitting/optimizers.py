@@ -159,22 +159,22 @@ def _lm_settings(model_of, dchi2):
                                lam0=FREE_SHAPE_LAM0 if model_of is free_model else LM_SETTINGS.lam0)
 
 
+@persistent_jit
 def _lm_outputs(s: lm.LMState):
-    """(v, converged, n_iter, covariance, chi2) of a star's LM state: its ``J^T W J`` is the Fisher matrix."""
+    """(v, converged, n_iter, covariance, chi2) per star from the LM states: ``J^T W J`` is the Fisher matrix."""
     return s.v, s.converged, s.n_iter, spd_inverse(s.h), s.chi2
 
 
 @persistent_jit(static_argnames=("setup", "model_of", "aux_axis"))
 def _lm_run(setup, model_of, start, aux, stars, active, aux_axis, dchi2, max_iter):
     """LM on every star from ``start`` (parameters (N, P), or LM states to resume from) up to ``max_iter``
-    iterations in all: (outputs, LM states) per star."""
+    iterations in all: the LM state per star."""
     settings = _lm_settings(model_of, dchi2)
     resume = isinstance(start, lm.LMState)
 
     def one(x, a, star, act):
         s = x if resume else lm.lm_start(setup, settings, model_of, x, a, star, act)
-        s = lm.lm_iterate(setup, settings, model_of, s, a, star, max_iter)
-        return _lm_outputs(s), s
+        return lm.lm_iterate(setup, settings, model_of, s, a, star, max_iter)
 
     return _in_chunks(setup, one, start, aux, stars, active, aux_axis)
 
@@ -200,7 +200,7 @@ def _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
     double the iterations reached, up to ``setup.max_iter``.  Returns (v, converged, n_iter, covariance,
     chi2) per star."""
     reached = min(FREE_SHAPE_FIRST_ROUND if model_of is free_model else PHOTOMETRY_FIRST_ROUND, setup.max_iter)
-    out, state = _lm_run(setup, model_of, v0, aux, stars, active, aux_axis, dchi2, np.int32(reached))
+    state = _lm_run(setup, model_of, v0, aux, stars, active, aux_axis, dchi2, np.int32(reached))
     size = None
     while reached < setup.max_iter:
         going = np.asarray(active) & ~np.asarray(state.done)
@@ -215,8 +215,8 @@ def _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
         rows = jnp.asarray(np.concatenate([left, np.repeat(filler, size - left.size)]))
         state_r, active_r, stars_r, aux_r = select_stars(rows, state, active, stars, aux, aux_axis=aux_axis)
         part = _lm_run(setup, model_of, state_r, aux_r, stars_r, active_r, aux_axis, dchi2, np.int32(reached))
-        out, state = _put_rows(rows, (out, state), part)
-    return out
+        state = _put_rows(rows, state, part)
+    return _lm_outputs(state)
 
 
 @persistent_jit(static_argnames=("aux_axis",))
