@@ -17,7 +17,9 @@ product (blocks of 32 samples, each seeing its two neighbour blocks): exact
 to float64 rounding and a plain batched matmul on CPU or GPU.  The
 neighbour blocks enter through rank one: sample ``j`` of the previous block
 reaches output ``i`` with ``z^(i + 1) z^(31 - j)``, so each block passes its
-neighbours one weighted sum instead of a 32 x 32 product.
+neighbours one weighted sum instead of a 32 x 32 product; the mirrored samples
+beyond the two edges enter the same way, so an image whose size is a multiple
+of 32 (the full frame) is never copied into a padded frame.
 """
 
 from __future__ import annotations
@@ -31,39 +33,68 @@ _BLOCK = 32
 
 
 def _prefilter_factors(dtype):
-    """``a`` (B, B), ``ends`` (B, 2) and ``u`` (B,) of the block filter
-    ``c_block = a s_block + u (ends[:, 0] . s_prev) + flip(u) (ends[:, 1] . s_next)``,
+    """``a`` (B, B), ``ends`` (2, B) and ``u`` (B,) of the block filter
+    ``c_block = a s_block + u (ends[0] . s_prev) + flip(u) (ends[1] . s_next)``,
     ``a_ij = sqrt(3) z^|i - j|``, ``u_i = sqrt(3) z^(i + 1)``, ``ends = [z^(B - 1 - j), z^j]``."""
     i = np.arange(_BLOCK)
     a = np.sqrt(3.0) * SPLINE_POLE ** np.abs(i[:, None] - i[None, :])
-    ends = np.stack([SPLINE_POLE ** (_BLOCK - 1.0 - i), SPLINE_POLE ** i], axis=1)
+    ends = np.stack([SPLINE_POLE ** (_BLOCK - 1.0 - i), SPLINE_POLE ** i])
     u = np.sqrt(3.0) * SPLINE_POLE ** (i + 1.0)
     return tuple(jnp.asarray(m, dtype=dtype) for m in (a, ends, u))
 
 
-def _prefilter_axis(values, axis: int):
-    """Cubic-spline coefficients along ``axis`` (0 or 1, mirror boundary) of a (n, m) array."""
+def _within_blocks(matrix, blocks, axis: int):
+    """``sum_j matrix[i, j] x_j`` over the samples ``j`` of every block, in the blocks' layout:
+    (nb, B, m) -> (nb, I, m) for ``axis`` 0, (n, nb, B) -> (n, nb, I) for ``axis`` 1.  Written
+    so that XLA's dot yields that layout directly (an einsum would add a transpose)."""
+    if axis == 1:
+        return jax.lax.dot_general(blocks, matrix, (((2,), (1,)), ((), ())))
+    batched = jnp.broadcast_to(matrix, (blocks.shape[0],) + matrix.shape)
+    return jax.lax.dot_general(batched, blocks, (((2,), (1,)), ((0,), (0,))))
+
+
+def _mirror_extension(values, axis: int, before: int, after: int):
+    """The ``before`` samples preceding and the ``after`` samples following ``values`` along
+    ``axis`` in its mirror extension (``s_-k = s_k``, ``s_(n - 1 + k) = s_(n - 1 - k)``, repeated
+    when the array is short), read from its edges only."""
     n = values.shape[axis]
-    widths = [(0, 0), (0, 0)]
-    widths[axis] = (_BLOCK, (-(n + 2 * _BLOCK)) % _BLOCK + _BLOCK)
-    ext = jnp.pad(values, widths, mode="reflect")
-    blocks = ext.reshape(ext.shape[:axis] + (-1, _BLOCK) + ext.shape[axis + 1:])  # block axis, then samples
-    spec = "bjw" if axis == 0 else "wbj"
+
+    def padded(part, left, right):
+        widths = [(0, 0), (0, 0)]
+        widths[axis] = (left, right)
+        return jnp.pad(part, widths, mode="reflect")
+
+    head = padded(jax.lax.slice_in_dim(values, 0, min(n, before + 1), axis=axis), before, 0)
+    foot = padded(jax.lax.slice_in_dim(values, max(0, n - after - 1), n, axis=axis), 0, after)
+    return (jax.lax.slice_in_dim(head, 0, before, axis=axis),
+            jax.lax.slice_in_dim(foot, foot.shape[axis] - after, foot.shape[axis], axis=axis))
+
+
+def _prefilter_axis(values, axis: int):
+    """Cubic-spline coefficients along ``axis`` (0 or 1, mirror boundary) of a (n, m) array.
+
+    The samples are cut into blocks of B, the last one completed from the mirror extension.
+    The mirrored blocks before the first block and after the last one reach the filter only
+    through their sums ``ends . s``, so the array itself is not padded when n is a multiple of B.
+    """
+    n = values.shape[axis]
+    nb = -(-n // _BLOCK)
+    tail = nb * _BLOCK - n
+    before, after = _mirror_extension(values, axis, _BLOCK, tail + _BLOCK)
+    ext = jnp.concatenate([values, jax.lax.slice_in_dim(after, 0, tail, axis=axis)], axis=axis) if tail else values
+    blocks = ext.reshape(ext.shape[:axis] + (nb, _BLOCK) + ext.shape[axis + 1:])  # block axis, then samples
     a, ends, u = _prefilter_factors(values.dtype)
-    own = jnp.einsum(f"ij,{spec}->{spec.replace('j', 'i')}", a, blocks)
-    reach = jnp.einsum(f"jk,{spec}->{spec.replace('j', 'k')}", ends, blocks)  # what each block gives its neighbours
-    nb = blocks.shape[axis] - 2
-
-    def blocks_from(first, arr):
-        return jax.lax.slice_in_dim(arr, first, first + nb, axis=axis)
-
+    own = _within_blocks(a, blocks, axis)
+    reach = _within_blocks(ends, blocks, axis)  # what each block gives its two neighbours
+    edge = [_within_blocks(ends, jnp.expand_dims(side, axis), axis)
+            for side in (before, jax.lax.slice_in_dim(after, tail, tail + _BLOCK, axis=axis))]
+    from_prev = jnp.concatenate([edge[0], jax.lax.slice_in_dim(reach, 0, nb - 1, axis=axis)], axis=axis)
+    from_next = jnp.concatenate([jax.lax.slice_in_dim(reach, 1, nb, axis=axis), edge[1]], axis=axis)
     tail_shape = [1, 1, 1]
     tail_shape[axis + 1] = _BLOCK
-    out = (blocks_from(1, own)
-           + blocks_from(0, jax.lax.slice_in_dim(reach, 0, 1, axis=axis + 1)) * u.reshape(tail_shape)
-           + blocks_from(2, jax.lax.slice_in_dim(reach, 1, 2, axis=axis + 1)) * u[::-1].reshape(tail_shape))
-    out = out.reshape(values.shape[:axis] + (-1,) + values.shape[axis + 1:])
-    return jax.lax.slice_in_dim(out, 0, n, axis=axis)
+    out = (own + jax.lax.slice_in_dim(from_prev, 0, 1, axis=axis + 1) * u.reshape(tail_shape)
+           + jax.lax.slice_in_dim(from_next, 1, 2, axis=axis + 1) * u[::-1].reshape(tail_shape))
+    return jax.lax.slice_in_dim(out.reshape(ext.shape), 0, n, axis=axis)
 
 
 def spline_coefficients(image, order: int):
