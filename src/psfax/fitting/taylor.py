@@ -38,11 +38,6 @@ def _pairs(k: int):
     return np.triu_indices(k)
 
 
-def n_terms(k: int) -> int:
-    """Tables per cell: the value, k first and k (k + 1) / 2 second derivatives."""
-    return 1 + k + k * (k + 1) // 2
-
-
 def taylor_stack(profile, grid: TableGrid, anchor_u):
     """Polyphase tables (n_terms, V, V, C, C) of T, dT/du_k and d2T/du_k du_l (k <= l) at ``anchor_u``."""
 

@@ -58,10 +58,6 @@ class Manifest:
                 continue
         return records
 
-    def last_records(self) -> dict[str, dict]:
-        """The latest record of each input."""
-        return {r["input"]: r for r in self.records()}
-
     def append(self, outcome: Outcome) -> dict:
         """Append one outcome as a line, flushed and fsynced before returning."""
         record = record_of(outcome)
