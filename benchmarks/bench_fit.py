@@ -101,10 +101,6 @@ def time_astropy(stars):
     return time.perf_counter() - t0
 
 
-def fmt_rate(n, seconds):
-    return f"{n / seconds:,.0f}"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 5000])
