@@ -203,7 +203,7 @@ def _lm_in_rounds(setup, model_of, v0, aux, stars, active, aux_axis, dchi2):
     state = _lm_run(setup, model_of, v0, aux, stars, active, aux_axis, dchi2, np.int32(reached))
     size = None
     while reached < setup.max_iter:
-        going = np.asarray(active) & ~np.asarray(state.done)
+        going = ~np.asarray(state.done)  # an inactive star starts done
         left = np.flatnonzero(going)
         if left.size == 0:
             break

@@ -101,18 +101,19 @@ def _shifted_rfft2(kernel):
     return jnp.fft.rfft2(jnp.fft.fftshift(kernel))
 
 
+def fft_convolve(x, transfer):
+    """Periodic convolution of ``x`` (..., H, W) with the kernel whose real FFT is ``transfer``."""
+    return jnp.fft.irfft2(jnp.fft.rfft2(x) * transfer, s=x.shape[-2:])
+
+
 @partial(jax.jit, static_argnames=("iterations",))
 def richardson_lucy(image, otf, *, iterations: int):
     """``iterations`` Richardson-Lucy updates of ``image`` (..., H, W) with transform ``otf``."""
-    shape = image.shape[-2:]
-
-    def convolve(x, transfer):
-        return jnp.fft.irfft2(jnp.fft.rfft2(x) * transfer, s=shape)
 
     def update(_, estimate):
-        blurred = convolve(estimate, otf)
+        blurred = fft_convolve(estimate, otf)
         ratio = jnp.where(blurred == 0, 0, image / jnp.where(blurred == 0, 1, blurred))
-        return estimate * convolve(ratio, jnp.conj(otf))
+        return estimate * fft_convolve(ratio, jnp.conj(otf))
 
     return jax.lax.fori_loop(0, iterations, update, image)
 
