@@ -119,8 +119,15 @@ def test_float32_fit_matches_float64():
 def test_import_leaves_jax_x64_alone():
     import jax
 
-    fit(good_stamps(n=4))
-    assert not jax.config.jax_enable_x64
+    # start from x64 off, whatever ran before (importing aiapy, the solar peer, turns it on globally); a global
+    # switch, not a context, so that psfax turning it on globally would show
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    try:
+        fit(good_stamps(n=4))
+        assert not jax.config.jax_enable_x64
+    finally:
+        jax.config.update("jax_enable_x64", before)
 
 
 def test_fixed_elliptical_shape_from_ellipticity_and_theta():
