@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
-    """One line naming the machine: CPU model, cores, memory, accelerator, JAX."""
+    """One line naming the machine: CPU model, cores, memory, accelerator, JAX, and the load average now
+    (1 and 15 min: the machine may be shared, which slows every timing of the run alike)."""
     import jax
 
     cpu = platform.processor() or platform.machine()
@@ -31,8 +32,10 @@ def machine() -> str:
     cores = len(os.sched_getaffinity(0))
     dev = jax.devices()[0]
     accel = "no accelerator" if dev.platform == "cpu" else f"{dev.device_kind}"
+    load1, _, load15 = os.getloadavg()
     return (f"{cpu}, {cores} cores, {mem_gb:.0f} GiB, {accel}; "
-            f"Python {platform.python_version()}, JAX {jax.__version__} ({dev.platform})")
+            f"Python {platform.python_version()}, JAX {jax.__version__} ({dev.platform}); "
+            f"load average {load1:.1f} (1 min), {load15:.1f} (15 min) at the end of the run")
 
 
 def best_time(fn, repeat: int = 3) -> float:

@@ -1,19 +1,30 @@
-"""Benchmark of the batched fitter against photutils, astropy and a scipy loop (issue: psfax core).
+"""Benchmark of the batched fitter against photutils, astropy and a scipy loop, on bright and faint stars.
 
-Stars: GalSim-rendered pixel-integrated Moffat (FWHM 1.8 px, beta 2.5) on
-15 x 15 stamps, Poisson + read noise (gain 6, read noise 9 e-, sky 150 ADU),
-fluxes log-uniform in 1e4 .. 3e5 ADU.  psfax runs are timed after a warm-up
-call (compilation cache warm), best of ``--repeat``; per-star peers (photutils
-``PSFPhotometry`` + ``MoffatPSF``, astropy ``Moffat2D`` + ``LMLSQFitter``,
-psfax's scipy ``least_squares`` loop) are timed once on ``--peer-stars``
-stars, their rate being per star.
+Populations (GalSim-rendered pixel-integrated Moffats, beta 2.5, on 15 x 15
+stamps, Poisson + read noise: gain 6, read noise 9 e-, sky 150 ADU, centres
+within +-0.5 px of the stamp centre):
+
+* ``bright``: FWHM 1.8 px, fluxes log-uniform in 1e4 .. 3e5 ADU (S/N ~ 100-1000);
+* ``faint FWHM f``: as a survey image has them (``tests/fitting/survey_stars.py``):
+  fluxes from the count distribution ``N(>F) ~ F^-0.75`` between matched-filter
+  S/N 5 and 1000 (65 % below S/N 20, median ~12), sky-dominated, at FWHM 0.9
+  (undersampled, as ZTF), 1.8 and 3.0 px.
+
+psfax runs are timed after a warm-up call (compilation cache warm), best of
+``--repeat``; the per-star peers (photutils ``PSFPhotometry`` + ``MoffatPSF``,
+astropy ``Moffat2D`` + ``LMLSQFitter``, psfax's scipy ``least_squares`` loop)
+are timed once on ``--peer-stars`` stars of the same population, their rate
+being per star.  ``n_iter`` is psfax's mean (and largest) LM iteration count;
+``cost/iter`` is (time per star / mean n_iter) over the same quantity of the
+bright population at the same N and fitter: 1.0 when the batched loop costs what
+its mean star does, larger when a tail of slow stars dominates.
 
 Quality: ``scatter/CRB`` is the RMS of (x_fit - x_true) / sigma_CR with
 sigma_CR the Cramer-Rao bound from the Fisher matrix at the fit (1.00 is
 optimal); ``err/scatter`` the median reported error over the measured
 scatter; flux bias the mean of flux_fit / flux_true - 1.
 
-    python benchmarks/bench_fit.py [--sizes 500 5000] [--quick]
+    python benchmarks/bench_fit.py [--sizes 500 5000] [--survey-stars 2000] [--quick]
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fitting"
 
 from _common import best_time, markdown_table, write_section  # noqa: E402
 from galsim_stars import GAIN, READ_NOISE, make_stars  # noqa: E402
+from survey_stars import make_survey_stars  # noqa: E402
 
 import psfax  # noqa: E402
 
@@ -69,8 +81,9 @@ def time_photutils(stars):
         init["y"].append(r * s + (s - 1) / 2)
         init["flux"].append(stars.stamps[i].sum() - 150.0 * s * s)
     error = np.sqrt(np.maximum(image + 150.0, 1.0) / GAIN + (READ_NOISE / GAIN) ** 2)
-    alpha = SHAPE["fwhm"] / (2 * np.sqrt(2 ** (1 / SHAPE["beta"]) - 1))
-    phot = PSFPhotometry(MoffatPSF(alpha=alpha, beta=SHAPE["beta"]), (s, s), aperture_radius=3)
+    fwhm, beta = stars.truth["fwhm"], stars.truth["beta"]
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    phot = PSFPhotometry(MoffatPSF(alpha=alpha, beta=beta), (s, s), aperture_radius=3)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -101,56 +114,112 @@ def time_astropy(stars):
     return time.perf_counter() - t0
 
 
+def peer_rates(peers):
+    """Stars/s of photutils, astropy and the scipy loop on ``peers``, and photutils' quality."""
+    n = len(peers.stamps)
+    t_phot, phot_table = time_photutils(peers)
+    return {"photutils": n / t_phot, "astropy": n / time_astropy(peers),
+            "scipy": n / time_psfax(peers, 1, optimizer="scipy", device="cpu")[0],
+            "photutils quality": quality(phot_table, peers.truth)}
+
+
+def peer_rows(population, n, rates):
+    return [[population, "photutils PSFPhotometry (MoffatPSF, shape fixed)", n, f"{rates['photutils']:,.0f}", "1.0",
+             "", "", *fmt_quality(rates["photutils quality"])],
+            [population, "astropy Moffat2D + LMLSQFitter (free shape, point-sampled)", n,
+             f"{rates['astropy']:,.0f}", "", "", "", "", "", "", ""],
+            [population, "psfax scipy least_squares loop (free shape)", n, f"{rates['scipy']:,.0f}", "", "", "", "",
+             "", "", ""]]
+
+
+def psfax_row(population, name, kw, kind, stars, repeat, rates, reference=None):
+    """One table row of a psfax fit of ``stars`` and its (rate, mean n_iter) (``reference`` of the bright
+    population for the cost/iter column)."""
+    n = len(stars.stamps)
+    seconds, result = time_psfax(stars, repeat, device="cpu", **kw)
+    rate = n / seconds
+    peer = "photutils" if kind == "phot" else "astropy"
+    n_iter = np.asarray(result.table["n_iter"])
+    cost = "" if reference is None else f"{(reference[0] / rate) / (n_iter.mean() / reference[1]):.2f}"
+    row = [population, f"psfax {name}", n, f"{rate:,.0f}", f"{rate / rates[peer]:.1f}x {peer}",
+           f"{n_iter.mean():.2f} / {n_iter.max()}", cost, *fmt_quality(quality(result.table, stars.truth))]
+    print(row, flush=True)
+    return row, (rate, n_iter.mean())
+
+
+BRIGHT_CASES = [("photometry lm float64", dict(shape=SHAPE), "phot"),
+                ("photometry lm float32", dict(shape=SHAPE, dtype=np.float32), "phot"),
+                ("free shape lm (per star)", dict(), "free"),
+                ("free shape tncg (per star)", dict(optimizer="tncg"), "free"),
+                ("free shape adam (per star)", dict(optimizer="adam"), "free"),
+                ("shared shape lm", dict(shared_shape=True), "free"),
+                ("shared shape tncg", dict(shared_shape=True, optimizer="tncg"), "free"),
+                ("shared shape adam", dict(shared_shape=True, optimizer="adam"), "free")]
+SURVEY_CASES = [("photometry lm float64", "phot", dict()), ("photometry lm float32", "phot", dict(dtype=np.float32)),
+                ("free shape lm (per star)", "free", dict()), ("shared shape lm", "free", dict(shared_shape=True))]
+SURVEY_FWHM = (0.9, 1.8, 3.0)
+HEADER = ["population", "fitter", "stars", "stars/s", "speed-up", "n_iter mean / max", "cost/iter",
+          "scatter/CRB", "err/scatter", "flux bias", "converged"]
+
+
+def bright_rows(sizes, peer_stars, repeat):
+    """The bright population at each size, every optimizer."""
+    rates = peer_rates(make_stars("moffat", SHAPE, n=peer_stars, seed=99))
+    rows = peer_rows("bright", peer_stars, rates)
+    for n in sizes:
+        stars = make_stars("moffat", SHAPE, n=n, seed=7)
+        for name, kw, kind in BRIGHT_CASES:
+            if kw.get("optimizer") == "adam" and n > 1000:
+                continue  # 1500 Adam steps per star: minutes at this size, and the ranking is already clear
+            rows.append(psfax_row("bright", name, kw, kind, stars, 1 if kw.get("optimizer") == "adam" else repeat,
+                                  rates)[0])
+    return rows
+
+
+def survey_rows(n, peer_stars, repeat):
+    """Bright (FWHM 1.8) and faint survey populations (each FWHM) of n stars, LM fitters; peers on each."""
+    populations = [("bright", lambda seed, size: make_stars("moffat", SHAPE, n=size, seed=seed))]
+    populations += [(f"faint FWHM {f}", lambda seed, size, f=f: make_survey_stars(
+        "moffat", {"fwhm": f, "beta": SHAPE["beta"]}, size, seed=seed)) for f in SURVEY_FWHM]
+    rows, reference = [], {}
+    for population, draw in populations:
+        rates = peer_rates(draw(99, peer_stars))
+        rows += peer_rows(population, peer_stars, rates)
+        stars = draw(11, n)
+        shape = {"fwhm": float(stars.truth["fwhm"]), "beta": float(stars.truth["beta"])}
+        for name, kind, kw in SURVEY_CASES:
+            kw = {**kw, "shape": shape} if kind == "phot" else kw
+            row, measured = psfax_row(population, name, kw, kind, stars, repeat, rates, reference.get(name))
+            reference.setdefault(name, measured)
+            rows.append(row)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 5000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 5000], help="bright population sizes")
+    parser.add_argument("--survey-stars", type=int, default=2000, help="stars per survey population (0: none)")
     parser.add_argument("--peer-stars", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="sizes 200, peers on 100 stars, one repeat")
+    parser.add_argument("--quick", action="store_true", help="sizes 200, survey 200, peers on 100 stars, one repeat")
     parser.add_argument("--gpu-stars", type=int, default=0, help="also time N stars on the default (GPU) device")
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.peer_stars, args.repeat = [200], 100, 1
+        args.sizes, args.survey_stars, args.peer_stars, args.repeat = [200], 200, 100, 1
 
-    peers = make_stars("moffat", SHAPE, n=args.peer_stars, seed=99)
-    t_phot, phot_table = time_photutils(peers)
-    t_astropy = time_astropy(peers)
-    rate_phot = args.peer_stars / t_phot
-    rate_astropy = args.peer_stars / t_astropy
-    rate_scipy = args.peer_stars / time_psfax(peers, 1, optimizer="scipy", device="cpu")[0]
-    rows = [["photutils PSFPhotometry (MoffatPSF, shape fixed)", args.peer_stars, f"{rate_phot:,.0f}", "1.0",
-             *fmt_quality(quality(phot_table, peers.truth))],
-            ["astropy Moffat2D + LMLSQFitter (free shape, point-sampled)", args.peer_stars, f"{rate_astropy:,.0f}",
-             "", "", "", "", ""],
-            ["psfax scipy least_squares loop (free shape)", args.peer_stars, f"{rate_scipy:,.0f}", "", "", "", "", ""]]
-    cases = [("photometry lm float64", dict(shape=SHAPE), "phot"),
-             ("photometry lm float32", dict(shape=SHAPE, dtype=np.float32), "phot"),
-             ("free shape lm (per star)", dict(), "free"),
-             ("free shape tncg (per star)", dict(optimizer="tncg"), "free"),
-             ("free shape adam (per star)", dict(optimizer="adam"), "free"),
-             ("shared shape lm", dict(shared_shape=True), "free"),
-             ("shared shape tncg", dict(shared_shape=True, optimizer="tncg"), "free"),
-             ("shared shape adam", dict(shared_shape=True, optimizer="adam"), "free")]
-    for n in args.sizes:
-        stars = make_stars("moffat", SHAPE, n=n, seed=7)
-        for name, kw, kind in cases:
-            if kw.get("optimizer") == "adam" and n > 1000:
-                continue  # 1500 Adam steps per star: minutes at this size, and the ranking is already clear
-            repeat = 1 if kw.get("optimizer") == "adam" else args.repeat
-            seconds, result = time_psfax(stars, repeat, device="cpu", **kw)
-            rate = n / seconds
-            ref = rate_phot if kind == "phot" else rate_astropy
-            ratio = f"{rate / ref:.1f}x {'photutils' if kind == 'phot' else 'astropy'}"
-            rows.append([f"psfax {name}", n, f"{rate:,.0f}", ratio, *fmt_quality(quality(result.table, stars.truth))])
-            print(rows[-1], flush=True)
+    rows = bright_rows(args.sizes, args.peer_stars, args.repeat)
+    survey = survey_rows(args.survey_stars, args.peer_stars, args.repeat) if args.survey_stars else []
     if args.gpu_stars:
         rows += gpu_rows(args.gpu_stars, args.repeat)
-    header = ["fitter", "stars", "stars/s", "speed-up", "scatter/CRB", "err/scatter", "flux bias", "converged"]
-    body = markdown_table(header, rows)
-    body += ("\n\nTargets: PSF photometry >= 50x photutils; free-shape per-star >= 20x astropy Moffat2D "
-             "(psfax integrates over pixels, astropy does not); scatter/CRB within 5 % of 1; err/scatter "
-             "within 5 % of 1.  Peers are per-star loops timed on the first rows' star count; their rate "
-             "does not depend on N.  Adam is timed at N <= 1000 only (1500 steps per fit).")
+    body = "### Bright stars, every optimizer\n\n" + markdown_table(HEADER, rows)
+    if survey:
+        body += ("\n\n### Survey populations: bright and faint (S/N 5-1000, power-law counts), LM\n\n"
+                 + markdown_table(HEADER, survey))
+    body += ("\n\nTargets: on the faint survey populations, PSF photometry >= 50x photutils and free-shape per-star "
+             ">= 20x astropy Moffat2D (psfax integrates over pixels, astropy and photutils' MoffatPSF do not); "
+             "cost/iter <= 1.5; on the bright one scatter/CRB and err/scatter within 5 % of 1.  Peers are per-star "
+             "loops timed on each population's own --peer-stars stars; their rate does not depend on N.  Adam is "
+             "timed at N <= 1000 only (1500 steps per fit).")
     command = "python benchmarks/bench_fit.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_section("fit", "Fitting engine (bench_fit.py)", body, command.strip())
 
@@ -171,7 +240,9 @@ def gpu_rows(n, repeat):
     for name, kw in [("GPU photometry lm float32", dict(shape=SHAPE)), ("GPU shared shape lm float32",
                                                                        dict(shared_shape=True))]:
         seconds, result = time_psfax(stars, repeat, device="gpu", dtype=np.float32, **kw)
-        rows.append([f"psfax {name}", n, f"{n / seconds:,.0f}", "", *fmt_quality(quality(result.table, stars.truth))])
+        n_iter = np.asarray(result.table["n_iter"])
+        rows.append(["bright", f"psfax {name}", n, f"{n / seconds:,.0f}", "", f"{n_iter.mean():.2f} / {n_iter.max()}",
+                     "", *fmt_quality(quality(result.table, stars.truth))])
         print(rows[-1], flush=True)
     return rows
 

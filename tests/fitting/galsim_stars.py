@@ -29,8 +29,9 @@ def galsim_profile(model: str, shape: dict, flux: float):
     return obj.withFlux(flux)
 
 
-def make_stars(model: str, shape: dict, n: int = 500, seed: int = 0, flux_range=(1e4, 3e5)) -> StarSet:
-    """n stamps of SIZE x SIZE: centres uniform within +-0.5 px of the stamp centre, log-uniform fluxes.
+def make_stars(model: str, shape: dict, n: int = 500, seed: int = 0, flux_range=(1e4, 3e5), flux=None) -> StarSet:
+    """n stamps of SIZE x SIZE: centres uniform within +-0.5 px of the stamp centre, log-uniform fluxes
+    in ``flux_range`` (or the (n,) ``flux`` given).
 
     GalSim draws the profile convolved with the pixel (``method="auto"``);
     its image pixel (1, 1) is psfax's (0, 0), so the centre offset from the
@@ -42,7 +43,7 @@ def make_stars(model: str, shape: dict, n: int = 500, seed: int = 0, flux_range=
     centre = (SIZE - 1) / 2
     x = centre + rng.uniform(-0.5, 0.5, n)
     y = centre + rng.uniform(-0.5, 0.5, n)
-    flux = np.exp(rng.uniform(*np.log(flux_range), n))
+    flux = np.exp(rng.uniform(*np.log(flux_range), n)) if flux is None else np.asarray(flux, float)
     stamps = np.empty((n, SIZE, SIZE))
     for i in range(n):
         img = galsim.ImageD(SIZE, SIZE, scale=1.0)
