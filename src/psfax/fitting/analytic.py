@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from psfax.fitting.params import N_STAR, physical, physical_covariance, physical_names, shape_from_u
 from psfax.fitting.psf import PSF, register_psf, static
+from psfax.fitting.table import TableGrid
 from psfax.profiles import DEFAULT_ACCURACY, Accuracy, Profile, moffat_derivatives, moffat_pixel_terms, stamp_psf, two_tier
 
 
@@ -27,6 +28,16 @@ class Analytic(PSF):
     profile: Profile = static()
     pixel_integrated: bool = static(True)
     accuracy: Accuracy = static(DEFAULT_ACCURACY)
+
+    @property
+    def tabulated(self) -> bool:
+        """Known or shared shapes of this profile go through a PSF table (:mod:`psfax.fitting.table`) when
+        pixel-integrated, but for the circular Gaussian, whose exact integral (a product of erf
+        differences) is cheaper than a table lookup."""
+        return self.pixel_integrated and self.profile.name != "gaussian"
+
+    def grid(self, size) -> TableGrid:
+        return TableGrid(tuple(size), self.accuracy.table_oversampling)
 
     def unit_psf(self, x0, y0, shape_u, size):
         """Unit-flux PSF (M,) of a star at (x0, y0) with unconstrained shape ``shape_u``."""

@@ -77,6 +77,11 @@ class Cells(PSF):
     cell: jnp.ndarray = None
     delta: jnp.ndarray = None
 
+    def _stamps(self, x0, y0):
+        return interpolate_mixture(self.grid, self.tables, self.cell, taylor_coefficients(self.delta), x0, y0)
+
     def linearise(self, v, size):
-        return table_linearise(v, interpolate_mixture(self.grid, self.tables, self.cell,
-                                                       taylor_coefficients(self.delta), v[0], v[1]))
+        return table_linearise(v, self._stamps(v[0], v[1]))
+
+    def evaluate(self, v, size):
+        return v[2] * self._stamps(v[0], v[1])[0].ravel() + v[3]
