@@ -47,6 +47,12 @@ class SharedShape:
             values = _reported_shape(self.profile, jnp.asarray(b), jnp.asarray(self.coef))
             return {n_: np.asarray(v)[:n] for n_, v in zip(shape_column_names(self.profile), values)}
 
+    def shape_u_at(self, x, y) -> np.ndarray:
+        """Unconstrained shapes (n, k) at image positions (x, y): ``B(x, y) c``
+        (e.g. for :class:`psfax.fitting.Fixed`)."""
+        b = np.atleast_2d(np.asarray(self.basis(np.atleast_1d(x), np.atleast_1d(y))))
+        return b @ np.asarray(self.coef)
+
     def _reported(self, x, y):
         """The function: coefficients -> stacked reported shape parameters (names, n) at (x, y)."""
         b = jnp.atleast_2d(jnp.asarray(self.basis(np.atleast_1d(x), np.atleast_1d(y))))
