@@ -197,7 +197,8 @@ def survey_rows(n, peer_stars, repeat):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 5000], help="bright population sizes")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[500, 5000],
+                        help="bright population sizes, every optimizer (none: skip)")
     parser.add_argument("--survey-stars", type=int, default=2000, help="stars per survey population (0: none)")
     parser.add_argument("--peer-stars", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
@@ -207,11 +208,11 @@ def main(argv=None):
     if args.quick:
         args.sizes, args.survey_stars, args.peer_stars, args.repeat = [200], 200, 100, 1
 
-    rows = bright_rows(args.sizes, args.peer_stars, args.repeat)
+    rows = bright_rows(args.sizes, args.peer_stars, args.repeat) if args.sizes else []
     survey = survey_rows(args.survey_stars, args.peer_stars, args.repeat) if args.survey_stars else []
     if args.gpu_stars:
         rows += gpu_rows(args.gpu_stars, args.repeat)
-    body = "### Bright stars, every optimizer\n\n" + markdown_table(HEADER, rows)
+    body = "### Bright stars, every optimizer\n\n" + markdown_table(HEADER, rows) if rows else ""
     if survey:
         body += ("\n\n### Survey populations: bright and faint (S/N 5-1000, power-law counts), LM\n\n"
                  + markdown_table(HEADER, survey))

@@ -133,10 +133,11 @@ def test_fit_in_rounds_equals_fit_in_one_go(moffat_stars, mode):
         np.testing.assert_allclose(rounds[name], one_go[name], rtol=1e-12, atol=0)
 
 
-def test_photometry_start_flux_is_aperture_corrected(moffat_stars):
-    """The start of PSF photometry counts the known PSF's light outside the stamp and in its border (which
-    the border median takes for sky): its median flux is within 0.2 % of the truth (the plain sum of the
-    excess is 2 % low for this Moffat, FWHM 1.8 px and beta 2.5, on 15 x 15 pixels; measured: 6e-5)."""
+def test_photometry_start_flux_is_unbiased(moffat_stars):
+    """The start of PSF photometry is the least-squares flux and background at the starting position with the
+    known PSF, which counts its light outside the stamp and in the border: its median flux is within 0.2 %
+    of the truth (the plain sum of the excess is 2 % low for this Moffat, FWHM 1.8 px and beta 2.5, on
+    15 x 15 pixels)."""
     start = psfax.fit_stamps(moffat_stars.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat",
                              shape={"fwhm": 1.8, "beta": 2.5}, max_iter=0).table
     assert np.all(start["n_iter"] == 0)

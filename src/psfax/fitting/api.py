@@ -147,8 +147,7 @@ def _solve_independent(setup, optimizer, psf, held, stars, active, dt, known, to
     stars = _stamp_data(*stars, order)
     u4, shape_u = starts.initial(setup, psf.profile if isinstance(psf, Free) else None, stars, np.asarray(k, dt))
     v0 = np.concatenate([u4, shape_u], axis=1) if isinstance(psf, Free) else u4
-    if not psf.free_names:
-        v0 = starts.aperture_corrected(setup, psf, stars, v0, np.isfinite(k[:, 2]))
+    v0 = starts.linear_flux(setup, psf, stars, jnp.asarray(v0), np.isfinite(k[:, 2]))
     if optimizer == "lm":
         sol = lm.solve(setup, psf, v0, stars, active, tolerance)
     else:

@@ -72,7 +72,7 @@ def lm_iterate(setup: Setup, psf: PSF, state: LMState, star: StampData, dchi2, m
         c_trial = jnp.sum(s.w * (star.data - m) ** 2)  # under the current weights, comparable with s.chi2
         verdict = damping.judge(settings, dchi2, s.lam, s.nu, s.chi2, c_trial, delta @ (2.0 * s.g - s.h @ delta),
                                 jnp.max(jnp.abs(delta) * jnp.sqrt(scale)),
-                                damping.at_optimum(settings, dchi2, newton_decrement(h, g), c))
+                                damping.at_optimum(settings, dchi2, newton_decrement(h, g), c), overshoot=True)
         left = off_centre(setup.size, trial[0], trial[1])  # it has left its star: stop there (flagged OFF_STAMP)
         new = LMState(trial, h, g, w, c, verdict.lam, verdict.nu, verdict.converged | left, verdict.converged,
                       s.n_iter + 1)

@@ -10,8 +10,6 @@ ask which kind they hold: they call its methods on **one star** (``vmap`` over t
   ``size = (ny, nx)`` and the Jacobian (M, P) with respect to ``v = [x0, y0, flux, bkg, *free]``
   (``free``: the kind's own fitted parameters, :attr:`PSF.free_names`; none for a known PSF);
 * ``evaluate(v, size)``: the model alone (default: from ``linearise``);
-* ``centred(size)``: the unit-flux PSF (M,) of a star at the stamp centre (the fit's starting flux
-  and background are aperture-corrected with it);
 * ``report(v, cov)``: the reported parameters (:attr:`PSF.names`) and their covariance from the
   fitted vector (default: as they are).
 
@@ -64,11 +62,6 @@ class PSF:
 
     def evaluate(self, v, size):
         return self.linearise(v, size)[0]
-
-    def centred(self, size):
-        ny, nx = size
-        dtype = jax.tree.leaves(self)[0].dtype if jax.tree.leaves(self) else float
-        return self.evaluate(jnp.asarray([(nx - 1) / 2, (ny - 1) / 2, 1.0, 0.0], dtype), size)
 
     def report(self, v, cov):
         return v, cov
