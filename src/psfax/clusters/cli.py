@@ -42,25 +42,33 @@ def train(data: Path = typer.Argument(..., help="Data-set directory written by `
           seed: int = typer.Option(0, help="Seed of the initial weights and batch order."),
           max_epochs: Optional[int] = typer.Option(None, help="Override train.max_epochs."),
           patience: Optional[int] = typer.Option(None, help="Override train.patience (epochs without a better val loss)."),
+          learning_rate: Optional[float] = typer.Option(None, help="Override train.learning_rate (start of the "
+                                                        "cosine decay)."),
+          init: Optional[Path] = typer.Option(None, help="Start from this model's weights (stem; same architecture) "
+                                              "instead of fresh ones."),
           device: Optional[str] = typer.Option(None, help="cpu or gpu.")) -> None:
     """Train the tile encoder on the train split, early-stopped on the val split; score it on test."""
     import dataclasses
 
     from psfax.clusters.dataset import load_split, read_dataset_config
-    from psfax.clusters.encoder import save_model
+    from psfax.clusters.encoder import load_model, save_model
     from psfax.clusters.evaluate import evaluate_model, json_ready
 
     t0 = time.perf_counter()
+    start = None if init is None else load_model(init)
     cfg = read_dataset_config(data)
+    if learning_rate is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate=learning_rate))
     train_set, val_set = load_split(data, "train"), load_split(data, "val")
     from psfax.clusters.train import train_encoder
 
     result = train_encoder(cfg, train_set, val_set, seed=seed, max_epochs=max_epochs,
-                          patience=patience, device=device)
+                          patience=patience, init=None if start is None else start[:2], device=device)
     record = {"data": str(data), "config": cfg.to_dict(), "seed": seed, "best_epoch": result.best_epoch,
               "max_epochs": cfg.train.max_epochs if max_epochs is None else max_epochs,
               "patience": cfg.train.patience if patience is None else patience,
               "n_train": len(train_set), "n_val": len(val_set), "wall_s": round(time.perf_counter() - t0, 1),
+              "init": None if start is None else {"model": str(init), "record": start[2]},
               "history": [dataclasses.asdict(h) for h in result.history]}
     if list(Path(data).glob("test-*.images.npy")):
         record["test"] = json_ready(evaluate_model(result.model, result.spec, data, device=device))

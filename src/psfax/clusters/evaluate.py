@@ -30,7 +30,7 @@ from psfax.clusters.config import ClusterFieldConfig
 from psfax.clusters.dataset import load_split, read_dataset_config, simulate_split
 from psfax.clusters.encoder import EncoderSpec, TileEncoder
 from psfax.clusters.infer import find_candidates, predict_fields
-from psfax.clusters.metrics import (TILE_KEYS, best_f1_threshold, cluster_scores, counts_in_tile, match_clusters,
+from psfax.clusters.metrics import (RICH, TILE_KEYS, best_f1_threshold, cluster_scores, counts_in_tile, match_clusters,
                                     score_tiles_with_se)
 from psfax.errors import InputError, MissingFileError
 
@@ -70,11 +70,28 @@ def best_candidate_cut(truth, cands: list[np.ndarray], radius: float) -> float:
     return best
 
 
+OTHER_RADII_TILES = (1.0, 2.0, 3.0, 4.0)
+"""Match radii (tiles) of the ``by_radius`` table: how completeness and purity depend on the radius."""
+
+
+def _by_radius(truth, cands, tile) -> list[dict]:
+    rows = []
+    for r in OTHER_RADII_TILES:
+        m = match_clusters(truth, cands, r * tile)
+        rich = m.richness >= RICH
+        rows.append({"radius_px": r * tile, "completeness": float(np.mean(m.found)) if len(m.found) else None,
+                     f"completeness_rich{RICH}": float(np.mean(m.found[rich])) if rich.any() else None,
+                     "purity": float(np.mean(m.cand_matched)) if len(m.cand_matched) else None})
+    return rows
+
+
 def _scores(labels, scores, threshold, tile, truth, radius, min_score) -> dict:
     out = {"tiles": score_tiles_with_se(labels, scores, threshold)}
     if truth is not None:
-        match = match_clusters(truth, _cut(candidate_table(scores, tile, threshold), min_score), radius)
-        out["clusters"] = {**cluster_scores(match, len(labels)), "min_candidate_score": min_score}
+        cands = _cut(candidate_table(scores, tile, threshold), min_score)
+        match = match_clusters(truth, cands, radius)
+        out["clusters"] = {**cluster_scores(match, len(labels)), "min_candidate_score": min_score,
+                           "by_radius": _by_radius(truth, cands, tile)}
     return out
 
 

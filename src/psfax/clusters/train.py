@@ -106,9 +106,13 @@ def _evaluate(eval_step, model, data: FieldSet, batch: int, dtype):
 
 
 def train_encoder(cfg: ClusterFieldConfig, train: FieldSet, val: FieldSet, *, seed: int = 0,
-                  max_epochs: int | None = None, patience: int | None = None, device=None,
+                  max_epochs: int | None = None, patience: int | None = None, init=None, device=None,
                   progress: bool = True) -> TrainResult:
-    """Train an encoder on ``train``, early-stopped on ``val``; return the best model and the history."""
+    """Train an encoder on ``train``, early-stopped on ``val``; return the best model and the history.
+
+    ``init``: an already trained ``(model, spec)`` to start from (its weights and band normalisation;
+    its architecture must be the config's), instead of fresh weights.
+    """
     from rich.progress import Progress
 
     t = cfg.train
@@ -120,7 +124,12 @@ def train_encoder(cfg: ClusterFieldConfig, train: FieldSet, val: FieldSet, *, se
     patience = t.patience if patience is None else patience
     rng = np.random.default_rng(seed)
     with compute_context(dtype, dev):
-        model, spec = init_model(cfg, train, seed)
+        if init is None:
+            model, spec = init_model(cfg, train, seed)
+        else:
+            model, spec = init[0], spec_from_config(cfg)
+            if dataclasses.replace(init[1], threshold=spec.threshold) != spec:
+                raise InputError(f"the initial model's architecture {init[1]} is not the config's {spec}")
         model = cast_model(model, dtype)
         steps = len(train) // t.batch_size
         schedule = optax.cosine_decay_schedule(t.learning_rate, decay_steps=epochs * steps, alpha=0.05)
