@@ -162,10 +162,15 @@ def evaluate_model(model: TileEncoder, spec: EncoderSpec, data_dir: str | Path, 
     return report
 
 
+def _simulation_settings(cfg: ClusterFieldConfig) -> dict:
+    """The parts of a config that make the fields (all but the training settings)."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "train"}
+
+
 def _has_fields(data_dir: Path, cfg: ClusterFieldConfig, split: str, n: int) -> bool:
-    """Whether ``data_dir`` already holds ``n`` fields of ``split`` simulated with ``cfg``."""
+    """Whether ``data_dir`` already holds ``n`` fields of ``split`` simulated with ``cfg``'s prior and seed."""
     try:
-        same = read_dataset_config(data_dir).to_dict() == cfg.to_dict()
+        same = _simulation_settings(read_dataset_config(data_dir)) == _simulation_settings(cfg)
         return same and len(load_truth(data_dir, split)) == n
     except MissingFileError:
         return False
