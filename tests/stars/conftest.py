@@ -1,21 +1,8 @@
-"""Fixtures of the stars tests: the real ZTF quadrant, read once per session."""
+"""Fixtures of the stars tests: the real ZTF quadrant (``ztf_files``, tests/conftest.py), read once per session."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-SCIENCE = "ztf_20200924431759_000655_zr_c13_o_q3_sciimg.fits.gz"
-MASK = "ztf_20200924431759_000655_zr_c13_o_q3_mskimg.fits.gz"
-
-
-@pytest.fixture(scope="session")
-def ztf_files(shared_data: Path) -> tuple[Path, Path]:
-    science, mask = shared_data / SCIENCE, shared_data / MASK
-    if not (science.exists() and mask.exists()):
-        pytest.skip(f"ZTF sample not found in {shared_data}")
-    return science, mask
 
 
 @pytest.fixture(scope="session")
