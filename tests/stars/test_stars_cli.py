@@ -33,7 +33,7 @@ def test_fit_writes_outputs_and_summary(image_files, tmp_path, capsys):
     assert str(out / "psf.json") in captured.out
     info = json.loads((out / "psf.json").read_text())
     # truth at the image centre: 1.3 px; 4 sigma of the fit's own error
-    assert abs(info["fwhm_px"] - 1.3) < 4 * info["fwhm_px_err"]
+    assert abs(info["fwhm"]["intrinsic_px"] - 1.3) < 4 * info["fwhm"]["intrinsic_px_err"]
     assert info["selection_counts"]["detected"] == 200
 
 

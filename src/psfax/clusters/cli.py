@@ -83,12 +83,13 @@ def infer(image: Path = typer.Argument(..., help="FITS file: a (4, ny, nx) g,r,i
 def evaluate(data: Path = typer.Argument(..., help="Data-set directory written by `simulate`."),
              model: Optional[Path] = typer.Option(None, help="Model stem (default: the shipped model)."),
              split: str = typer.Option("test", help="Split to score."),
-             out: Optional[Path] = typer.Option(None, help="Write the report as JSON here."),
+             out: Optional[Path] = typer.Option(None, help="Write the report as JSON here (and report.html beside it)."),
              device: Optional[str] = typer.Option(None, help="cpu or gpu.")) -> None:
     """Tile-level accuracy, precision, recall, F1 and PR-AUC of the model and the counts-in-tile baseline."""
     from psfax.clusters.encoder import default_model_stem, load_model
     from psfax.clusters.evaluate import evaluate_model
     from psfax.io.atomic import atomic_path
+    from psfax.io.report_page import write_metrics_report
 
     net, spec, _ = load_model(model or default_model_stem())
     report = evaluate_model(net, spec, data, split=split, device=device)
@@ -97,3 +98,4 @@ def evaluate(data: Path = typer.Argument(..., help="Data-set directory written b
     if out is not None:
         with atomic_path(out) as tmp:
             tmp.write_text(text)
+        write_metrics_report(out.parent, "psfax clusters evaluate", report, files=[out])

@@ -15,6 +15,7 @@ import typer
 import yaml
 
 from psfax.errors import InputError
+from psfax.io.report_page import write_run_report
 from psfax.runner.driver import run_jobs
 from psfax.runner.jobs import JOBS, Job, get_job
 
@@ -90,5 +91,6 @@ def run(
         raise InputError("inputs: no input given")
     summary = run_jobs(the_job, paths, out_dir=out, executor=executor, scheduler=scheduler, workers=workers,
                        resume=resume, profile_dir=profile, **options)
+    write_run_report(summary)
     if not summary.ok:
         raise typer.Exit(1)

@@ -20,7 +20,7 @@ def prep(files: list[Path] = typer.Argument(..., help="AIA level-1 FITS files"),
          iterations: int = typer.Option(25, help="Richardson-Lucy iterations"),
          order: int = typer.Option(3, help="spline order of the registration, 1 or 3"),
          dtype: str = typer.Option(None, help="float32 or float64 (default: float64 on CPU, float32 on GPU)")):
-    """Process FILES to OUT: [pointing] -> [deconvolve] -> [register]; one FITS per input.
+    """Process FILES to OUT: [pointing] -> [deconvolve] -> [register]; one FITS per input, and report.html.
 
     The next file is read while the current one computes.  A file that cannot
     be read or processed is reported and skipped; if any failed, the command
@@ -30,6 +30,7 @@ def prep(files: list[Path] = typer.Argument(..., help="AIA level-1 FITS files"),
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from psfax.errors import PsfaxError
+    from psfax.io.report_page import write_files_report
     from psfax.solar.pointing import read_pointing_table
 
     console = Console(stderr=True)
@@ -41,8 +42,9 @@ def prep(files: list[Path] = typer.Argument(..., help="AIA level-1 FITS files"),
                TextColumn("{task.description}"))
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("", total=len(files))
-        failures = []
+        failures, outcomes = [], []
         for path, outcome in process_files(files, out, **options):
+            outcomes.append((str(path), str(outcome)))
             if isinstance(outcome, Exception):
                 failures.append(path)
                 progress.console.print(f"[red]skipped[/red] {path}: {outcome}")
@@ -50,6 +52,7 @@ def prep(files: list[Path] = typer.Argument(..., help="AIA level-1 FITS files"),
                 typer.echo(str(outcome))
             progress.update(task, advance=1, description=Path(path).name)
     done = len(files) - len(failures)
+    write_files_report(out, "psfax aia prep", outcomes, {**options, "pointing": pointing}, time.perf_counter() - start)
     console.print(f"aia prep: {done} written, {len(failures)} failed, "
                   f"{time.perf_counter() - start:.1f} s, output in {out}")
     if failures:

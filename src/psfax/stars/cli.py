@@ -51,23 +51,16 @@ def fit(science: Path = typer.Argument(..., help="science image (FITS, may be gz
 
 
 def summary_table(result, total: float):
-    """A rich table: PSF, stars per cut, fit quality and time per stage."""
+    """A rich table of :func:`psfax.stars.report.summary_rows` and the total time."""
+    from rich.markup import escape
     from rich.table import Table
 
-    info = result.summary()
+    from psfax.stars.report import summary_rows
+
     table = Table(title=f"psfax stars fit: {Path(result.exposure.name).name}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    centre = ", ".join(f"{k}={v:.3f}" for k, v in info["psf_at_centre"].items())
-    table.add_row("PSF at centre", f"{info['model']}: {centre}")
-    table.add_row("FWHM", f"{info['fwhm_px']:.3f} px = {info['fwhm_arcsec']:.3f} arcsec "
-                          f"(range {info['fwhm_range_px'][0]:.3f}-{info['fwhm_range_px'][1]:.3f} px)")
-    table.add_row("stars per cut", " -> ".join(f"{k} {v}" for k, v in info["selection_counts"].items()))
-    table.add_row("PSF stars per refit", " -> ".join(str(n) for n in info["stars_per_refit"]))
-    table.add_row("converged (first fit)", f"{100 * info['converged_fraction_first_fit']:.1f} %")
-    table.add_row("median reduced chi2", f"{info['median_reduced_chi2']:.3f}")
-    if info["n_photometry"] is not None:
-        table.add_row("PSF photometry", f"{info['n_photometry']} sources")
-    times = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
-    table.add_row("time (s)", f"{times}; total {total:.2f}")
+    for label, text in summary_rows(result.summary()):
+        table.add_row(escape(label), escape(text))
+    table.add_row(escape("total time [s]"), f"{total:.2f}")
     return table

@@ -13,7 +13,8 @@
 6. ``photometry``: every detected source whose stamp fits in the image is
    fitted for (x, y, flux, sky) with the PSF shape held at its local value.
 
-Every stage is timed (``ImageFit.timings``, seconds of wall time).
+Every stage is timed (``ImageFit.timings``, seconds of wall time; JAX's compilation apart, as
+``<stage>_compile``).
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ class ImageFit:
 
     ``psf_result``: the :class:`psfax.FitResult` of the final PSF-star fit (its
     table has a row per selected star, the rejected ones masked and flagged);
-    ``psf_stars``: its table in image coordinates (``x, y``, plus ``x0, y0``);
+    ``psf_stars``: its table in image coordinates (``x_fit, y_fit``; ``x_stamp, y_stamp`` and the
+    corners ``x0, y0``);
     ``catalog``: PSF photometry of every usable source (``stars.parquet``);
     ``counts``: sources left after each selection cut; ``clipping``: PSF stars
     per refit; ``timings``: seconds per stage.
@@ -194,7 +196,7 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
     with timer("stamps"):
         stamps = cut_stamps(exposure, background, chosen["x"], chosen["y"], options.stamp_size)
     with timer("fit"):
-        result, kept, clipping, converged = fit_psf_stars(stamps, exposure, options)
+        result, kept, clipping, converged = fit_psf_stars(stamps, exposure, options, progress=timer.progress)
     psf_stamps = _take(stamps, kept)
     psf_stars = _image_table(result.table[kept], psf_stamps, exposure)
     psf_stars["a_moment"], psf_stars["b_moment"] = chosen["a"][kept], chosen["b"][kept]
@@ -210,7 +212,8 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
                     converged_fraction=converged, timings=timer.timings)
 
 
-def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
+def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions,
+                  progress: Callable[[str], None] | None = None):
     """Fit the PSF model to the stars, refitting after chi2-outlier rejection.
 
     The clipping fits only rank the stars by chi2: they stop once the predicted chi2 decrease is below
@@ -219,7 +222,7 @@ def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
     A rejected star stays in the batch with every pixel masked (the engine then
     leaves it out and flags it), so each refit has the same array shapes,
     reuses the compiled program and starts from the previous solution.  Returns ``(FitResult, kept indices into
-    stamps, stars per fit, converged fraction of the first fit)``.
+    stamps, stars per fit, converged fraction of the first fit)``; ``progress`` hears of each fit.
     """
     kept = np.ones(len(stamps), bool)
     clipping = []
@@ -227,6 +230,8 @@ def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
     result = None
     for refit in range(options.clip_iterations + 1):
         last = refit == options.clip_iterations
+        if progress is not None:
+            progress(f"fit {refit + 1} of at most {options.clip_iterations + 1}: {kept.sum()} PSF stars")
         masked = dataclasses.replace(stamps, mask=stamps.mask | ~kept[:, None, None])
         result = _fit(masked, exposure, options, start=result,
                       chi2_tolerance=None if last else CLIP_CHI2_TOLERANCE * kept.sum())
@@ -304,7 +309,7 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
                    options: FitOptions) -> Table:
     """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed.
 
-    The returned table has image ``x, y``, ``ra, dec`` (deg, from the WCS),
+    The returned table has image ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS),
     the fit columns, ``mag, mag_err`` (through MAGZP; statistical error only)
     and ``source_flags`` (:data:`SOURCE_FLAGS`).
     """
@@ -335,11 +340,13 @@ def _source_flags(sources: Table, detections: Table, exposure: Exposure,
 
 
 def _image_table(fit_table: Table, stamps: Stamps, exposure: Exposure) -> Table:
-    """The fit table with image coordinates, RA/Dec and magnitudes added in front."""
+    """The fit table in image coordinates, as photutils has them: ``x_fit, y_fit`` image pixels (the
+    stamp-local ones as ``x_stamp, y_stamp``), RA/Dec and magnitudes added, the stamp corners last."""
     table = fit_table.copy(copy_data=False)
-    x = stamps.x0 + np.asarray(table["x_fit"], float)
-    y = stamps.y0 + np.asarray(table["y_fit"], float)
-    front = {"x": x, "y": y}
+    table.rename_columns(["x_fit", "y_fit"], ["x_stamp", "y_stamp"])
+    x = stamps.x0 + np.asarray(table["x_stamp"], float)
+    y = stamps.y0 + np.asarray(table["y_stamp"], float)
+    front = {"x_fit": x, "y_fit": y}
     if exposure.wcs is not None:
         ra, dec = exposure.wcs.pixel_to_world_values(x, y)
         front.update(ra=np.asarray(ra), dec=np.asarray(dec))
@@ -356,8 +363,8 @@ def _image_table(fit_table: Table, stamps: Stamps, exposure: Exposure) -> Table:
 
 def _is_psf_star(catalog: Table, psf_stars: Table) -> np.ndarray:
     """True for catalog rows within 1 px of a PSF star."""
-    tree = cKDTree(np.column_stack([psf_stars["x"], psf_stars["y"]]))
-    dist, _ = tree.query(np.column_stack([catalog["x"], catalog["y"]]))
+    tree = cKDTree(np.column_stack([psf_stars["x_fit"], psf_stars["y_fit"]]))
+    dist, _ = tree.query(np.column_stack([catalog["x_fit"], catalog["y_fit"]]))
     return dist < 1.0
 
 
@@ -366,16 +373,22 @@ def _take(stamps: Stamps, index: np.ndarray) -> Stamps:
 
 
 class _StageTimer:
-    """``with timer("name"):`` records the wall time of the stage in ``timer.timings``."""
+    """``with timer("name"):`` records the stage's seconds of compute in ``timer.timings["name"]`` and
+    those of JAX compilation, when any, in ``timings["name_compile"]``; ``progress`` hears of both."""
 
     def __init__(self, progress: Callable[[str], None] | None):
-        self.progress = progress
+        self.progress = progress or (lambda stage: None)
         self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        if self.progress is not None:
-            self.progress(name)
+        from psfax.timing import compile_watch
+
+        self.progress(name)
         start = time.perf_counter()
-        yield
-        self.timings[name] = time.perf_counter() - start
+        with compile_watch(lambda: self.progress(f"{name}: compiling (first run only; cached afterwards)"),
+                           lambda: self.progress(name)) as compiled:
+            yield
+        self.timings[name] = time.perf_counter() - start - compiled.seconds
+        if compiled.seconds:
+            self.timings[f"{name}_compile"] = compiled.seconds
