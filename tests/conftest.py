@@ -12,6 +12,8 @@ fetches it.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,21 @@ def aia_level1_file() -> Path:
 def aia_cutout_file() -> Path:
     """A real full-resolution (0.6"/px) AIA 171 level-1 cut-out, 705 x 769."""
     return find_sample("aia-sample", "cutout")
+
+
+@pytest.fixture(scope="session")
+def render_dom():
+    """``render_dom(page)``: the DOM of an HTML file after load, from headless Chromium, which the test
+    starts itself (skips where Debian's ``chromium`` is not installed)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed: `apt-get install chromium` (make test-all installs it, as root)")
+
+    def render(page: Path) -> str:
+        return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                               "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+
+    return render
 
 
 @pytest.fixture(autouse=True, scope="session")

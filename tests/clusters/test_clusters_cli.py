@@ -23,6 +23,7 @@ def test_simulate_evaluate_infer(tmp_path, capsys):
     for who in ("model", "baseline"):
         assert sum(report[who][k] for k in ("tp", "fp", "tn", "fn")) == 192
     assert abs(report["model"]["f1"] - report["baseline"]["f1"] - report["f1_gain"]) < 1e-12
+    assert 'href="report.json"' in (tmp_path / "report.html").read_text()  # the page beside it
 
     cube = tmp_path / "cube.fits"
     fits.PrimaryHDU(np.concatenate([test.images[0], test.images[1]], axis=2)).writeto(cube)  # 256 x 512

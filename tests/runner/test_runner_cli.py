@@ -31,6 +31,7 @@ def test_run_syntax_with_job_options_between_and_after_inputs(tmp_path, smooth_r
     for image in images:
         np.testing.assert_allclose(fits.getdata(tmp_path / "out" / image.stem / "smooth.fits"),
                                    expected_smooth(image, 2.5), rtol=0, atol=ATOL)
+    assert 'href="manifest.jsonl"' in (tmp_path / "out" / "report.html").read_text()  # the run's page
 
 
 def test_exit_code_1_when_an_input_fails_and_resume_skips(tmp_path, smooth_registered):

@@ -79,7 +79,8 @@ def test_cli_all_good(tmp_path, aia_level1_file):
 
     good = aia_level1_file
     assert main(["aia", "prep", str(good), "--register", "--out", str(tmp_path)]) == 0
-    assert len(list(tmp_path.glob("*.fits"))) == 1
+    (written,) = tmp_path.glob("*.fits")
+    assert f'href="{written.name}"' in (tmp_path / "report.html").read_text()
 
 
 def test_cli_psf(tmp_path):

@@ -5,8 +5,6 @@ rendered by headless Chromium (every figure decoded)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -94,26 +92,17 @@ def test_figures_are_150_dpi_and_not_blank(written):
     for path in pngs:
         image = Image.open(path)
         assert image.info["dpi"] == pytest.approx((150, 150), abs=0.05)  # PNG stores pixels per metre
-        assert image.size[0] >= 750 and image.size[1] >= 600  # >= 5 x 4 inches at 150 dpi
+        assert min(image.size) >= 500 and max(image.size) >= 750  # each figure is >= 3.6 x 5 inches
         pixels = np.asarray(image.convert("L"), float)
         # not blank: a real plot has >= 3 % of its pixels away from the background (white) by 30 levels
         assert np.mean(np.abs(pixels - 255) > 30) > 0.03, path.name
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def test_report_page_renders_offline_with_every_figure(written):
+def test_report_page_renders_offline_with_every_figure(written, render_dom):
     out, paths = written
     page = out / "report.html"
     assert page in paths
     text = page.read_text()
     assert "http://" not in text and "https://" not in text  # no external asset
     assert 'href="stars.parquet"' in text and "Selection cuts" in text
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium not installed: `apt-get install chromium` (make test-all does, as root)")
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert 'data-figures-loaded="4/4"' in dom
+    assert 'data-figures-loaded="4/4"' in render_dom(page)
