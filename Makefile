@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SAMPLES := ztf-sample aia-sample clusters-sample
 
-.PHONY: demo test test-all samples chromium bench install clean
+.PHONY: demo test test-all durations samples chromium bench install clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
@@ -36,6 +36,10 @@ samples: $(STAMP)
 
 test: samples
 	$(BIN)/python -m pytest -m "not slow" -q
+
+# the 40 slowest fast tests (to keep `make test` under 5 minutes: move heavy ones to `slow`)
+durations: samples
+	$(BIN)/python -m pytest -m "not slow" -q --durations=40
 
 # the report-page test renders in headless Chromium: install Debian's package when missing and root
 chromium:

@@ -19,3 +19,18 @@ def galsim_field():
     from stars_synthetic import render_field
 
     return render_field(shape=(1024, 1024), n_stars=200, seed=5)
+
+
+@pytest.fixture(scope="session")
+def galsim_fit_and_progress(galsim_field):
+    """The pipeline's :class:`~psfax.stars.pipeline.ImageFit` of ``galsim_field`` (one run per session)
+    and the progress messages it gave."""
+    from psfax.stars import fit_image
+
+    messages = []
+    return fit_image(galsim_field.image, header=galsim_field.header, progress=messages.append), messages
+
+
+@pytest.fixture(scope="session")
+def galsim_fit(galsim_fit_and_progress):
+    return galsim_fit_and_progress[0]

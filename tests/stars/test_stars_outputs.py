@@ -15,13 +15,10 @@ from psfax.stars.report import pixel_convolved_fwhm
 
 
 @pytest.fixture(scope="module")
-def written(galsim_field, tmp_path_factory):
+def written(galsim_fit, tmp_path_factory):
     """The pipeline's outputs on the GalSim quadrant (PSF at the centre: Moffat FWHM 1.3 px, beta 2.5)."""
-    from psfax.stars import fit_image
-
     out = tmp_path_factory.mktemp("outputs")
-    paths = fit_image(galsim_field.image, header=galsim_field.header).write(out)
-    return out, paths
+    return out, galsim_fit.write(out)
 
 
 def test_every_column_has_unit_and_description(written):
@@ -81,6 +78,18 @@ def test_psf_json_names_its_counts_and_noise_model(written):
     fwhm = info["fwhm"]
     assert fwhm["pixel_convolved_px"] > fwhm["intrinsic_px"]
     assert set(info["timings_s"]) >= {"fit", "photometry"}
+
+
+def test_progress_names_each_stage_and_the_compilation(galsim_fit_and_progress):
+    fit, messages = galsim_fit_and_progress
+    stages = ["background", "detection", "selection", "stamps", "fit", "photometry"]
+    # every stage announced, in order (a stage is named again when a compilation within it ends)
+    assert list(dict.fromkeys(m for m in messages if m in stages)) == stages
+    assert "fit 1 of at most 4: " in " ".join(messages)  # the chi2-clipping fits are counted
+    # the timings keep compilation apart: where the fit compiled, the display said so meanwhile
+    if fit.timings.get("fit_compile", 0) > 0:
+        assert "fit: compiling (first run only; cached afterwards)" in messages
+    assert all(v >= 0 for v in fit.timings.values())
 
 
 def test_figures_are_150_dpi_and_not_blank(written):

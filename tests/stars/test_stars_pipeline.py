@@ -23,8 +23,8 @@ def field(galsim_field):
 
 
 @pytest.fixture(scope="module")
-def result(field):
-    return fit_image(field.image, header=field.header)
+def result(galsim_fit):
+    return galsim_fit
 
 
 def test_every_star_selected(result):
