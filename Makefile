@@ -1,10 +1,6 @@
 # psfax: the two commands of the Quick start are `make demo` and `make test`.
-# PYTHON: any Python >= 3.11, e.g. `make demo PYTHON=python3.12`; default: the first of python3, python3.11,
-# python3.12, python3.13 on PATH that runs and is >= 3.11.
-ifeq ($(origin PYTHON),undefined)
-PYTHON := $(firstword $(shell for p in python3 python3.11 python3.12 python3.13; do \
-    $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $$p; done) python3)
-endif
+# PYTHON: any Python >= 3.11 (default python3; checked before the install), e.g. `make demo PYTHON=python3.12`.
+PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -14,7 +10,7 @@ SAMPLES := ztf-sample aia-sample clusters-sample
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
-	    || { echo "psfax needs Python >= 3.11: set PYTHON=, e.g. make PYTHON=python3.12 ($(PYTHON) is not)"; exit 1; }
+	    || { echo "psfax needs Python >= 3.11: set PYTHON=, e.g. make PYTHON=python3.12 ($(PYTHON) is missing or older)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,compare]'

@@ -144,7 +144,7 @@ def write_catalog(table: Table, path: Path) -> Path:
     for name in out.colnames:
         column = out[name]
         if column.dtype.kind == "f":
-            out[name] = np.asarray(column, np.float64)
+            out[name] = column.astype(np.float64)  # a masked column stays masked
         unit, description = COLUMNS.get(name, (None, None))
         if description is not None:
             out[name].unit = unit or None
