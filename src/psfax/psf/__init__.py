@@ -4,7 +4,8 @@
 * :func:`build_psf` (:mod:`psfax.psf.build`): the batched build from star stamps, with reserve stars;
 * :func:`fit_psf_photometry` (:mod:`psfax.psf.photometry`): per-star (x, y, flux, bkg) with the model;
 * :func:`write_psf_fits`, :func:`read_psf_fits` (:mod:`psfax.psf.io`): the FITS file;
-* :func:`to_photutils`, :func:`from_photutils` (:mod:`psfax.psf.photutils_interop`).
+* :func:`to_photutils`, :func:`from_photutils` (:mod:`psfax.psf.photutils_interop`);
+* :class:`~psfax.psf.kind.Empirical` (:mod:`psfax.psf.kind`): the engine PSF kind, ``fit_stamps(psf=empirical_kind(model, x, y))``.
 """
 
 from psfax.psf.build import BuildOptions, BuildResult, DegreeFallbackWarning, TooFewStarsError, build_psf
