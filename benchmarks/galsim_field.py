@@ -1,8 +1,8 @@
 """Stars across a field whose PSF is not a Moffat, drawn by GalSim (the independent truth).
 
 PSF at image position (X, Y) in a ``FIELD`` x ``FIELD`` px image (u = X / FIELD - 0.5, v likewise):
-``(1 - h) * Kolmogorov(fwhm) * OpticalPSF(defocus, coma, astigmatism) + h * Gaussian(3 fwhm0)`` (a wide
-halo), with ``fwhm = fwhm0 (1 + 0.1 u)``, ``h = 0.1 (1 + 0.5 v)`` and the whole sheared by ``g1 = 0.03 u``
+``(1 - h) * Kolmogorov(fwhm) * OpticalPSF(defocus, coma, astigmatism) + h * Gaussian(2 fwhm0)`` (a
+halo), with ``fwhm = fwhm0 (1 + 0.1 u)``, ``h = 0.08 (1 + 0.5 v)`` and the whole sheared by ``g1 = 0.03 u``
 (the optical part, fixed, is built once per ``fwhm0``: GalSim's OpticalPSF is slow to construct).
 Each stamp is drawn (profile convolved with the pixel) at a sub-pixel offset within +-0.5 px of its centre,
 Poisson and read noise added; the noise-free stamp and the unit-flux stamp of the star centred on its pixel
@@ -47,9 +47,9 @@ def psf_at(X, Y, fwhm0):
 
     u, v = X / FIELD - 0.5, Y / FIELD - 0.5
     atmos = galsim.Kolmogorov(fwhm=fwhm0 * (1 + 0.1 * u))
-    halo = 0.1 * (1 + 0.5 * v)
+    halo = 0.08 * (1 + 0.5 * v)
     return galsim.Add([(1 - halo) * galsim.Convolve(atmos, optics(fwhm0)),
-                       halo * galsim.Gaussian(fwhm=3.0 * fwhm0)]).shear(g1=0.03 * u)
+                       halo * galsim.Gaussian(fwhm=2.0 * fwhm0)]).shear(g1=0.03 * u)
 
 
 def make_field(n: int, fwhm0: float, seed: int = 0, flux_range=(2e4, 5e5)) -> Field:
