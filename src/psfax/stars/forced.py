@@ -521,3 +521,41 @@ def write_forced(table: Table, out_dir, *, curves: bool = True) -> list[Path]:
 def _file_name(target_id: str) -> str:
     """A file-name-safe form of a target id (letters, digits, ``-_.+``; anything else becomes ``_``)."""
     return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in target_id)
+
+
+# --- the fallback of the stars pipeline's photometry ------------------------------------------
+
+def refit_failed(table: Table, stamps, background: Background, shape: dict, gain: float, options) -> np.ndarray:
+    """Give the sources whose free (x, y, flux, sky) fit failed a flux fitted at the detection position.
+
+    A row of the photometry fit ``table`` (stamp coordinates) failed when its fit flags hold
+    ``NOT_CONVERGED``, ``OFF_STAMP`` or ``SINGULAR``, or its flux or error is not finite.  Those with at least
+    3 usable pixels get :func:`fixed_position_fit` at ``(x_init, y_init)`` with their PSF ``shape`` (the
+    engine's parameters, one value per row of ``table``): ``x_fit, y_fit`` become the detection position
+    (``x_err, y_err`` NaN: not fitted), ``flux_fit, flux_err, bkg_fit, bkg_err, chi2, dof, reduced_chi2`` the
+    fixed-position fit's; the fit flags stay (they say why).  Returns True for the rows re-fitted.
+    """
+    from psfax.fitting.flags import NOT_CONVERGED, OFF_STAMP, SINGULAR
+
+    flags = np.asarray(table["flags"])
+    flux, err = np.asarray(table["flux_fit"], float), np.asarray(table["flux_err"], float)
+    usable = ~stamps.mask
+    failed = (((flags & (NOT_CONVERGED | OFF_STAMP | SINGULAR)) != 0) | ~np.isfinite(flux) | ~np.isfinite(err))
+    failed &= usable.sum(axis=(1, 2)) >= 3
+    index = np.flatnonzero(failed)
+    if not len(index):
+        return failed
+    size = stamps.size
+    rows = stamps.y0[index, None, None] + np.arange(size)[None, :, None]
+    cols = stamps.x0[index, None, None] + np.arange(size)[None, None, :]
+    fit = fit_at_positions(stamps.data[index], usable[index], background.rms_map[rows, cols].astype(float) ** 2,
+                           stamps.x_init[index], stamps.y_init[index], {k: v[index] for k, v in shape.items()},
+                           gain, model=options.model, pixel_integrated=options.pixel_integrated,
+                           dtype=options.photometry_dtype, device=options.device)
+    dof = fit["n_pix"] - 2
+    new = {"x_fit": stamps.x_init[index], "y_fit": stamps.y_init[index], "x_err": np.nan, "y_err": np.nan,
+           "flux_fit": fit["flux"], "flux_err": fit["flux_err"], "bkg_fit": fit["bkg"], "bkg_err": fit["bkg_err"],
+           "chi2": fit["chi2"], "dof": dof, "reduced_chi2": fit["chi2"] / np.maximum(dof, 1)}
+    for name, values in new.items():
+        table[name][index] = values
+    return failed

@@ -11,7 +11,9 @@
    (``reduced_chi2 > median + clip_sigma * 1.4826 MAD``, or a non-zero fit flag)
    until none is left or ``clip_iterations`` refits were done;
 6. ``photometry``: every detected source whose stamp fits in the image is
-   fitted for (x, y, flux, sky) with the PSF shape held at its local value.
+   fitted for (x, y, flux, sky) with the PSF shape held at its local value; a source
+   whose fit fails gets its flux fitted at the detection position instead
+   (:func:`psfax.stars.forced.refit_failed`, source flag ``fixed_position``).
 
 Every stage is timed (``ImageFit.timings``, seconds of wall time).
 """
@@ -32,6 +34,7 @@ from psfax.errors import InputError
 from psfax.stars.catalog import match_catalog, read_reference_catalog
 from psfax.stars.detect import SEP_BLENDED, Background, detect_sources, measure_background
 from psfax.stars.exposure import Exposure, read_exposure
+from psfax.stars.forced import refit_failed
 from psfax.stars.select import (SelectionOptions, bad_pixels_near, neighbour_count,
                                 select_psf_stars)
 from psfax.stars.stamps import Stamps, cut_stamps, stamp_fits
@@ -45,6 +48,7 @@ SOURCE_FLAGS = {
     "saturated": 2,    # raw peak >= saturation_margin x SATURATE
     "masked": 4,       # a bad pixel within mask_radius px of the centre
     "extended": 8,     # failed the shape cut (galaxy, trail, cosmic ray)
+    "fixed_position": 16,  # the free fit failed (see its flags): flux fitted at the detection position
 }
 
 
@@ -313,8 +317,10 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     stamps = cut_stamps(exposure, background, x[usable], y[usable], options.stamp_size)
     shape = fixed_shape(psf_shape_at(result, options, x[usable], y[usable]))
     fit = _fit(stamps, exposure, options, shape=shape)
+    refitted = refit_failed(fit.table, stamps, background, shape, exposure.gain, options)
     table = _image_table(fit.table, stamps, exposure)
-    table["source_flags"] = _source_flags(detections[usable], detections, exposure, options)
+    table["source_flags"] = (_source_flags(detections[usable], detections, exposure, options)
+                             + SOURCE_FLAGS["fixed_position"] * refitted.astype(np.int32))
     table["mag_aper"] = detections["mag_aper"][usable]
     return table
 
