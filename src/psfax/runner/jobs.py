@@ -286,8 +286,16 @@ def clusters_infer_job() -> Job:
     return Job("clusters-infer", pass_path, infer_file, None, options, compute_writes=True)
 
 
+def stars_forced_job() -> Job:
+    """``stars-forced``: forced photometry of ``--targets TABLE`` on one science image (:mod:`psfax.stars.forced`)."""
+    from psfax.stars.forced import forced_job
+
+    return forced_job()
+
+
 JOBS: dict[str, Callable[[], Job]] = {
     "stars-fit": stars_fit_job,
+    "stars-forced": stars_forced_job,
     "aia-prep": aia_prep_job,
     "clusters-infer": clusters_infer_job,
 }

@@ -36,6 +36,7 @@ images (``3631e6 10^(-0.4 zp) flux`` uJy, the zero point being AB); ``flags`` (:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -559,3 +560,39 @@ def refit_failed(table: Table, stamps, background: Background, shape: dict, gain
     for name, values in new.items():
         table[name][index] = values
     return failed
+
+
+# --- the `psfax run stars-forced` job ---------------------------------------------------------
+
+def forced_epoch(exposure: Exposure, targets: str | None = None, recentre: float = 0.0, stamp_size: int = 15,
+                 dtype: str | None = None, device: str | None = None) -> Table:
+    """Compute stage of ``stars-forced``: :func:`forced_exposure` with the PSF fitted on the image."""
+    if targets is None:
+        raise InputError("stars-forced needs --targets TABLE (ra, dec columns)")
+    return forced_exposure(exposure, _cached_targets(str(targets), Path(targets).stat().st_mtime
+                                                     if Path(targets).exists() else 0.0),
+                           recentre=recentre, stamp_size=stamp_size, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_targets(path: str, mtime: float) -> Table:
+    """The targets table of ``path`` read once per worker process (``mtime`` keys a changed file)."""
+    return read_targets(path)
+
+
+def write_epoch(table: Table, out_dir: Path) -> list[Path]:
+    """Write stage of ``stars-forced``: ``forced.parquet`` (gather with ``psfax stars lightcurves``)."""
+    from psfax.stars.report import write_table
+
+    return [write_table(table, Path(out_dir) / "forced.parquet")]
+
+
+def forced_job():
+    """The ``stars-forced`` job of :mod:`psfax.runner.jobs`: read a ZTF image (mask beside it), forced
+    photometry of ``--targets`` with its PSF fitted on it, ``forced.parquet`` per image."""
+    from psfax.runner.jobs import Job, options_from_signature, read_ztf_exposure
+    from psfax.stars.exposure import read_exposure
+
+    options = (options_from_signature(read_exposure, "read", skip=("mask", "header"))
+               + options_from_signature(forced_epoch, "compute"))
+    return Job("stars-forced", read_ztf_exposure, forced_epoch, write_epoch, options)
