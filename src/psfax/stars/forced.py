@@ -350,7 +350,7 @@ def target_flags(fit: dict, shape: dict, psf_ok: bool, recentre: float, x_start,
     saturated and off-image pixels)."""
     bit = FORCED_FLAGS
     masked, saturated, outside = (fit["psf_share"][:, k] > PSF_SHARE for k in range(3))
-    psf_bad = ~psf_ok | ~np.all([np.isfinite(v) for v in shape.values()], axis=0) | ~(shape["fwhm"] > 0)
+    psf_bad = (not psf_ok) | ~np.all([np.isfinite(v) for v in shape.values()], axis=0) | ~(shape["fwhm"] > 0)
     no_fit = ~(np.isfinite(fit["flux"]) & np.isfinite(fit["flux_err"])) | (fit["n_pix"] < 3)
     flags = (bit["edge"] * outside + bit["masked"] * masked
              + bit["saturated"] * saturated + bit["bad_psf"] * psf_bad + bit["no_fit"] * no_fit)
