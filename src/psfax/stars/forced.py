@@ -113,10 +113,10 @@ def _recentre(profile, data, usable, sky_var, x, y, shape, gain, radius, size, p
         return (p[2] * stamp_psf(profile, p[0], p[1], s, size, pixel_integrated=pixel_integrated,
                                  accuracy=accuracy).ravel() + p[3])
 
-    def step(p, s, d1, u1, v1, x_start, y_start):
+    def step(p, s, d1, u1, v1, g, x_start, y_start):
         m = model(p, s)
         jac = jax.jacfwd(lambda q: model(q, s))(p)
-        w = u1 / (v1 + jnp.maximum(m - p[3], 0.0) / gain)
+        w = u1 / (v1 + jnp.maximum(m - p[3], 0.0) / g)
         q = p + jnp.linalg.solve(jac.T @ (w[:, None] * jac), jac.T @ (w * (d1 - m)))
         dx, dy = q[0] - x_start, q[1] - y_start
         r = jnp.hypot(dx, dy)
@@ -128,7 +128,7 @@ def _recentre(profile, data, usable, sky_var, x, y, shape, gain, radius, size, p
     flux, bkg, _, _ = _solve_flux(psf, d, u / v0)
     p = jnp.stack([x, y, jnp.nan_to_num(flux), jnp.nan_to_num(bkg)], axis=1)
     for _ in range(RECENTRE_STEPS):
-        p = jax.vmap(step)(p, shape, d, u, v0, x, y)
+        p = jax.vmap(step)(p, shape, d, u, v0, gain, x, y)
     return p[:, 0], p[:, 1]
 
 
@@ -139,7 +139,7 @@ def fixed_position_fit(profile, data, usable, sky_var, lost, x, y, shape, gain, 
 
     ``data, usable, sky_var``: (N, ny, nx) [ADU, 0/1, ADU^2]; ``lost``: (N, K, ny, nx) 0/1 masks of K kinds of
     pixel whose share of the PSF is wanted; ``x, y``: (N,) stamp pixels; ``shape``: the profile's shape
-    parameters, each (N,); ``gain``: e-/ADU.  Returns a dict of arrays: ``x, y`` (as given, or recentred within
+    parameters, each (N,); ``gain``: (N,) e-/ADU.  Returns a dict of arrays: ``x, y`` (as given, or recentred within
     ``recentre`` px), ``flux, flux_err, bkg, bkg_err, chi2, n_pix`` (N,) and ``psf_share`` (N, K).
     """
     n, ny, nx = data.shape
@@ -151,7 +151,7 @@ def fixed_position_fit(profile, data, usable, sky_var, lost, x, y, shape, gain, 
     d, u, v0 = (a.reshape(n, -1) for a in (data, usable, sky_var))
     flux = jnp.zeros(n, d.dtype)
     for _ in range(VARIANCE_PASSES):
-        w = u / (v0 + jnp.maximum(jnp.nan_to_num(flux)[:, None] * psf, 0.0) / gain)
+        w = u / (v0 + jnp.maximum(jnp.nan_to_num(flux)[:, None] * psf, 0.0) / gain[:, None])
         flux, bkg, var_flux, var_bkg = _solve_flux(psf, d, w)
     resid = d - flux[:, None] * psf - bkg[:, None]
     share = jnp.einsum("nkm,nm->nk", lost.reshape(n, lost.shape[1], -1), psf) / jnp.sum(psf, axis=-1)[:, None]
@@ -159,13 +159,13 @@ def fixed_position_fit(profile, data, usable, sky_var, lost, x, y, shape, gain, 
             "chi2": jnp.sum(w * resid * resid, axis=-1), "n_pix": jnp.sum(u, axis=-1), "psf_share": share}
 
 
-def fit_at_positions(stamp_data, usable, sky_var, x, y, shape: dict, gain: float, *, lost=None,
+def fit_at_positions(stamp_data, usable, sky_var, x, y, shape: dict, gain, *, lost=None,
                      model: str = "moffat", pixel_integrated: bool = True, recentre: float = 0.0, dtype=None,
                      device=None) -> dict:
     """:func:`fixed_position_fit` on numpy inputs, padded to a bucket size; returns numpy arrays of N rows.
 
     ``shape``: the engine's shape parameters of ``model`` (``fwhm``, ``beta``, ``g1``, ``g2``), each (N,);
-    ``lost`` (N, K, ny, nx): masks whose PSF share is returned (default: the unusable pixels).
+    ``gain`` [e-/ADU]: one value, or one per row (stamps of several images); ``lost`` (N, K, ny, nx): masks whose PSF share is returned (default: the unusable pixels).
     """
     from psfax.device import compute_context, resolve_device, resolve_dtype
 
@@ -189,7 +189,8 @@ def fit_at_positions(stamp_data, usable, sky_var, x, y, shape: dict, gain: float
         out = fixed_position_fit(profile, padded(stamp_data), padded(usable), padded(sky_var, 1.0), padded(lost),
                                  padded(x, half), padded(y, half),
                                  {k: padded(shape[k], np.nanmedian(shape[k])) for k in profile.shape_names},
-                                 jnp.asarray(gain, dt), pixel_integrated=pixel_integrated, recentre=float(recentre))
+                                 padded(np.broadcast_to(np.asarray(gain, float), (n,)), 1.0),
+                                 pixel_integrated=pixel_integrated, recentre=float(recentre))
         return {k: np.asarray(v, float)[:n] for k, v in out.items()}
 
 
@@ -296,6 +297,105 @@ def cut_target_stamps(exposure: Exposure, background: Background, x, y, size: in
     return data, usable, sky_var, saturated, ~inside, x0, y0
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochStamps:
+    """What forced photometry takes from one image before the fit: the targets' WCS pixel positions
+    ``x, y`` (all targets), the rows on the image (``index``) and their stamps (see :func:`cut_target_stamps`;
+    ``lost`` stacks the masked, saturated and off-image pixels), corners ``x0, y0`` and PSF ``shape``."""
+
+    name: str
+    mjd: float
+    zero_point: float
+    gain: float
+    psf: ImagePSF
+    targets: Table
+    x: np.ndarray
+    y: np.ndarray
+    index: np.ndarray
+    data: np.ndarray
+    usable: np.ndarray
+    sky_var: np.ndarray
+    lost: np.ndarray
+    x0: np.ndarray
+    y0: np.ndarray
+    shape: dict
+
+    @property
+    def kernel_key(self) -> tuple:
+        """Epochs with equal keys share one batched fit."""
+        return self.psf.model, self.psf.pixel_integrated, self.data.shape[1:]
+
+
+def cut_epoch(exposure: Exposure, targets: Table, *, psf=None, background: Background | None = None,
+              stamp_size: int = 15, **fit_options) -> EpochStamps:
+    """Project ``targets`` (a :func:`read_targets` table) on ``exposure`` and cut their stamps."""
+    if exposure.wcs is None:
+        raise InputError(f"{exposure.name}: forced photometry needs a celestial WCS in the header")
+    if stamp_size < 5 or stamp_size % 2 == 0:
+        raise InputError(f"stamp_size must be an odd number >= 5, got {stamp_size}")
+    psf, background = image_psf(psf, exposure, background, **fit_options)
+    x, y = (np.asarray(a, float) for a in exposure.wcs.world_to_pixel_values(targets["ra"], targets["dec"]))
+    ny, nx = exposure.shape
+    on = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x < nx - 0.5) & (y > -0.5) & (y < ny - 0.5)
+    index = np.flatnonzero(on)
+    data, usable, sky_var, saturated, outside, x0, y0 = cut_target_stamps(exposure, background, x[index],
+                                                                          y[index], stamp_size)
+    return EpochStamps(exposure.name, image_mjd(exposure), exposure.zero_point, exposure.gain, psf, targets, x, y,
+                       index, data, usable, sky_var, np.stack([~usable & ~outside, saturated, outside], axis=1),
+                       x0, y0, psf.shape_at(x[index], y[index]))
+
+
+def fit_epochs(epochs: Sequence[EpochStamps], *, recentre: float = 0.0, dtype=None, device=None) -> list[Table]:
+    """One batched :func:`fit_at_positions` over the stamps of all ``epochs`` (per PSF kind and stamp size),
+    then a table per epoch (:func:`epoch_table`)."""
+    fits: list[dict | None] = [None] * len(epochs)
+    groups: dict[tuple, list[int]] = {}
+    for i, epoch in enumerate(epochs):
+        groups.setdefault(epoch.kernel_key, []).append(i)
+    for (model, pixel_integrated, _), members in groups.items():
+        parts = [epochs[i] for i in members]
+
+        def joined(get):
+            return np.concatenate([get(e) for e in parts])
+
+        names = get_profile(model).shape_names
+        out = fit_at_positions(joined(lambda e: e.data), joined(lambda e: e.usable), joined(lambda e: e.sky_var),
+                               joined(lambda e: e.x[e.index] - e.x0), joined(lambda e: e.y[e.index] - e.y0),
+                               {k: joined(lambda e: e.shape[k]) for k in names},
+                               joined(lambda e: np.full(len(e.index), e.gain)), lost=joined(lambda e: e.lost),
+                               model=model, pixel_integrated=pixel_integrated, recentre=recentre, dtype=dtype,
+                               device=device)
+        bounds = np.cumsum([0] + [len(e.index) for e in parts])
+        for i, start, stop in zip(members, bounds[:-1], bounds[1:]):
+            fits[i] = {k: v[start:stop] for k, v in out.items()}
+    return [epoch_table(epoch, fit, recentre) for epoch, fit in zip(epochs, fits)]
+
+
+def epoch_table(epoch: EpochStamps, fit: dict, recentre: float = 0.0) -> Table:
+    """The forced-photometry table of one epoch (a row per target, :data:`COLUMNS`) from its kernel output."""
+    index, x_start, y_start = epoch.index, epoch.x[epoch.index] - epoch.x0, epoch.y[epoch.index] - epoch.y0
+    n = len(epoch.targets)
+    table = Table(epoch.targets, copy=True)
+    table["image"] = epoch.name
+    table["mjd"] = epoch.mjd
+    table["x"], table["y"] = epoch.x, epoch.y  # the WCS position; replaced by the fitted one when recentred
+    table["x"][index], table["y"][index] = fit["x"] + epoch.x0, fit["y"] + epoch.y0
+    values = {**{k: fit[k] for k in ("flux", "flux_err", "bkg", "bkg_err", "chi2", "n_pix")},
+              "psf_masked": fit["psf_share"][:, 0] + fit["psf_share"][:, 2], "fwhm": epoch.shape["fwhm"]}
+    for name, column in values.items():
+        full = np.full(n, np.nan)
+        full[index] = column
+        table[name] = full
+    table["n_pix"] = np.nan_to_num(table["n_pix"]).astype(np.int32)
+    flags = np.full(n, FORCED_FLAGS["off_image"], np.int32)
+    flags[index] = target_flags(fit, epoch.shape, epoch.psf.ok, recentre, x_start, y_start)
+    table["flags"] = flags
+    table["zero_point"] = epoch.zero_point
+    add_magnitudes(table)
+    table.meta["columns"] = COLUMNS
+    return table
+
+
 def forced_exposure(exposure: Exposure, targets, *, psf=None, background: Background | None = None,
                     stamp_size: int = 15, recentre: float = 0.0, dtype=None, device=None,
                     **fit_options) -> Table:
@@ -305,44 +405,15 @@ def forced_exposure(exposure: Exposure, targets, *, psf=None, background: Backgr
     ``recentre``: radius [px] within which the position may move (0: held at the WCS position).
     Targets off the image keep their row, flagged ``off_image``, with NaN fluxes.
     """
-    if exposure.wcs is None:
-        raise InputError(f"{exposure.name}: forced photometry needs a celestial WCS in the header")
-    if stamp_size < 5 or stamp_size % 2 == 0:
-        raise InputError(f"stamp_size must be an odd number >= 5, got {stamp_size}")
-    if recentre < 0:
+    _check_recentre(recentre)
+    epoch = cut_epoch(exposure, read_targets(targets), psf=psf, background=background, stamp_size=stamp_size,
+                      **fit_options)
+    return fit_epochs([epoch], recentre=recentre, dtype=dtype, device=device)[0]
+
+
+def _check_recentre(recentre: float) -> None:
+    if not recentre >= 0:
         raise InputError(f"recentre must be >= 0 px, got {recentre}")
-    targets = read_targets(targets)
-    psf, background = image_psf(psf, exposure, background, **fit_options)
-    x, y = (np.asarray(a, float) for a in exposure.wcs.world_to_pixel_values(targets["ra"], targets["dec"]))
-    ny, nx = exposure.shape
-    on = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x < nx - 0.5) & (y > -0.5) & (y < ny - 0.5)
-    index = np.flatnonzero(on)
-    data, usable, sky_var, saturated, outside, x0, y0 = cut_target_stamps(exposure, background, x[index],
-                                                                          y[index], stamp_size)
-    shape = psf.shape_at(x[index], y[index])
-    lost = np.stack([~usable & ~outside, saturated, outside], axis=1)
-    fit = fit_at_positions(data, usable, sky_var, x[index] - x0, y[index] - y0, shape, exposure.gain, lost=lost,
-                           model=psf.model, pixel_integrated=psf.pixel_integrated, recentre=recentre,
-                           dtype=dtype, device=device)
-    table = Table(targets, copy=True)
-    table["image"] = exposure.name
-    table["mjd"] = image_mjd(exposure)
-    table["x"], table["y"] = x, y  # the WCS position; replaced by the fitted one when recentred
-    table["x"][index], table["y"][index] = fit["x"] + x0, fit["y"] + y0
-    values = {**{k: fit[k] for k in ("flux", "flux_err", "bkg", "bkg_err", "chi2", "n_pix")},
-              "psf_masked": fit["psf_share"][:, 0] + fit["psf_share"][:, 2], "fwhm": shape["fwhm"]}
-    for name, column in values.items():
-        full = np.full(len(targets), np.nan)
-        full[index] = column
-        table[name] = full
-    table["n_pix"] = np.nan_to_num(table["n_pix"]).astype(np.int32)
-    flags = np.full(len(targets), FORCED_FLAGS["off_image"], np.int32)
-    flags[index] = target_flags(fit, shape, psf.ok, recentre, x[index] - x0, y[index] - y0)
-    table["flags"] = flags
-    table["zero_point"] = exposure.zero_point
-    add_magnitudes(table)
-    table.meta["columns"] = COLUMNS
-    return table
 
 
 def target_flags(fit: dict, shape: dict, psf_ok: bool, recentre: float, x_start, y_start) -> np.ndarray:
@@ -415,6 +486,9 @@ def forced_photometry(images: Sequence, targets, *, psf=None, recentre: float = 
                       **options) -> Table:
     """Forced photometry of ``targets`` on every image: one row per (target, image), off-image rows flagged.
 
+    The stamps of successive images are gathered and fitted together, up to :data:`BATCH_ROWS` target-epochs
+    per batched fit (one compiled program per bucket size).
+
     ``images``: science paths (a ZTF mask beside one is used), or :class:`~psfax.stars.exposure.Exposure`
     objects; ``psf``: None (fit each image's PSF with psfax's stars pipeline), or one PSF for every image
     (see :func:`image_psf`); ``options``: the header overrides of ``read_exposure`` and the options of the PSF
@@ -423,17 +497,27 @@ def forced_photometry(images: Sequence, targets, *, psf=None, recentre: float = 
     from psfax.runner.jobs import read_ztf_exposure
 
     read_options = {k: options.pop(k) for k in list(options) if k in READ_OPTIONS}
+    _check_recentre(recentre)
     targets = read_targets(targets)
-    tables = []
+    tables: list[Table] = []
+    pending: list[EpochStamps] = []
     for image in images:
         if progress is not None:
             progress(str(image))
         exposure = image if isinstance(image, Exposure) else read_ztf_exposure(str(image), **read_options)
-        tables.append(forced_exposure(exposure, targets, psf=psf, recentre=recentre, stamp_size=stamp_size,
-                                      dtype=dtype, device=device, **options))
+        pending.append(cut_epoch(exposure, targets, psf=psf, stamp_size=stamp_size, **options))
+        if sum(len(e.index) for e in pending) >= BATCH_ROWS:
+            tables += fit_epochs(pending, recentre=recentre, dtype=dtype, device=device)
+            pending = []
+    tables += fit_epochs(pending, recentre=recentre, dtype=dtype, device=device)
     if not tables:
         raise InputError("images: no image given")
     return vstack(tables, metadata_conflicts="silent")
+
+
+BATCH_ROWS = 16384
+"""Target-epochs fitted in one batch by :func:`forced_photometry` (the stamps of an epoch are kept until its
+batch is fitted: ~4.5 kB each for 15 x 15 px)."""
 
 
 # --- light curves and stacks -----------------------------------------------------------------
