@@ -10,8 +10,6 @@ Public API (importing psfax changes no global JAX setting):
 * :func:`run`: any per-image job over many files, locally or on Dask.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from psfax.errors import PsfaxError
 from psfax.fitting.api import fit_stamps, render_stamps
 from psfax.fitting.result import FitResult
@@ -19,11 +17,7 @@ from psfax.profiles import Accuracy
 from psfax.runner import run_jobs as run
 from psfax.stars import ImageFit, fit_image
 from psfax.stars.forced import forced_photometry
+from psfax.version import __version__
 
-try:
-    __version__ = version("psfax")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
-
-__all__ = ["Accuracy", "FitResult", "ImageFit", "PsfaxError", "fit_image", "fit_stamps", "forced_photometry", "render_stamps", "run",
-           "__version__"]
+__all__ = ["Accuracy", "FitResult", "ImageFit", "PsfaxError", "fit_image", "fit_stamps", "forced_photometry",
+           "render_stamps", "run", "__version__"]

@@ -24,7 +24,7 @@ SHAPE = (512, 512)
 
 def true_psf(shape=SHAPE) -> ImagePSF:
     """GalSim's PSF of the synthetic field (FWHM varying over the image, beta fixed)."""
-    return ImagePSF("moffat", lambda x, y: {"fwhm": true_fwhm(x, y, shape), "beta": np.full(len(x), BETA)})
+    return ImagePSF.from_shape_at("moffat", lambda x, y: {"fwhm": true_fwhm(x, y, shape), "beta": np.full(len(x), BETA)})
 
 
 def exposure_of(field, mask=None, head=None):
@@ -176,8 +176,8 @@ def test_failed_free_fits_get_a_fixed_position_flux(faint_field):
                    "bkg_fit": np.zeros(n), "bkg_err": np.ones(n), "chi2": np.ones(n), "dof": np.ones(n, int),
                    "reduced_chi2": np.ones(n), "flags": [NOT_CONVERGED, 0, NOT_CONVERGED | OFF_STAMP, TOO_FEW_PIXELS]})
     x, y = faint_field.x[bright], faint_field.y[bright]
-    shape = {"fwhm": true_fwhm(x, y, SHAPE), "beta": np.full(n, BETA)}
-    refitted = refit_failed(table, stamps, background, shape, exposure.gain, FitOptions())
+    psf = true_psf().value_at(x, y)
+    refitted = refit_failed(table, stamps, background, psf, exposure.gain, FitOptions())
     assert list(refitted) == [True, False, True, False]
     assert table["flux_fit"][1] == 5.0 and np.isnan(table["flux_fit"][3])  # untouched
     truth, flux, err = faint_field.flux[bright[[0, 2]]], table["flux_fit"][[0, 2]], table["flux_err"][[0, 2]]

@@ -5,8 +5,9 @@ For each image, every target (ra, dec) is mapped to pixels through the WCS, a st
 
     m = flux * P(x - x_t, y - y_t) + bkg
 
-is fitted with ``P`` the image's unit-flux PSF, pixel-integrated (:func:`psfax.profiles.stamp_psf`), at the
-target's sub-pixel position ``(x_t, y_t)`` and ``bkg`` one constant sky per stamp.  At a fixed position the
+is fitted with ``P`` the image's unit-flux PSF, evaluated through its PSF value
+(:func:`psfax.fitting.psf.unit_stamps`: any kind, e.g. the pixel-integrated analytic profile fitted by the
+stars pipeline, :class:`psfax.fitting.Fixed`), at the target's sub-pixel position ``(x_t, y_t)`` and ``bkg`` one constant sky per stamp.  At a fixed position the
 model is linear in ``(flux, bkg)``: for given weights ``w = 1 / var`` the fit is the 2 x 2 weighted linear
 least-squares solve
 
@@ -47,7 +48,8 @@ from astropy.table import Table, vstack
 
 from psfax.errors import BadFileError, InputError, MissingFileError
 from psfax.fitting.problem import bucket_size
-from psfax.profiles import DEFAULT_ACCURACY, Accuracy, get_profile, stamp_psf
+from psfax.fitting.psf import unit_stamps
+from psfax.profiles import get_profile
 from psfax.programs import persistent_jit
 from psfax.stars.catalog import DEC_NAMES, RA_NAMES
 from psfax.stars.detect import Background, measure_background
@@ -96,26 +98,16 @@ def _solve_flux(psf, data, w):
     return (s1 * spd - sp * sd) * inv, (spp * sd - sp * spd) * inv, s1 * inv, spp * inv
 
 
-def _psf_stamps(profile, x, y, shape, size, pixel_integrated, accuracy):
-    def one(x0, y0, s):
-        return stamp_psf(profile, x0, y0, s, size, pixel_integrated=pixel_integrated, accuracy=accuracy)
-
-    return jax.vmap(one)(x, y, shape)
-
-
-def _recentre(profile, data, usable, sky_var, x, y, shape, gain, radius, size, pixel_integrated, accuracy):
-    """Positions after :data:`RECENTRE_STEPS` Gauss-Newton steps on (x, y, flux, bkg), each projected back
-    onto the disc of ``radius`` px around the start; the weights are those of the model at each step."""
-    n = data.shape[0]
+def _recentre(psf, data, usable, sky_var, x, y, gain, radius):
+    """Positions after :data:`RECENTRE_STEPS` Gauss-Newton steps on (x, y, flux, bkg) (the PSF value's own
+    model and Jacobian, :meth:`psfax.fitting.psf.PSF.linearise`), each projected back onto the disc of
+    ``radius`` px around the start; the weights are those of the model at each step."""
+    n, ny, nx = data.shape
+    size = (ny, nx)
     d, u, v0 = (a.reshape(n, -1) for a in (data, usable, sky_var))
 
-    def model(p, s):
-        return (p[2] * stamp_psf(profile, p[0], p[1], s, size, pixel_integrated=pixel_integrated,
-                                 accuracy=accuracy).ravel() + p[3])
-
-    def step(p, s, d1, u1, v1, g, x_start, y_start):
-        m = model(p, s)
-        jac = jax.jacfwd(lambda q: model(q, s))(p)
+    def step(p, part, d1, u1, v1, g, x_start, y_start):
+        m, jac = psf.with_star(part).linearise(p, size)
         w = u1 / (v1 + jnp.maximum(m - p[3], 0.0) / g)
         q = p + jnp.linalg.solve(jac.T @ (w[:, None] * jac), jac.T @ (w * (d1 - m)))
         dx, dy = q[0] - x_start, q[1] - y_start
@@ -124,48 +116,45 @@ def _recentre(profile, data, usable, sky_var, x, y, shape, gain, radius, size, p
         q = q.at[0].set(x_start + dx * scale).at[1].set(y_start + dy * scale)
         return jnp.where(jnp.all(jnp.isfinite(q)), q, p)
 
-    psf = _psf_stamps(profile, x, y, shape, size, pixel_integrated, accuracy).reshape(n, -1)
-    flux, bkg, _, _ = _solve_flux(psf, d, u / v0)
+    flux, bkg, _, _ = _solve_flux(unit_stamps(psf, x, y, size).reshape(n, -1), d, u / v0)
     p = jnp.stack([x, y, jnp.nan_to_num(flux), jnp.nan_to_num(bkg)], axis=1)
     for _ in range(RECENTRE_STEPS):
-        p = jax.vmap(step)(p, shape, d, u, v0, gain, x, y)
+        p = jax.vmap(step)(p, psf.star_part(), d, u, v0, gain, x, y)
     return p[:, 0], p[:, 1]
 
 
-@persistent_jit(static_argnames=("profile", "pixel_integrated", "accuracy", "recentre"))
-def fixed_position_fit(profile, data, usable, sky_var, lost, x, y, shape, gain, *, pixel_integrated: bool = True,
-                       accuracy: Accuracy = DEFAULT_ACCURACY, recentre: float = 0.0):
+@persistent_jit(static_argnames=("recentre",))
+def fixed_position_fit(psf, data, usable, sky_var, lost, x, y, gain, *, recentre: float = 0.0):
     """Flux and sky of N stamps with the PSF centred at stamp positions (x, y) (see the module docstring).
 
+    ``psf``: a PSF value (:mod:`psfax.fitting.psf`) with one row per stamp (or none: the same for all);
     ``data, usable, sky_var``: (N, ny, nx) [ADU, 0/1, ADU^2]; ``lost``: (N, K, ny, nx) 0/1 masks of K kinds of
-    pixel whose share of the PSF is wanted; ``x, y``: (N,) stamp pixels; ``shape``: the profile's shape
-    parameters, each (N,); ``gain``: (N,) e-/ADU.  Returns a dict of arrays: ``x, y`` (as given, or recentred within
-    ``recentre`` px), ``flux, flux_err, bkg, bkg_err, chi2, n_pix`` (N,) and ``psf_share`` (N, K).
+    pixel whose share of the PSF is wanted; ``x, y``: (N,) stamp pixels; ``gain``: (N,) e-/ADU.  Returns a
+    dict of arrays: ``x, y`` (as given, or recentred within ``recentre`` px), ``flux, flux_err, bkg, bkg_err,
+    chi2, n_pix`` (N,) and ``psf_share`` (N, K).
     """
     n, ny, nx = data.shape
-    size = (ny, nx)
     if recentre > 0:
-        x, y = _recentre(profile, data, usable, sky_var, x, y, shape, gain, recentre, size, pixel_integrated,
-                         accuracy)
-    psf = _psf_stamps(profile, x, y, shape, size, pixel_integrated, accuracy).reshape(n, -1)
+        x, y = _recentre(psf, data, usable, sky_var, x, y, gain, recentre)
+    unit = unit_stamps(psf, x, y, (ny, nx)).reshape(n, -1)
     d, u, v0 = (a.reshape(n, -1) for a in (data, usable, sky_var))
     flux = jnp.zeros(n, d.dtype)
     for _ in range(VARIANCE_PASSES):
-        w = u / (v0 + jnp.maximum(jnp.nan_to_num(flux)[:, None] * psf, 0.0) / gain[:, None])
-        flux, bkg, var_flux, var_bkg = _solve_flux(psf, d, w)
-    resid = d - flux[:, None] * psf - bkg[:, None]
-    share = jnp.einsum("nkm,nm->nk", lost.reshape(n, lost.shape[1], -1), psf) / jnp.sum(psf, axis=-1)[:, None]
+        w = u / (v0 + jnp.maximum(jnp.nan_to_num(flux)[:, None] * unit, 0.0) / gain[:, None])
+        flux, bkg, var_flux, var_bkg = _solve_flux(unit, d, w)
+    resid = d - flux[:, None] * unit - bkg[:, None]
+    share = jnp.einsum("nkm,nm->nk", lost.reshape(n, lost.shape[1], -1), unit) / jnp.sum(unit, axis=-1)[:, None]
     return {"x": x, "y": y, "flux": flux, "flux_err": jnp.sqrt(var_flux), "bkg": bkg, "bkg_err": jnp.sqrt(var_bkg),
             "chi2": jnp.sum(w * resid * resid, axis=-1), "n_pix": jnp.sum(u, axis=-1), "psf_share": share}
 
 
-def fit_at_positions(stamp_data, usable, sky_var, x, y, shape: dict, gain, *, lost=None,
-                     model: str = "moffat", pixel_integrated: bool = True, recentre: float = 0.0, dtype=None,
-                     device=None) -> dict:
+def fit_at_positions(stamp_data, usable, sky_var, x, y, psf, gain, *, lost=None, recentre: float = 0.0,
+                     dtype=None, device=None) -> dict:
     """:func:`fixed_position_fit` on numpy inputs, padded to a bucket size; returns numpy arrays of N rows.
 
-    ``shape``: the engine's shape parameters of ``model`` (``fwhm``, ``beta``, ``g1``, ``g2``), each (N,);
-    ``gain`` [e-/ADU]: one value, or one per row (stamps of several images); ``lost`` (N, K, ny, nx): masks whose PSF share is returned (default: the unusable pixels).
+    ``psf``: a PSF value with one row per stamp (e.g. :class:`psfax.fitting.Fixed`) or without per-star
+    fields; ``gain`` [e-/ADU]: one value, or one per row (stamps of several images); ``lost`` (N, K, ny, nx):
+    masks whose PSF share is returned (default: the unusable pixels).
     """
     from psfax.device import compute_context, resolve_device, resolve_dtype
 
@@ -176,21 +165,20 @@ def fit_at_positions(stamp_data, usable, sky_var, x, y, shape: dict, gain, *, lo
                 "psf_share": np.zeros((0, k))}
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    pad = bucket_size(max(n, 1)) - n
+    pad = bucket_size(n) - n
 
     def padded(a, fill=0.0):
         a = np.asarray(a, dt)
         return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, dt)]) if pad else a
 
-    profile = get_profile(model)
+    lost = (~np.asarray(usable, bool))[:, None] if lost is None else lost
+    half = np.asarray(stamp_data).shape[-1] // 2
+    rows = psf.rows(np.concatenate([np.arange(n), np.zeros(pad, int)]))  # padding repeats the first row
+    rows = jax.tree.map(lambda a: np.asarray(a, dt) if np.issubdtype(np.asarray(a).dtype, np.floating) else a, rows)
     with compute_context(dt, dev):
-        lost = (~np.asarray(usable, bool))[:, None] if lost is None else lost
-        half = np.asarray(stamp_data).shape[-1] // 2
-        out = fixed_position_fit(profile, padded(stamp_data), padded(usable), padded(sky_var, 1.0), padded(lost),
+        out = fixed_position_fit(rows, padded(stamp_data), padded(usable), padded(sky_var, 1.0), padded(lost),
                                  padded(x, half), padded(y, half),
-                                 {k: padded(shape[k], np.nanmedian(shape[k])) for k in profile.shape_names},
-                                 padded(np.broadcast_to(np.asarray(gain, float), (n,)), 1.0),
-                                 pixel_integrated=pixel_integrated, recentre=float(recentre))
+                                 padded(np.broadcast_to(np.asarray(gain, float), (n,)), 1.0), recentre=float(recentre))
         return {k: np.asarray(v, float)[:n] for k, v in out.items()}
 
 
@@ -198,38 +186,58 @@ def fit_at_positions(stamp_data, usable, sky_var, x, y, shape: dict, gain, *, lo
 
 @dataclasses.dataclass(frozen=True)
 class ImagePSF:
-    """The PSF that forced photometry evaluates: profile ``model``, its shape parameters at image
-    positions (``shape_at(x, y) -> {name: (N,)}``, the engine's names: ``fwhm, beta, g1, g2``), and whether it
-    is usable (``ok``, else every target is flagged ``bad_psf``)."""
+    """The PSF of one image as forced photometry uses it: ``value_at(x, y)`` gives a PSF value
+    (:mod:`psfax.fitting.psf`) with one row per image position (or none, the same everywhere);
+    ``fwhm_at(x, y)`` its FWHM [px] for the table (None: not known); ``ok`` False flags every target
+    ``bad_psf``."""
 
-    model: str
-    shape_at: Callable[[np.ndarray, np.ndarray], dict]
-    pixel_integrated: bool = True
+    value_at: Callable
+    fwhm_at: Callable | None = None
     ok: bool = True
 
     @classmethod
-    def constant(cls, model: str = "moffat", **shape) -> ImagePSF:
-        """The same PSF everywhere, e.g. ``ImagePSF.constant("moffat", fwhm=2.1, beta=2.8)``."""
+    def from_shape_at(cls, model: str, shape_at: Callable, pixel_integrated: bool = True) -> ImagePSF:
+        """An analytic profile whose physical shape (``fwhm, beta, g1, g2`` ...) is ``shape_at(x, y)``."""
+        from psfax.fitting import Fixed
+        from psfax.fitting.params import shape_to_u
+
         profile = get_profile(model)
-        missing = set(profile.shape_names) - set(shape)
+        return cls(lambda x, y: Fixed(profile, pixel_integrated, shape_u=shape_to_u(profile, shape_at(x, y))),
+                   lambda x, y: np.asarray(shape_at(x, y)["fwhm"], float))
+
+    @classmethod
+    def constant(cls, model: str = "moffat", pixel_integrated: bool = True, **shape) -> ImagePSF:
+        """The same analytic PSF everywhere, e.g. ``ImagePSF.constant("moffat", fwhm=2.1, beta=2.8)``."""
+        names = get_profile(model).shape_names
+        missing = set(names) - set(shape)
         if missing:
-            raise InputError(f"psf: a {model} needs {', '.join(profile.shape_names)}; missing {sorted(missing)}")
-        values = {k: float(shape[k]) for k in profile.shape_names}
-        return cls(model, lambda x, y: {k: np.full(len(x), v) for k, v in values.items()})
+            raise InputError(f"psf: a {model} needs {', '.join(names)}; missing {sorted(missing)}")
+        return cls.from_shape_at(model, lambda x, y: {k: np.full(len(x), float(shape[k])) for k in names},
+                                 pixel_integrated)
 
     @classmethod
     def from_fit(cls, fit) -> ImagePSF:
         """The PSF fitted by :func:`psfax.fit_image` (its spatially varying shape)."""
-        from psfax.stars.pipeline import fixed_shape, psf_shape_at
+        from psfax.stars.pipeline import psf_model_at, psf_shape_at
 
-        enough = len(fit.psf_stars) >= MIN_PSF_STARS
-        return cls(fit.options.model, lambda x, y: fixed_shape(psf_shape_at(fit.psf_result, fit.options, x, y)),
-                   fit.options.pixel_integrated, ok=enough)
+        result = fit.psf_result
+        return cls(lambda x, y: psf_model_at(result, x, y), lambda x, y: psf_shape_at(result, x, y)["fwhm"],
+                   ok=len(fit.psf_stars) >= MIN_PSF_STARS)
+
+    @classmethod
+    def of_value(cls, psf) -> ImagePSF:
+        """A PSF value without per-star fields (e.g. an empirical PSF), the same at every position."""
+        if psf.star_fields:
+            raise InputError(f"psf: a {psf.name} PSF value has per-star fields {psf.star_fields}; give an "
+                             "ImagePSF whose value_at(x, y) builds it for the targets")
+        return cls(lambda x, y: psf)
 
 
 def image_psf(psf, exposure: Exposure, background: Background | None = None, **fit_options):
     """``(ImagePSF, Background)`` from ``psf``: None (fit it on the image with :func:`psfax.fit_exposure`,
-    photometry off), an :class:`psfax.ImageFit`, an :class:`ImagePSF`, or a dict ``{"model": ..., shape...}``."""
+    photometry off), an :class:`psfax.ImageFit`, an :class:`ImagePSF`, a PSF value
+    (:class:`psfax.fitting.psf.PSF`), or a dict ``{"model": ..., **shape}`` (:meth:`ImagePSF.constant`)."""
+    from psfax.fitting.psf import PSF
     from psfax.stars.pipeline import ImageFit, fit_exposure
 
     if psf is None:
@@ -239,8 +247,11 @@ def image_psf(psf, exposure: Exposure, background: Background | None = None, **f
         return ImagePSF.from_fit(psf), background if background is not None else psf.background
     if isinstance(psf, dict):
         psf = ImagePSF.constant(**psf)
+    elif isinstance(psf, PSF):
+        psf = ImagePSF.of_value(psf)
     if not isinstance(psf, ImagePSF):
-        raise InputError(f"psf must be None, an ImageFit, an ImagePSF or a dict, got {type(psf).__name__}")
+        raise InputError(f"psf must be None, an ImageFit, an ImagePSF, a PSF value or a dict, got "
+                         f"{type(psf).__name__}")
     return psf, background if background is not None else measure_background(exposure)
 
 
@@ -300,14 +311,15 @@ def cut_target_stamps(exposure: Exposure, background: Background, x, y, size: in
 @dataclasses.dataclass(frozen=True)
 class EpochStamps:
     """What forced photometry takes from one image before the fit: the targets' WCS pixel positions
-    ``x, y`` (all targets), the rows on the image (``index``) and their stamps (see :func:`cut_target_stamps`;
-    ``lost`` stacks the masked, saturated and off-image pixels), corners ``x0, y0`` and PSF ``shape``."""
+    ``x, y`` (all targets), the rows on the image (``index``), their stamps (see :func:`cut_target_stamps`;
+    ``lost`` stacks the masked, saturated and off-image pixels), corners ``x0, y0``, the PSF value at those
+    rows (``psf``) and its FWHM there (NaN when not known)."""
 
     name: str
     mjd: float
     zero_point: float
     gain: float
-    psf: ImagePSF
+    psf_ok: bool
     targets: Table
     x: np.ndarray
     y: np.ndarray
@@ -318,12 +330,8 @@ class EpochStamps:
     lost: np.ndarray
     x0: np.ndarray
     y0: np.ndarray
-    shape: dict
-
-    @property
-    def kernel_key(self) -> tuple:
-        """Epochs with equal keys share one batched fit."""
-        return self.psf.model, self.psf.pixel_integrated, self.data.shape[1:]
+    psf: object
+    fwhm: np.ndarray
 
 
 def cut_epoch(exposure: Exposure, targets: Table, *, psf=None, background: Background | None = None,
@@ -340,35 +348,49 @@ def cut_epoch(exposure: Exposure, targets: Table, *, psf=None, background: Backg
     index = np.flatnonzero(on)
     data, usable, sky_var, saturated, outside, x0, y0 = cut_target_stamps(exposure, background, x[index],
                                                                           y[index], stamp_size)
-    return EpochStamps(exposure.name, image_mjd(exposure), exposure.zero_point, exposure.gain, psf, targets, x, y,
+    fwhm = np.full(len(index), np.nan) if psf.fwhm_at is None else psf.fwhm_at(x[index], y[index])
+    return EpochStamps(exposure.name, image_mjd(exposure), exposure.zero_point, exposure.gain, psf.ok, targets, x, y,
                        index, data, usable, sky_var, np.stack([~usable & ~outside, saturated, outside], axis=1),
-                       x0, y0, psf.shape_at(x[index], y[index]))
+                       x0, y0, psf.value_at(x[index], y[index]), np.asarray(fwhm, float))
+
+
+def join_psfs(values: Sequence):
+    """One PSF value holding the rows of ``values`` (same kind and settings, every array a per-star field),
+    or None when they cannot be joined (a kind with arrays shared by all its stars, e.g. an empirical grid:
+    each image is then fitted on its own)."""
+    first = values[0]
+    if len(values) == 1:
+        return first
+    same = all(jax.tree.structure(v) == jax.tree.structure(first) for v in values)
+    if not same or len(jax.tree.leaves(first)) != len(jax.tree.leaves(first.star_part())):
+        return None
+    return first.with_star(jax.tree.map(lambda *rows: np.concatenate([np.asarray(r) for r in rows]),
+                                        *[v.star_part() for v in values]))
 
 
 def fit_epochs(epochs: Sequence[EpochStamps], *, recentre: float = 0.0, dtype=None, device=None) -> list[Table]:
-    """One batched :func:`fit_at_positions` over the stamps of all ``epochs`` (per PSF kind and stamp size),
-    then a table per epoch (:func:`epoch_table`)."""
-    fits: list[dict | None] = [None] * len(epochs)
-    groups: dict[tuple, list[int]] = {}
-    for i, epoch in enumerate(epochs):
-        groups.setdefault(epoch.kernel_key, []).append(i)
-    for (model, pixel_integrated, _), members in groups.items():
-        parts = [epochs[i] for i in members]
-
+    """One batched :func:`fit_at_positions` over the stamps of all ``epochs`` (when their PSF values and stamp
+    sizes join, :func:`join_psfs`; else one per epoch), then a table per epoch (:func:`epoch_table`)."""
+    if not epochs:
+        return []
+    groups = [list(epochs)] if _joinable(epochs) else [[e] for e in epochs]
+    fits = []
+    for group in groups:
         def joined(get):
-            return np.concatenate([get(e) for e in parts])
+            return np.concatenate([get(e) for e in group])
 
-        names = get_profile(model).shape_names
         out = fit_at_positions(joined(lambda e: e.data), joined(lambda e: e.usable), joined(lambda e: e.sky_var),
                                joined(lambda e: e.x[e.index] - e.x0), joined(lambda e: e.y[e.index] - e.y0),
-                               {k: joined(lambda e: e.shape[k]) for k in names},
-                               joined(lambda e: np.full(len(e.index), e.gain)), lost=joined(lambda e: e.lost),
-                               model=model, pixel_integrated=pixel_integrated, recentre=recentre, dtype=dtype,
-                               device=device)
-        bounds = np.cumsum([0] + [len(e.index) for e in parts])
-        for i, start, stop in zip(members, bounds[:-1], bounds[1:]):
-            fits[i] = {k: v[start:stop] for k, v in out.items()}
+                               join_psfs([e.psf for e in group]), joined(lambda e: np.full(len(e.index), e.gain)),
+                               lost=joined(lambda e: e.lost), recentre=recentre, dtype=dtype, device=device)
+        bounds = np.cumsum([0] + [len(e.index) for e in group])
+        fits += [{k: v[start:stop] for k, v in out.items()} for start, stop in zip(bounds[:-1], bounds[1:])]
     return [epoch_table(epoch, fit, recentre) for epoch, fit in zip(epochs, fits)]
+
+
+def _joinable(epochs: Sequence[EpochStamps]) -> bool:
+    return (len({e.data.shape[1:] for e in epochs}) == 1
+            and join_psfs([e.psf for e in epochs]) is not None)
 
 
 def epoch_table(epoch: EpochStamps, fit: dict, recentre: float = 0.0) -> Table:
@@ -381,14 +403,14 @@ def epoch_table(epoch: EpochStamps, fit: dict, recentre: float = 0.0) -> Table:
     table["x"], table["y"] = epoch.x, epoch.y  # the WCS position; replaced by the fitted one when recentred
     table["x"][index], table["y"][index] = fit["x"] + epoch.x0, fit["y"] + epoch.y0
     values = {**{k: fit[k] for k in ("flux", "flux_err", "bkg", "bkg_err", "chi2", "n_pix")},
-              "psf_masked": fit["psf_share"][:, 0] + fit["psf_share"][:, 2], "fwhm": epoch.shape["fwhm"]}
+              "psf_masked": fit["psf_share"][:, 0] + fit["psf_share"][:, 2], "fwhm": epoch.fwhm}
     for name, column in values.items():
         full = np.full(n, np.nan)
         full[index] = column
         table[name] = full
     table["n_pix"] = np.nan_to_num(table["n_pix"]).astype(np.int32)
     flags = np.full(n, FORCED_FLAGS["off_image"], np.int32)
-    flags[index] = target_flags(fit, epoch.shape, epoch.psf.ok, recentre, x_start, y_start)
+    flags[index] = target_flags(fit, epoch.psf, epoch.psf_ok, recentre, x_start, y_start)
     table["flags"] = flags
     table["zero_point"] = epoch.zero_point
     add_magnitudes(table)
@@ -416,12 +438,14 @@ def _check_recentre(recentre: float) -> None:
         raise InputError(f"recentre must be >= 0 px, got {recentre}")
 
 
-def target_flags(fit: dict, shape: dict, psf_ok: bool, recentre: float, x_start, y_start) -> np.ndarray:
+def target_flags(fit: dict, psf, psf_ok: bool, recentre: float, x_start, y_start) -> np.ndarray:
     """:data:`FORCED_FLAGS` of targets on the image from the kernel's output (``psf_share``: masked,
-    saturated and off-image pixels)."""
+    saturated and off-image pixels) and their PSF value (``bad_psf`` where a per-star field is not finite)."""
     bit = FORCED_FLAGS
     masked, saturated, outside = (fit["psf_share"][:, k] > PSF_SHARE for k in range(3))
-    psf_bad = (not psf_ok) | ~np.all([np.isfinite(v) for v in shape.values()], axis=0) | ~(shape["fwhm"] > 0)
+    n = len(fit["flux"])
+    finite = [np.isfinite(np.asarray(a, float)).reshape(n, -1).all(axis=1) for a in jax.tree.leaves(psf.star_part())]
+    psf_bad = (not psf_ok) | ~np.all(finite + [np.ones(n, bool)], axis=0)
     no_fit = ~(np.isfinite(fit["flux"]) & np.isfinite(fit["flux_err"])) | (fit["n_pix"] < 3)
     flags = (bit["edge"] * outside + bit["masked"] * masked
              + bit["saturated"] * saturated + bit["bad_psf"] * psf_bad + bit["no_fit"] * no_fit)
@@ -610,13 +634,13 @@ def _file_name(target_id: str) -> str:
 
 # --- the fallback of the stars pipeline's photometry ------------------------------------------
 
-def refit_failed(table: Table, stamps, background: Background, shape: dict, gain: float, options) -> np.ndarray:
+def refit_failed(table: Table, stamps, background: Background, psf, gain: float, options) -> np.ndarray:
     """Give the sources whose free (x, y, flux, sky) fit failed a flux fitted at the detection position.
 
     A row of the photometry fit ``table`` (stamp coordinates) failed when its fit flags hold
     ``NOT_CONVERGED``, ``OFF_STAMP`` or ``SINGULAR``, or its flux or error is not finite.  Those with at least
-    3 usable pixels get :func:`fixed_position_fit` at ``(x_init, y_init)`` with their PSF ``shape`` (the
-    engine's parameters, one value per row of ``table``): ``x_fit, y_fit`` become the detection position
+    3 usable pixels get :func:`fixed_position_fit` at ``(x_init, y_init)`` with their rows of the PSF value
+    ``psf`` (one row per row of ``table``, as the photometry fit had): ``x_fit, y_fit`` become the detection position
     (``x_err, y_err`` NaN: not fitted), ``flux_fit, flux_err, bkg_fit, bkg_err, chi2, dof, reduced_chi2`` the
     fixed-position fit's; the fit flags stay (they say why).  Returns True for the rows re-fitted.
     """
@@ -634,8 +658,7 @@ def refit_failed(table: Table, stamps, background: Background, shape: dict, gain
     rows = stamps.y0[index, None, None] + np.arange(size)[None, :, None]
     cols = stamps.x0[index, None, None] + np.arange(size)[None, None, :]
     fit = fit_at_positions(stamps.data[index], usable[index], background.rms_map[rows, cols].astype(float) ** 2,
-                           stamps.x_init[index], stamps.y_init[index], {k: v[index] for k, v in shape.items()},
-                           gain, model=options.model, pixel_integrated=options.pixel_integrated,
+                           stamps.x_init[index], stamps.y_init[index], psf.rows(index), gain,
                            dtype=options.photometry_dtype, device=options.device)
     dof = fit["n_pix"] - 2
     new = {"x_fit": stamps.x_init[index], "y_fit": stamps.y_init[index], "x_err": np.nan, "y_err": np.nan,
