@@ -98,8 +98,8 @@ def main() -> None:
     x, y = exposure.wcs.world_to_pixel_values(targets["ra"], targets["dec"])
     x, y = np.asarray(x)[on], np.asarray(y)[on]
     data, usable, sky_var, _, _, x0, y0 = cut_target_stamps(exposure, fit.background, x, y, 15)
-    shape = psf.shape_at(x, y)
-    t_kernel = best_time(lambda: fit_at_positions(data, usable, sky_var, x - x0, y - y0, shape, exposure.gain),
+    value = psf.value_at(x, y)
+    t_kernel = best_time(lambda: fit_at_positions(data, usable, sky_var, x - x0, y - y0, value, exposure.gain),
                          args.repeat)
     t_wcs = best_time(lambda: exposure.wcs.world_to_pixel_values(targets["ra"], targets["dec"]), args.repeat)
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from astropy.table import Table, vstack
+from astropy.table import Table
 
 from psfax.errors import BadFileError, InputError, MissingFileError
 from psfax.fitting.problem import bucket_size
@@ -368,9 +368,9 @@ def join_psfs(values: Sequence):
                                         *[v.star_part() for v in values]))
 
 
-def fit_epochs(epochs: Sequence[EpochStamps], *, recentre: float = 0.0, dtype=None, device=None) -> list[Table]:
+def fit_epochs(epochs: Sequence[EpochStamps], *, recentre: float = 0.0, dtype=None, device=None) -> list[dict]:
     """One batched :func:`fit_at_positions` over the stamps of all ``epochs`` (when their PSF values and stamp
-    sizes join, :func:`join_psfs`; else one per epoch), then a table per epoch (:func:`epoch_table`)."""
+    sizes join, :func:`join_psfs`; else one per epoch), then the columns of each epoch (:func:`epoch_columns`)."""
     if not epochs:
         return []
     groups = [list(epochs)] if _joinable(epochs) else [[e] for e in epochs]
@@ -385,7 +385,7 @@ def fit_epochs(epochs: Sequence[EpochStamps], *, recentre: float = 0.0, dtype=No
                                lost=joined(lambda e: e.lost), recentre=recentre, dtype=dtype, device=device)
         bounds = np.cumsum([0] + [len(e.index) for e in group])
         fits += [{k: v[start:stop] for k, v in out.items()} for start, stop in zip(bounds[:-1], bounds[1:])]
-    return [epoch_table(epoch, fit, recentre) for epoch, fit in zip(epochs, fits)]
+    return [epoch_columns(epoch, fit, recentre) for epoch, fit in zip(epochs, fits)]
 
 
 def _joinable(epochs: Sequence[EpochStamps]) -> bool:
@@ -393,27 +393,31 @@ def _joinable(epochs: Sequence[EpochStamps]) -> bool:
             and join_psfs([e.psf for e in epochs]) is not None)
 
 
-def epoch_table(epoch: EpochStamps, fit: dict, recentre: float = 0.0) -> Table:
-    """The forced-photometry table of one epoch (a row per target, :data:`COLUMNS`) from its kernel output."""
+def epoch_columns(epoch: EpochStamps, fit: dict, recentre: float = 0.0) -> dict[str, np.ndarray]:
+    """The forced-photometry columns of one epoch (a row per target, :data:`COLUMNS`) from its kernel output."""
     index, x_start, y_start = epoch.index, epoch.x[epoch.index] - epoch.x0, epoch.y[epoch.index] - epoch.y0
     n = len(epoch.targets)
-    table = Table(epoch.targets, copy=True)
-    table["image"] = epoch.name
-    table["mjd"] = epoch.mjd
-    table["x"], table["y"] = epoch.x, epoch.y  # the WCS position; replaced by the fitted one when recentred
-    table["x"][index], table["y"][index] = fit["x"] + epoch.x0, fit["y"] + epoch.y0
+    columns = {name: np.asarray(epoch.targets[name]) for name in epoch.targets.colnames}
+    columns["image"] = np.full(n, epoch.name)
+    columns["mjd"] = np.full(n, epoch.mjd)
+    columns["x"], columns["y"] = epoch.x.copy(), epoch.y.copy()  # the WCS position; the fitted one if recentred
+    columns["x"][index], columns["y"][index] = fit["x"] + epoch.x0, fit["y"] + epoch.y0
     values = {**{k: fit[k] for k in ("flux", "flux_err", "bkg", "bkg_err", "chi2", "n_pix")},
               "psf_masked": fit["psf_share"][:, 0] + fit["psf_share"][:, 2], "fwhm": epoch.fwhm}
     for name, column in values.items():
-        full = np.full(n, np.nan)
-        full[index] = column
-        table[name] = full
-    table["n_pix"] = np.nan_to_num(table["n_pix"]).astype(np.int32)
-    flags = np.full(n, FORCED_FLAGS["off_image"], np.int32)
-    flags[index] = target_flags(fit, epoch.psf, epoch.psf_ok, recentre, x_start, y_start)
-    table["flags"] = flags
-    table["zero_point"] = epoch.zero_point
-    add_magnitudes(table)
+        columns[name] = np.full(n, np.nan)
+        columns[name][index] = column
+    columns["n_pix"] = np.nan_to_num(columns["n_pix"]).astype(np.int32)
+    columns["flags"] = np.full(n, FORCED_FLAGS["off_image"], np.int32)
+    columns["flags"][index] = target_flags(fit, epoch.psf, epoch.psf_ok, recentre, x_start, y_start)
+    columns["zero_point"] = np.full(n, epoch.zero_point)
+    add_magnitudes(columns)
+    return columns
+
+
+def forced_table(epochs: Sequence[dict]) -> Table:
+    """One Table of the columns of several epochs (:func:`epoch_columns`), descriptions in its metadata."""
+    table = Table({name: np.concatenate([e[name] for e in epochs]) for name in epochs[0]})
     table.meta["columns"] = COLUMNS
     return table
 
@@ -430,7 +434,7 @@ def forced_exposure(exposure: Exposure, targets, *, psf=None, background: Backgr
     _check_recentre(recentre)
     epoch = cut_epoch(exposure, read_targets(targets), psf=psf, background=background, stamp_size=stamp_size,
                       **fit_options)
-    return fit_epochs([epoch], recentre=recentre, dtype=dtype, device=device)[0]
+    return forced_table(fit_epochs([epoch], recentre=recentre, dtype=dtype, device=device))
 
 
 def _check_recentre(recentre: float) -> None:
@@ -455,10 +459,10 @@ def target_flags(fit: dict, psf, psf_ok: bool, recentre: float, x_start, y_start
     return flags.astype(np.int32)
 
 
-def add_magnitudes(table: Table) -> None:
+def add_magnitudes(table) -> None:
     """Add ``snr``, ``mag, mag_err`` (where ``snr >= DETECTION_SNR``), ``mag_lim`` (5-sigma upper limit
-    where ``snr < DETECTION_SNR``) and ``flux_ujy, flux_ujy_err`` to a table of ``flux, flux_err`` [ADU]
-    and ``zero_point`` [AB mag]."""
+    where ``snr < DETECTION_SNR``) and ``flux_ujy, flux_ujy_err`` to a table (or dict of columns) of
+    ``flux, flux_err`` [ADU] and ``zero_point`` [AB mag]."""
     flux, err = np.asarray(table["flux"], float), np.asarray(table["flux_err"], float)
     zero_point = np.asarray(table["zero_point"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -523,7 +527,7 @@ def forced_photometry(images: Sequence, targets, *, psf=None, recentre: float = 
     read_options = {k: options.pop(k) for k in list(options) if k in READ_OPTIONS}
     _check_recentre(recentre)
     targets = read_targets(targets)
-    tables: list[Table] = []
+    tables: list[dict] = []
     pending: list[EpochStamps] = []
     for image in images:
         if progress is not None:
@@ -536,7 +540,7 @@ def forced_photometry(images: Sequence, targets, *, psf=None, recentre: float = 
     tables += fit_epochs(pending, recentre=recentre, dtype=dtype, device=device)
     if not tables:
         raise InputError("images: no image given")
-    return vstack(tables, metadata_conflicts="silent")
+    return forced_table(tables)
 
 
 BATCH_ROWS = 16384
