@@ -2,7 +2,8 @@
 
 Public API (importing psfax changes no global JAX setting):
 
-* :func:`fit_stamps`, :func:`render_stamps`, :class:`FitResult`: the batched PSF fitter;
+* :func:`fit_stamps`, :func:`render_stamps`, :class:`FitResult`, :class:`FitSettings`, :class:`PSF` (PSF models
+  as values, :mod:`psfax.fitting.psf`): the batched PSF fitter;
 * :func:`fit_image`, :class:`ImageFit`: the ZTF-style pipeline (image -> PSF model + catalog);
 * :func:`forced_photometry`: PSF fluxes at given sky positions on many images (:mod:`psfax.stars.forced`);
 * :mod:`psfax.solar`: SDO/AIA PSF, deconvolution, registration;
@@ -11,6 +12,7 @@ Public API (importing psfax changes no global JAX setting):
 """
 
 from psfax.errors import PsfaxError
+from psfax.fitting import PSF, FitSettings
 from psfax.fitting.api import fit_stamps, render_stamps
 from psfax.fitting.result import FitResult
 from psfax.profiles import Accuracy
@@ -19,5 +21,5 @@ from psfax.stars import ImageFit, fit_image
 from psfax.stars.forced import forced_photometry
 from psfax.version import __version__
 
-__all__ = ["Accuracy", "FitResult", "ImageFit", "PsfaxError", "fit_image", "fit_stamps", "forced_photometry",
-           "render_stamps", "run", "__version__"]
+__all__ = ["PSF", "Accuracy", "FitResult", "FitSettings", "ImageFit", "PsfaxError", "fit_image", "fit_stamps",
+           "forced_photometry", "render_stamps", "run", "__version__"]

@@ -34,101 +34,67 @@ def fit_stamps(stamps, *, variance=None, mask=None, psf: PSF | None = None, mode
                positions=None, spatial_degree=0, model_variance=None, accuracy: Accuracy = DEFAULT_ACCURACY,
                max_iter=None, start: FitResult | None = None, chi2_tolerance: float | None = None,
                settings: FitSettings = DEFAULT_SETTINGS) -> FitResult:
-    """Fit ``flux * PSF(x - x0, y - y0) + bkg`` to N stamps at once, minimising chi2.
+    """Fit ``flux * PSF(x - x0, y - y0) + bkg`` to N stamps at once, minimising chi2 (docs/fitting.md).
 
-    Parameters
-    ----------
-    stamps : (N, ny, nx) array (or one (ny, nx) stamp), ADU.
-    variance : same shape, ADU^2, or None to derive it from ``gain`` (e-/ADU)
-        and ``read_noise`` (e-): ``var = max(d, 0) / gain + (read_noise / gain)^2``
-        from the data ``d``, or from the current model when ``model_variance``.
-    mask : same shape, bool, True where a pixel is bad (excluded).
-    psf : a PSF value (:mod:`psfax.fitting.psf`, e.g. ``Free(profile)``, ``Table``, or a kind of
-        your own): the model of every star.  ``model=``, ``shape=`` and ``shared_shape=`` are the
-        short spellings of the analytic kinds.
-    model : "gaussian", "moffat", "elliptical_gaussian" or "elliptical_moffat".
-    pixel_integrated : integrate the profile over each pixel (else sample at centres).
-    shared_shape : one shape for all stars (per-star x, y, flux, bkg); with
-        ``positions`` (N, 2) image (x, y) and ``spatial_degree`` 1 or 2 the
-        shape varies as a polynomial over the image.
-    shape : dict of shape parameters held fixed (PSF photometry), each a scalar
-        or an (N,) array, e.g. ``{"fwhm": 2.0, "beta": 2.5}``.
-    optimizer : "lm" (default), "tncg", "adam" or "scipy" (reference, CPU loop).
-    model_variance : recompute the variance from the model each iteration
-        (default: True when ``variance`` is None).  With a ``variance`` given it
-        is added to the model's Poisson and read-noise variance: pass only the
-        part the model does not contain (e.g. of a subtracted sky).
-    dtype, device : float32/float64 and "cpu"/"gpu" (defaults: float64 on CPU,
-        float32 on GPU).
-    start : an earlier FitResult of the same model on the same stamps (e.g.
-        before outliers were masked): its finite ``x, y, flux, bkg``, each
-        star's shape and, in shared mode, its shape coefficients are the
-        starting point (a fit started at its own solution stops there, with
-        ``n_iter = 0``).
-    chi2_tolerance : LM stops once a step predicts a chi2 decrease below this
-        (default: ``settings.dchi2`` per star for independent fits;
-        ``settings.shared_dchi2`` for the total chi2 of a shared shape).
-    max_iter, settings : iteration limit (default ``settings.max_iter``) and every other tolerance
-        (:class:`psfax.fitting.settings.FitSettings`).
+    stamps: (N, ny, nx) or (ny, nx) ADU; variance: same shape (ADU^2), or None for the noise model
+    ``max(m, 0) / gain + (read_noise / gain)^2`` (gain e-/ADU, read noise e-) of the data ``m``, or of
+    the current model when ``model_variance`` (default: True without ``variance``; with one, it is
+    added to the model's own variance); mask: True where a pixel is bad.
+    psf: a PSF value (:mod:`psfax.fitting.psf`: ``Free``, ``Fixed``, ``Table``, or a kind of your own);
+    ``model`` ("gaussian", "moffat", "elliptical_gaussian", "elliptical_moffat"), ``pixel_integrated``
+    and ``accuracy`` are the short spelling of ``Free``.  shared_shape: one shape for all stars, a
+    polynomial of ``spatial_degree`` (0-2) over the image ``positions`` (N, 2); shape: held shape
+    parameters (a scalar or (N,) each, e.g. ``{"fwhm": 2.0, "beta": 2.5}``: PSF photometry).
+    optimizer: "lm", "tncg", "adam" or "scipy" (reference); dtype, device: float32/float64 and
+    "cpu"/"gpu" (defaults float64 on CPU, float32 on GPU).  start: an earlier FitResult of the same
+    model on the same stamps (a fit started at its own solution stops there, ``n_iter = 0``).
+    chi2_tolerance: LM stops at a predicted chi2 decrease below it (default ``settings.dchi2`` per
+    star, ``settings.shared_dchi2`` for a shared shape); max_iter and every other tolerance:
+    ``settings`` (:class:`~psfax.fitting.settings.FitSettings`).
 
-    Returns
-    -------
-    FitResult with ``table`` columns ``x_fit, y_fit, flux_fit, bkg_fit`` and
-    their ``_err``, shape columns (``fwhm``, ``beta``, ``ellipticity``,
-    ``theta`` as the model has them; fitted ones with ``_err`` columns, held
-    ones (``shape=``) with their values and no ``_err`` column, as photutils
-    reports fixed parameters), ``chi2, dof, reduced_chi2, converged, n_iter,
-    flags``.  Positions are in stamp pixels, (0, 0) the centre of the first
-    pixel.  Errors are the square roots of the diagonal of the inverse Fisher
-    matrix (``covariance`` over the fitted parameters, ``param_names``).
+    Returns a FitResult whose ``table`` has ``x_fit, y_fit, flux_fit, bkg_fit`` (stamp pixels, (0, 0)
+    the centre of the first pixel) and fitted shape columns, each with ``_err`` (square roots of the
+    inverse Fisher matrix's diagonal); held shapes as values without ``_err`` (as photutils reports
+    fixed parameters); ``chi2, dof, reduced_chi2, converged, n_iter, flags``.
     """
+    free, dev, dt = _choices(psf, model, pixel_integrated, accuracy, shared_shape, shape, spatial_degree, optimizer,
+                             chi2_tolerance, dtype, device)
+    b = inputs.batch(stamps, variance, mask, positions, gain, read_noise, model_variance)
+    n = len(b.n_usable)
+    held, psf = _held(psf, free, shape, n, dt), (None if isinstance(psf, Analytic) else psf)
+    n_free = psf.n_params if psf is not None else N_STAR + (0 if held is not None or shared_shape else len(free.free_names))
+    too_few = inputs.too_few_pixels(b.n_usable, n_free)
+    settings = settings if max_iter is None else _with_max_iter(settings, max_iter)
+    setup = Setup(b.size, b.model_variance, settings, settings.cpu_chunk if dev.platform == "cpu" else 0)
+    name = free.profile.name if psf is None else psf.name
+    basis = PolynomialBasis.fit_to(b.positions, spatial_degree) if shared_shape else None
+    with compute_context(dt, dev):
+        stars, active = (b.rows, b.gain, b.read_noise, dt), inputs.pad(~too_few)
+        known = None if start is None else starts.from_result(start, name, None if psf else free.profile, n, basis)
+        if shared_shape:
+            sol = _solve_shared(setup, optimizer, free, stars, active, basis, b.positions, dt, known, chi2_tolerance)
+        else:
+            sol = _solve_independent(setup, optimizer, psf or free, held, stars, active, dt, known, chi2_tolerance)
+        values, cov, names = reported(psf if psf is not None else free if held is None else None, sol)
+    flags = np.where(b.bad, F.BAD_PIXELS, 0) | np.where(too_few, F.TOO_FEW_PIXELS, 0)
+    table, cov = fit_table(names, values[:n], cov[:n], sol, n, b.size, flags, b.n_usable - n_free,
+                           held=None if held is None else (free.profile, held[:n]))
+    shared_part = None if sol.shared is None else SharedShape(
+        free.profile, basis, np.asarray(sol.shared[0]).reshape(basis.size, -1), np.asarray(sol.shared[1]))
+    options = _options(name, free, shared_shape, shape, optimizer, b, dt, spatial_degree)
+    return FitResult(table, cov, names, name, free.pixel_integrated, optimizer, shared_part, options)
+
+
+def _choices(psf, model, pixel_integrated, accuracy, shared_shape, shape, spatial_degree, optimizer, chi2_tolerance,
+             dtype, device):
+    """The analytic settings (:func:`_analytic`), device and dtype, with the options checked."""
     if optimizer not in OPTIMIZERS:
         raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if chi2_tolerance is not None and not (np.isfinite(chi2_tolerance) and chi2_tolerance > 0):
         raise InputError(f"chi2_tolerance must be a positive number, got {chi2_tolerance}")
     free = _analytic(psf, model, pixel_integrated, accuracy, shared_shape, shape, spatial_degree)
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    data, var, usable, bad = inputs.stamp_arrays(stamps, variance, mask)
-    n, ny, nx = data.shape
-    positions = inputs.positions_array(positions, n)
-    model_variance = variance is None if model_variance is None else bool(model_variance)
-    gain, read_noise = inputs.noise_parameters(gain, read_noise, need_gain=variance is None or model_variance)
-    extra = inputs.variances(data, var, variance is not None, model_variance, gain, read_noise)
-    basis = PolynomialBasis.fit_to(positions, spatial_degree) if shared_shape else None
-    if isinstance(psf, Analytic):  # the value spelling of model= (and of shape=, for Fixed)
-        held, psf = _held(psf, free, shape, n, dt), None
-    else:
-        held = _held(None, free, shape, n, dt)
-    n_free = psf.n_params if psf is not None else N_STAR + (0 if held is not None or shared_shape else len(free.free_names))
-    n_usable = usable.reshape(n, -1).sum(axis=1)
-    too_few = n_usable <= n_free
-    if too_few.all():
-        raise InputError(f"no stamp has more usable pixels ({int(n_usable.max())} at most) than the {n_free} "
-                         "free parameters")
-    if max_iter is not None:
-        settings = _with_max_iter(settings, max_iter)
-    setup = Setup((ny, nx), model_variance, settings, settings.cpu_chunk if dev.platform == "cpu" else 0)
-    name = model if psf is None else psf.name
-    with compute_context(dt, dev):
-        rows = tuple(inputs.pad(a.reshape(n, -1)) for a in (np.nan_to_num(data), usable, extra))
-        stars = (rows, gain, read_noise, dt)
-        active = inputs.pad(~too_few)
-        known = None if start is None else starts.from_result(start, name, free.profile if psf is None else None,
-                                                              n, basis)
-        if shared_shape:
-            sol = _solve_shared(setup, optimizer, free, stars, active, basis, positions, dt, known, chi2_tolerance)
-        else:
-            sol = _solve_independent(setup, optimizer, psf or free, held, stars, active, dt, known, chi2_tolerance)
-        values, cov, names = reported(psf if psf is not None else free if shape is None else None, sol)
-    flags = np.where(bad, F.BAD_PIXELS, 0) | np.where(too_few, F.TOO_FEW_PIXELS, 0)
-    table, cov = fit_table(names, values[:n], cov[:n], sol, n, (ny, nx), flags, n_usable - n_free,
-                           held=None if held is None else (free.profile, held[:n]))
-    shared_part = None if sol.shared is None else SharedShape(
-        free.profile, basis, np.asarray(sol.shared[0]).reshape(basis.size, -1), np.asarray(sol.shared[1]))
-    options = _options(name, free, shared_shape, shape, optimizer, gain, read_noise, dt, model_variance,
-                       spatial_degree)
-    return FitResult(table, cov, names, name, free.pixel_integrated, optimizer, shared_part, options)
+    return free, dev, resolve_dtype(dtype, dev)
 
 
 def _analytic(psf, model, pixel_integrated, accuracy, shared_shape, shape, spatial_degree) -> Free:
@@ -222,12 +188,12 @@ def _stamp_data(rows, gain, read_noise, dt, order=None) -> StampData:
     return StampData(*(jnp.asarray(a, dt) for a in rows), jnp.asarray(gain, dt), jnp.asarray(read_noise, dt))
 
 
-def _options(name, free, shared_shape, shape, optimizer, gain, read_noise, dt, model_variance, spatial_degree):
+def _options(name, free, shared_shape, shape, optimizer, b, dt, spatial_degree):
     """Options recorded with the result (JSON-ready)."""
     return {"model": name, "pixel_integrated": bool(free.pixel_integrated), "shared_shape": bool(shared_shape),
             "shape": None if shape is None else {k: np.asarray(v).tolist() for k, v in shape.items()},
-            "optimizer": optimizer, "gain": float(gain), "read_noise": float(read_noise), "dtype": str(np.dtype(dt)),
-            "model_variance": bool(model_variance), "spatial_degree": int(spatial_degree),
+            "optimizer": optimizer, "gain": float(b.gain), "read_noise": float(b.read_noise),
+            "dtype": str(np.dtype(dt)), "model_variance": bool(b.model_variance), "spatial_degree": int(spatial_degree),
             "quadrature_order": free.accuracy.quadrature_order}
 
 

@@ -3,12 +3,48 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from psfax.errors import InputError, InputTypeError
 from psfax.fitting.params import shape_to_u
 from psfax.fitting.problem import bucket_size, variance_model
 from psfax.profiles import ellipticity_to_shear
+
+
+class Batch(NamedTuple):
+    """The checked stamps of a fit: pixel rows (data, usable, extra variance), each (N padded, M)."""
+
+    rows: tuple
+    gain: float
+    read_noise: float
+    model_variance: bool
+    positions: np.ndarray | None
+    n_usable: np.ndarray  # (N,)
+    bad: np.ndarray  # (N,) bool: some pixels were not finite or had variance <= 0
+    size: tuple[int, int]
+
+
+def batch(stamps, variance, mask, positions, gain, read_noise, model_variance) -> Batch:
+    """Checked stamps, weights and positions of ``fit_stamps`` (see there)."""
+    data, var, usable, bad = stamp_arrays(stamps, variance, mask)
+    n, ny, nx = data.shape
+    positions = positions_array(positions, n)
+    model_variance = variance is None if model_variance is None else bool(model_variance)
+    gain, read_noise = noise_parameters(gain, read_noise, need_gain=variance is None or model_variance)
+    extra = variances(data, var, variance is not None, model_variance, gain, read_noise)
+    rows = tuple(pad(a.reshape(n, -1)) for a in (np.nan_to_num(data), usable, extra))
+    return Batch(rows, gain, read_noise, model_variance, positions, usable.reshape(n, -1).sum(axis=1), bad, (ny, nx))
+
+
+def too_few_pixels(n_usable, n_free):
+    """True for stamps with no more usable pixels than free parameters (raises when that is all of them)."""
+    too_few = n_usable <= n_free
+    if too_few.all():
+        raise InputError(f"no stamp has more usable pixels ({int(n_usable.max())} at most) than the {n_free} "
+                         "free parameters")
+    return too_few
 
 
 def stamp_arrays(stamps, variance, mask):

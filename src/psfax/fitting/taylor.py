@@ -2,7 +2,7 @@
 
 A table per star would cost more than integrating directly.  Instead the
 stars' unconstrained shapes ``u`` (see :mod:`psfax.fitting.params`) are
-binned on a grid of cells ``2 r`` wide per axis, and each cell in use gets
+binned on a grid of cells ``2 r`` wide per axis (``r = FitSettings.cell_radius``), and each cell in use gets
 the table of its centre ``a`` with its first and second derivatives, so that
 
     T(u) = T(a) + sum_k d_k dT/du_k + 1/2 sum_kl d_k d_l d2T/du_k du_l + O(|d|^3),   d = u - a.
@@ -24,11 +24,7 @@ import numpy as np
 from psfax.fitting.psf import PSF, register_psf, static
 from psfax.fitting.table import TableGrid, table_linearise, interpolate_mixture, plain_table, polyphase
 
-CELL_RADIUS = 0.03
-"""Half-width ``r`` of a shape cell in unconstrained units (log FWHM, log(beta - 1), shear)."""
-
-
-def shape_cells(shape_u: np.ndarray, radius: float = CELL_RADIUS) -> tuple[np.ndarray, np.ndarray]:
+def shape_cells(shape_u: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Centres (A, k) of the cells holding the shapes (N, k), and each star's cell index (N,)."""
     shape_u = np.asarray(shape_u, float)
     lo = shape_u.min(axis=0)
