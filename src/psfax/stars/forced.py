@@ -118,8 +118,7 @@ def _recentre(psf, data, usable, sky_var, x, y, gain, radius):
 
     flux, bkg, _, _ = _solve_flux(unit_stamps(psf, x, y, size).reshape(n, -1), d, u / v0)
     p = jnp.stack([x, y, jnp.nan_to_num(flux), jnp.nan_to_num(bkg)], axis=1)
-    for _ in range(RECENTRE_STEPS):
-        p = jax.vmap(step)(p, psf.star_part(), d, u, v0, gain, x, y)
+    p = jax.lax.fori_loop(0, RECENTRE_STEPS, lambda _, q: jax.vmap(step)(q, psf.star_part(), d, u, v0, gain, x, y), p)
     return p[:, 0], p[:, 1]
 
 
