@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from stars_synthetic import BETA, header, render_field, true_fwhm
+from stars_synthetic import BETA, render_field, true_fwhm
 
 from psfax.errors import InputError
 from psfax.stars.detect import measure_background
@@ -24,7 +24,8 @@ SHAPE = (512, 512)
 
 def true_psf(shape=SHAPE) -> ImagePSF:
     """GalSim's PSF of the synthetic field (FWHM varying over the image, beta fixed)."""
-    return ImagePSF.from_shape_at("moffat", lambda x, y: {"fwhm": true_fwhm(x, y, shape), "beta": np.full(len(x), BETA)})
+    return ImagePSF.from_shape_at("moffat",
+                                  lambda x, y: {"fwhm": true_fwhm(x, y, shape), "beta": np.full(len(x), BETA)})
 
 
 def exposure_of(field, mask=None, head=None):

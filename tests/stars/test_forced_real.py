@@ -14,7 +14,7 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from psfax.stars.detect import detect_sources
-from psfax.stars.forced import FORCED_FLAGS, forced_exposure
+from psfax.stars.forced import forced_exposure
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,8 @@ def empty_positions(exposure, background, n, seed, clear=15.0):
     x, y = rng.uniform(20, nx - 21, 40 * n), rng.uniform(20, ny - 21, 40 * n)
     ok = tree.query(np.column_stack([x, y]))[0] > clear
     ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-    bad = np.array([ok[k] and exposure.bad[j - 10: j + 11, i - 10: i + 11].any() for k, (i, j) in enumerate(zip(ix, iy))])
+    bad = np.array([ok[k] and exposure.bad[j - 10: j + 11, i - 10: i + 11].any()
+                    for k, (i, j) in enumerate(zip(ix, iy))])
     keep = []
     for k in np.flatnonzero(ok & ~bad):  # test set-up: greedy thinning
         if all((x[k] - x[j]) ** 2 + (y[k] - y[j]) ** 2 >= clear ** 2 for j in keep):

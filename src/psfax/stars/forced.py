@@ -7,9 +7,9 @@ For each image, every target (ra, dec) is mapped to pixels through the WCS, a st
 
 is fitted with ``P`` the image's unit-flux PSF, evaluated through its PSF value
 (:func:`psfax.fitting.psf.unit_stamps`: any kind, e.g. the pixel-integrated analytic profile fitted by the
-stars pipeline, :class:`psfax.fitting.Fixed`), at the target's sub-pixel position ``(x_t, y_t)`` and ``bkg`` one constant sky per stamp.  At a fixed position the
-model is linear in ``(flux, bkg)``: for given weights ``w = 1 / var`` the fit is the 2 x 2 weighted linear
-least-squares solve
+stars pipeline, :class:`psfax.fitting.Fixed`), at the target's sub-pixel position ``(x_t, y_t)``, and
+``bkg`` one constant sky per stamp.  At a fixed position the model is linear in ``(flux, bkg)``: for
+given weights ``w = 1 / var`` the fit is the 2 x 2 weighted linear least-squares solve
 
     [[sum w P^2, sum w P], [sum w P, sum w]] [flux, bkg] = [sum w P d, sum w d],
 
@@ -75,8 +75,8 @@ UPPER_LIMIT_SIGMA = 5.0
 """The upper limit is this many flux errors."""
 VARIANCE_PASSES = 3
 """Linear solves per target: the first with the sky variance only, each next with the variance of the
-previous solve's model (enough: the flux changes by < 1e-4 of its error after the third on the real
-quadrant's stars)."""
+previous solve's model.  Three are enough: on 150 GalSim stars of r = 14-22 the flux differs from that of
+six passes by < 2e-4 of its error and the error by < 1e-4 (two passes: 1e-2 and 3e-3)."""
 MIN_PSF_STARS = 10
 """A fitted PSF with fewer stars than this is flagged ``bad_psf`` (its spatial polynomial is not pinned)."""
 RECENTRE_STEPS = 8
@@ -622,7 +622,8 @@ def write_forced(table: Table, out_dir, *, curves: bool = True) -> list[Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [write_table(table, out_dir / "epochs.parquet"), write_table(stack_epochs(table), out_dir / "stack.parquet")]
+    paths = [write_table(table, out_dir / "epochs.parquet"),
+             write_table(stack_epochs(table), out_dir / "stack.parquet")]
     if curves:
         (out_dir / "lightcurves").mkdir(exist_ok=True)
         for target, curve in light_curves(table).items():
