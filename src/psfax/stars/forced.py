@@ -68,7 +68,8 @@ FORCED_FLAGS = {
 
 PSF_SHARE = 1e-3
 """A group of pixels is "under the PSF" when it holds more than this fraction of the unit-flux PSF
-(within the stamp): one corner pixel of a 15 x 15 stamp holds ~1e-4 of a Moffat of FWHM 2 px."""
+(within the stamp): a corner pixel of a 15 x 15 stamp holds ~3e-5 of a Moffat of FWHM 2 px, beta 2.5, the
+pixels next to the centre ~0.1."""
 DETECTION_SNR = 3.0
 """S/N at and above which a magnitude is given; below it the upper limit is."""
 UPPER_LIMIT_SIGMA = 5.0
