@@ -302,7 +302,8 @@ JOBS: dict[str, Callable[[], Job]] = {
 
 
 def get_job(job: str | Job) -> Job:
-    """The :class:`Job` of a registered name (``stars-fit``, ``aia-prep``, ``clusters-infer``) or ``job`` itself."""
+    """The :class:`Job` of a registered name (``stars-fit``, ``stars-forced``, ``aia-prep``, ``clusters-infer``) or
+    ``job`` itself."""
     if isinstance(job, Job):
         return job
     if job not in JOBS:
