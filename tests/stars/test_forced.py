@@ -154,6 +154,10 @@ def test_light_curves_and_stack_of_two_epochs(faint_field, tmp_path):
     assert list(stack["flags"]) == [0] * 5 + [STACK_FLAGS["off_every_image"]]
     err = np.asarray(table["flux_ujy_err"]).reshape(2, 6)[:, :5]
     np.testing.assert_allclose(stack["flux_ujy_err"][:5], 1 / np.sqrt((1 / err ** 2).sum(axis=0)))
+    # two equal epochs: the stack is their flux, with chi2 0
+    np.testing.assert_allclose(stack["flux_ujy"][:5], np.asarray(table["flux_ujy"])[:5])
+    np.testing.assert_allclose(stack["chi2"][:5], 0.0, atol=1e-9)
+    assert list(stack["target_id"]) == [str(i) for i in range(6)]
     paths = write_forced(table, tmp_path)
     assert (tmp_path / "lightcurves" / "5.parquet") in paths
     assert len(Table.read(tmp_path / "lightcurves" / "0.parquet")) == 2

@@ -583,26 +583,27 @@ def stack_epochs(table: Table) -> Table:
     ``snr >= 3`` (``mag = 23.9 - 2.5 log10 flux``) and the 5-sigma ``mag_lim`` below; ``flags``: :data:`STACK_FLAGS`.
     """
     ids = np.asarray(table["target_id"]).astype(str)
-    order = list(dict.fromkeys(ids))
+    names, first, group = np.unique(ids, return_index=True, return_inverse=True)
+    by_row = np.argsort(first)  # targets in the order of their first row
+    rank = np.empty_like(by_row)
+    rank[by_row] = np.arange(len(by_row))
+    group, first = rank[group], first[by_row]
     on = (np.asarray(table["flags"]) & FORCED_FLAGS["off_image"]) == 0
     good = good_epochs(table)
     flux, err = np.asarray(table["flux_ujy"], float), np.asarray(table["flux_ujy_err"], float)
-    first = {t: i for i, t in reversed(list(enumerate(ids)))}
-    out = {name: np.full(len(order), np.nan) for name in ("flux", "flux_err", "chi2")}
-    n_on, n_good = np.zeros(len(order), int), np.zeros(len(order), int)
-    for k, target in enumerate(order):
-        rows = ids == target
-        n_on[k], n_good[k] = np.sum(rows & on), np.sum(rows & good)
-        sel = rows & good
-        if n_good[k]:
-            w = 1.0 / err[sel] ** 2
-            out["flux"][k] = np.sum(w * flux[sel]) / np.sum(w)
-            out["flux_err"][k] = 1.0 / np.sqrt(np.sum(w))
-            out["chi2"][k] = np.sum(w * (flux[sel] - out["flux"][k]) ** 2)
-    rows = [first[t] for t in order]
-    stack = Table({"target_id": order, "ra": np.asarray(table["ra"])[rows], "dec": np.asarray(table["dec"])[rows],
-                   "n_epochs": n_on, "n_good": n_good, "flux_ujy": out["flux"], "flux_ujy_err": out["flux_err"],
-                   "chi2": out["chi2"], "dof": np.maximum(n_good - 1, 0)})
+    w = np.where(good, 1.0 / np.where(good, err, 1.0) ** 2, 0.0)
+    f = np.where(good, flux, 0.0)
+    m = len(first)
+    n_on, n_good = np.bincount(group, on, m).astype(int), np.bincount(group, good, m).astype(int)
+    sum_w = np.bincount(group, w, m)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(n_good > 0, np.bincount(group, w * f, m) / sum_w, np.nan)
+        out = {"flux": mean, "flux_err": np.where(n_good > 0, 1.0 / np.sqrt(sum_w), np.nan),
+               "chi2": np.where(n_good > 0, np.bincount(group, w * (f - mean[group]) ** 2, m), np.nan)}
+    stack = Table({"target_id": ids[first], "ra": np.asarray(table["ra"])[first],
+                   "dec": np.asarray(table["dec"])[first], "n_epochs": n_on, "n_good": n_good,
+                   "flux_ujy": out["flux"], "flux_ujy_err": out["flux_err"], "chi2": out["chi2"],
+                   "dof": np.maximum(n_good - 1, 0)})
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = out["flux"] / out["flux_err"]
         detected = snr >= DETECTION_SNR
