@@ -191,7 +191,8 @@ def test_free_moffat_on_stamps_smaller_than_5x5_fits(size):
     ({"beta": 0.5}, r"beta must be finite and > 1.0"),
     ({"x": [1.0, 2.0], "flux": [1.0, 2.0, 3.0]}, r"different lengths"),
     ({"x": []}, r"params\['x'\] must be a scalar or a non-empty 1-D array"),
-    ({"x": None}, r"params\['x'\] must be numbers"),
+    ({"x": None}, r"params\['x'\] is None"),
+    ({"x": "left"}, r"params\['x'\] must be numbers"),
     ({"flux": np.inf}, r"flux must be finite"),
 ])
 def test_render_stamps_validates_shape_parameters(params, match):

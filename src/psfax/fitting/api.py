@@ -76,9 +76,9 @@ def fit_stamps(stamps, *, variance=None, mask=None, psf: PSF | None = None, mode
         else:
             sol = _solve_independent(setup, optimizer, psf or free, held, stars, active, dt, known, chi2_tolerance)
         values, cov, names = reported(psf if psf is not None else free if held is None else None, sol)
-    flags = np.where(b.bad, F.BAD_PIXELS, 0) | np.where(too_few, F.TOO_FEW_PIXELS, 0)
-    table, cov = fit_table(names, values[:n], cov[:n], sol, n, b.size, flags, b.n_usable - n_free,
-                           held=None if held is None else (free.profile, held[:n]))
+        flags = np.where(b.bad, F.BAD_PIXELS, 0) | np.where(too_few, F.TOO_FEW_PIXELS, 0)
+        table, cov = fit_table(names, values[:n], cov[:n], sol, n, b.size, flags, b.n_usable - n_free,
+                               held=None if held is None else (free.profile, held[:n]))
     shared_part = None if sol.shared is None else SharedShape(
         free.profile, basis, np.asarray(sol.shared[0]).reshape(basis.size, -1), np.asarray(sol.shared[1]))
     options = _options(name, free, shared_shape, shape, optimizer, b, dt, spatial_degree)

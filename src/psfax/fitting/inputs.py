@@ -172,6 +172,8 @@ and the engine's unit-flux profiles need it: render_stamps refuses beta <= 1 as 
 
 
 def _numbers(value, key):
+    if value is None:
+        raise InputError(f"render_stamps: params[{key!r}] is None; give a number or an array of numbers")
     try:
         a = np.atleast_1d(np.asarray(value, dtype=float))
     except (TypeError, ValueError):
