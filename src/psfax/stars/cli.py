@@ -47,7 +47,7 @@ def fit(science: Path = typer.Argument(..., metavar="SCIENCE", help="science ima
     from psfax.outputs import check_output_dir
     from psfax.stars.pipeline import fit_image
 
-    check_output_dir(out)
+    check_output_dir(out, files=("stars.parquet", "psf_stars.parquet", "psf.json"))
     console = Console(stderr=True)
     start = time.perf_counter()
     options = dict(model=model, optimizer=optimizer, spatial_degree=spatial_degree, shared_shape=shared_shape,
