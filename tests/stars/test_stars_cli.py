@@ -87,3 +87,53 @@ def test_bad_model_name(image_files, tmp_path, capsys):
     science, _, _ = image_files
     _fails_with(["stars", "fit", str(science), "--model", "airy", "--out", str(tmp_path / "o")], capsys,
                 "model must be one of moffat, gaussian, elliptical_moffat, elliptical_gaussian, got 'airy'")
+
+
+def test_one_option_vocabulary_with_run_stars_fit_and_fit_image():
+    """#21.5: every option of ``stars fit`` (first name) is an option of ``run stars-fit`` by that name,
+    and so a keyword of ``fit_image``; ``--degree`` is kept as a second name of ``--spatial-degree``."""
+    import typer
+
+    from psfax.runner.jobs import stars_fit_job
+    from psfax.stars.cli import app
+
+    command = typer.main.get_command(app)
+    fit = command.commands["fit"] if hasattr(command, "commands") else command
+    names = {p.name for p in fit.params} - {"science", "out", "mask"}
+    job_names = {o.name for o in stars_fit_job().options}
+    assert names <= job_names, names - job_names
+    degree = next(p for p in fit.params if p.name == "spatial_degree")
+    assert degree.opts == ["--spatial-degree", "--degree"]
+
+
+def _saturated_disk_image(field, folder):
+    """#20.1: the sample field with a disk of radius 200 px at 70,000 ADU (above SATURATE)."""
+    image = field.image.copy()
+    yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
+    image[np.hypot(xx - 500, yy - 500) < 200] = 70000.0
+    path = folder / "saturated_sciimg.fits"
+    fits.PrimaryHDU(image, header=field.header).writeto(path)
+    return path
+
+
+@pytest.mark.slow
+def test_fit_survives_a_large_saturated_region(image_files, tmp_path, capsys):
+    """A source on the disk's rim has too few usable pixels (a NaN photometry row): the image is kept."""
+    _, _, field = image_files
+    science = _saturated_disk_image(field, tmp_path)
+    out = tmp_path / "out"
+    assert main(["stars", "fit", str(science), "--out", str(out), "--no-plots"]) == 0
+    capsys.readouterr()
+    assert (out / "psf.json").exists() and (out / "stars.parquet").exists()
+
+
+@pytest.mark.slow
+def test_fit_with_stamp_size_41(image_files, tmp_path, capsys):
+    """#20.5: a valid odd stamp size larger than twice the 15-px edge cut."""
+    science, mask, _ = image_files
+    out = tmp_path / "out"
+    assert main(["stars", "fit", str(science), "--mask", str(mask), "--stamp-size", "41",
+                 "--out", str(out), "--no-plots"]) == 0
+    info = json.loads((out / "psf.json").read_text())
+    assert info["options"]["selection"]["edge"] == 20
+    capsys.readouterr()

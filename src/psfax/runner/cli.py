@@ -93,7 +93,7 @@ def job_help(job: Job) -> str:
 def run(
     ctx: typer.Context,
     job: str = typer.Argument(None, metavar="JOB", help=f"The job: {', '.join(JOBS)}.", show_default=False),
-    inputs: list[str] = typer.Argument(None, metavar="INPUTS...", help="Input paths, globs, or .txt/.lst files of paths; "
+    inputs: list[str] = typer.Argument(None, metavar="INPUTS", help="Input paths, globs, or .txt/.lst files of paths; "
                                                   "then the job's options (--name value).", show_default=False),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder: one sub-folder per input, and the "
                                                        "manifest.", show_default=False),

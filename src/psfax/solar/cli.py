@@ -12,7 +12,7 @@ app = typer.Typer(no_args_is_help=True, help="SDO/AIA: PSF, deconvolution, regis
 
 
 @app.command()
-def prep(files: list[Path] = typer.Argument(..., metavar="FILES...", help="AIA level-1 FITS files"),
+def prep(files: list[Path] = typer.Argument(..., metavar="FILES", help="AIA level-1 FITS files"),
          out: Path = typer.Option(..., "--out", help="output folder"),
          deconvolve: bool = typer.Option(False, "--deconvolve", help="Richardson-Lucy deconvolution with the PSF"),
          register: bool = typer.Option(False, "--register", help="register to level 1.5 (north up, 0.6\"/px)"),
