@@ -102,7 +102,8 @@ def run_jobs(job: str | Job, inputs: str | os.PathLike | Iterable[str | os.PathL
 
     ``job`` is ``"stars-fit"``, ``"aia-prep"``, ``"clusters-infer"`` or a :class:`Job`;
     ``inputs`` are paths, globs or text files of paths; ``options`` go to the
-    job's stages by name, checked (with ``out_dir``) before the first input is read.  ``executor="local"`` reads ahead in a thread;
+    job's stages by name, checked (with ``out_dir``) before the first input is
+    read.  ``executor="local"`` reads ahead in a thread;
     ``"dask"`` runs on a LocalCluster of ``workers`` processes or on the
     cluster at ``scheduler``.  With ``resume=True`` inputs whose last record
     is ``done`` and whose outputs all exist are skipped.  ``profile_dir``

@@ -99,7 +99,8 @@ def process_files(files, out_dir, **options):
 
 
 @app.command()
-def psf(channel: int = typer.Argument(..., metavar="CHANNEL", help="EUV channel in Angstrom: 94 131 171 193 211 304 335"),
+def psf(channel: int = typer.Argument(..., metavar="CHANNEL",
+                                     help="EUV channel in Angstrom: 94 131 171 193 211 304 335"),
         out: Path = typer.Option(..., "--out", help="output FITS file"),
         preflight: bool = typer.Option(False, "--preflight", help="use the pre-flight core width")):
     """Compute the 4096 x 4096 PSF of CHANNEL (cached) and write it to OUT as FITS."""
