@@ -61,6 +61,15 @@ def test_stars_fit_bad_option_before_reading(files, guarded_out, capsys, option,
     assert_untouched(guarded_out)
 
 
+@pytest.mark.parametrize(("case", "message"), [("not_fits", "cannot be read as fits"),
+                                             ("missing", "does not exist"),
+                                             ("a_file", "unknown format")])
+def test_stars_fit_bad_reference_catalog_before_the_image(files, guarded_out, capsys, case, message):
+    fails_cleanly(capsys, ["stars", "fit", files["good"], "--catalog", files[case], "--out", guarded_out],
+                  f"reference catalog {files[case]}", message)
+    assert_untouched(guarded_out)
+
+
 def test_stars_fit_out_is_an_existing_file(files, capsys):
     before = files["a_file"].read_text()
     fails_cleanly(capsys, ["stars", "fit", files["missing"], "--out", files["a_file"]],

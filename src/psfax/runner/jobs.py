@@ -274,12 +274,12 @@ def stars_fit_job() -> Job:
 
 
 def check_stars_fit(options: Mapping[str, Mapping[str, Any]]) -> None:
-    """The header overrides in range, and a valid ``FitOptions`` (model, degree, stamp ...)."""
+    """The header overrides in range, a valid ``FitOptions`` (model, degree, stamp ...) and catalog."""
     from psfax.stars.exposure import check_values
-    from psfax.stars.pipeline import FitOptions
+    from psfax.stars.pipeline import FitOptions, check_catalog
 
     check_values(dict(options["read"]))
-    FitOptions.from_kwargs(**options["compute"])
+    check_catalog(FitOptions.from_kwargs(**options["compute"]))
 
 
 def write_level16_list(smap, out_dir) -> list[Path]:

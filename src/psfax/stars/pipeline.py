@@ -176,12 +176,20 @@ def fit_image(science, mask=None, *, header=None, progress: Callable[[str], None
     read_options = {k: options.pop(k) for k in read_names if k in options}
     check_values(read_options)  # validate before the slow read
     fit_options = FitOptions.from_kwargs(**options)
+    check_catalog(fit_options)
     start = time.perf_counter()
     exposure = read_exposure(science, mask, header=header, **read_options)
     read_time = time.perf_counter() - start
     result = fit_exposure(exposure, progress=progress, options=fit_options)
     result.timings = {"read": read_time, **result.timings}
     return result
+
+
+def check_catalog(options: FitOptions) -> None:
+    """Read the reference catalog of ``options`` (if any) once before the image, so that a missing or
+    malformed one is found before the slow read (catalogs are small; the detection stage reads it again)."""
+    if options.catalog is not None:
+        read_reference_catalog(options.catalog)
 
 
 def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None = None,
