@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from conftest import ZTF_HEADER
+from bad_input_helpers import ZTF_HEADER
 
 from psfax.errors import BadFileError, InputError, InputTypeError, MissingFileError, PsfaxError
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import assert_untouched, fails_cleanly
+from bad_input_helpers import assert_untouched, fails_cleanly
+
+from psfax.cli import main
 
 
 # --- psfax stars fit --------------------------------------------------------------------------------
@@ -142,6 +144,15 @@ def test_aia_prep_wrong_channel_and_not_aia(aia_variants, guarded_out, capsys):
     assert_untouched(guarded_out)
 
 
+def test_aia_prep_register_needs_a_full_disk_image(shared_data, guarded_out, capsys):
+    cutout = shared_data / "aia_171_cutout.fits"
+    if not cutout.exists():
+        pytest.skip(f"AIA cutout sample not found in {shared_data}")
+    fails_cleanly(capsys, ["aia", "prep", cutout, "--register", "--out", guarded_out], "1 of 1 files failed",
+                  reported=("full-disk",))
+    assert_untouched(guarded_out)
+
+
 def test_aia_prep_same_channel_and_time_written_once(aia_file, aia_variants, tmp_path, capsys):
     out = tmp_path / "out"
     fails_cleanly(capsys, ["aia", "prep", aia_file, aia_variants["copy"], "--out", out],
@@ -187,8 +198,6 @@ def test_run_without_inputs_or_out(files, tmp_path, capsys):
 
 def test_run_bad_inputs_fail_per_input_with_exit_1(files, tmp_path, capsys):
     """Unusable input files are failed inputs (exit 1, listed), not a crash of the run."""
-    from conftest import main
-
     out = tmp_path / "out"
     assert main(["run", "aia-prep", str(files["not_fits"]), str(files["empty"]), str(files["missing"]),
                  "--out", str(out)]) == 1

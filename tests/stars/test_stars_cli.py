@@ -106,27 +106,6 @@ def test_one_option_vocabulary_with_run_stars_fit_and_fit_image():
     assert degree.opts == ["--spatial-degree", "--degree"]
 
 
-def _saturated_disk_image(field, folder):
-    """#20.1: the sample field with a disk of radius 200 px at 70,000 ADU (above SATURATE)."""
-    image = field.image.copy()
-    yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
-    image[np.hypot(xx - 500, yy - 500) < 200] = 70000.0
-    path = folder / "saturated_sciimg.fits"
-    fits.PrimaryHDU(image, header=field.header).writeto(path)
-    return path
-
-
-@pytest.mark.slow
-def test_fit_survives_a_large_saturated_region(image_files, tmp_path, capsys):
-    """A source on the disk's rim has too few usable pixels (a NaN photometry row): the image is kept."""
-    _, _, field = image_files
-    science = _saturated_disk_image(field, tmp_path)
-    out = tmp_path / "out"
-    assert main(["stars", "fit", str(science), "--out", str(out), "--no-plots"]) == 0
-    capsys.readouterr()
-    assert (out / "psf.json").exists() and (out / "stars.parquet").exists()
-
-
 @pytest.mark.slow
 def test_fit_with_stamp_size_41(image_files, tmp_path, capsys):
     """#20.5: a valid odd stamp size larger than twice the 15-px edge cut."""
