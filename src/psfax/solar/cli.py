@@ -110,8 +110,8 @@ def psf(channel: int = typer.Argument(..., metavar="CHANNEL",
     from psfax.io.atomic import atomic_path
     from psfax.outputs import check_output_file
     from psfax.solar.channels import validate_channel
-    from psfax.solar.prep import psfax_version
     from psfax.solar.psf import aia_psf
+    from psfax.version import psfax_version
 
     check_output_file(out)
     validate_channel(channel)

@@ -17,6 +17,7 @@ import numpy as np
 
 from psfax.errors import BadFileError, InputError, MissingFileError, PsfaxError
 from psfax.io.atomic import atomic_path
+from psfax.version import psfax_version
 
 
 def read_level1(path):
@@ -145,13 +146,3 @@ def level16_path(smap, out_dir) -> Path:
     channel = int(round(smap.wavelength.to_value("angstrom")))
     stamp = smap.reference_date.isot.replace(":", "-")
     return Path(out_dir) / f"aia_lev{level}_{channel:04d}a_{stamp}.fits"
-
-
-def psfax_version() -> str:
-    """Installed psfax version (``unknown`` when running from a bare source tree)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("psfax")
-    except PackageNotFoundError:
-        return "unknown"
