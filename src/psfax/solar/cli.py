@@ -91,7 +91,7 @@ def psf(channel: int = typer.Argument(..., help="EUV channel in Angstrom: 94 131
     from astropy.io import fits
 
     from psfax.io.atomic import atomic_path
-    from psfax.solar.prep import psfax_version
+    from psfax.version import psfax_version
     from psfax.solar.psf import aia_psf
 
     kernel = aia_psf(channel, use_preflightcore=preflight)

@@ -17,6 +17,7 @@ import numpy as np
 
 from psfax.errors import BadFileError, MissingFileError, PsfaxError
 from psfax.io.atomic import atomic_path
+from psfax.version import psfax_version
 
 
 def read_level1(path):
@@ -115,13 +116,3 @@ def write_level16(smap, out_dir) -> Path:
     with atomic_path(path) as tmp:
         hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
     return path
-
-
-def psfax_version() -> str:
-    """Installed psfax version (``unknown`` when running from a bare source tree)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("psfax")
-    except PackageNotFoundError:
-        return "unknown"

@@ -11,7 +11,9 @@
    (``reduced_chi2 > median + clip_sigma * 1.4826 MAD``, or a non-zero fit flag)
    until none is left or ``clip_iterations`` refits were done;
 6. ``photometry``: every detected source whose stamp fits in the image is
-   fitted for (x, y, flux, sky) with the PSF shape held at its local value.
+   fitted for (x, y, flux, sky) with the PSF shape held at its local value; a source
+   whose fit fails gets its flux fitted at the detection position instead
+   (:func:`psfax.stars.forced.refit_failed`, source flag ``fixed_position``).
 
 Every stage is timed (``ImageFit.timings``, seconds of wall time).
 """
@@ -29,9 +31,13 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from psfax.errors import InputError
+from psfax.fitting import Fixed, Free, fit_stamps
+from psfax.fitting.params import shape_to_u
+from psfax.profiles import get_profile
 from psfax.stars.catalog import match_catalog, read_reference_catalog
 from psfax.stars.detect import SEP_BLENDED, Background, detect_sources, measure_background
 from psfax.stars.exposure import Exposure, read_exposure
+from psfax.stars.forced import refit_failed
 from psfax.stars.select import (SelectionOptions, bad_pixels_near, neighbour_count,
                                 select_psf_stars)
 from psfax.stars.stamps import Stamps, cut_stamps, stamp_fits
@@ -45,6 +51,7 @@ SOURCE_FLAGS = {
     "saturated": 2,    # raw peak >= saturation_margin x SATURATE
     "masked": 4,       # a bad pixel within mask_radius px of the centre
     "extended": 8,     # failed the shape cut (galaxy, trail, cosmic ray)
+    "fixed_position": 16,  # the free fit failed (see its flags): flux fitted at the detection position
 }
 
 
@@ -128,7 +135,7 @@ class ImageFit:
 
     def psf_at(self, x, y) -> dict[str, np.ndarray]:
         """PSF shape parameters at image positions (x, y) [px]."""
-        return psf_shape_at(self.psf_result, self.options, np.atleast_1d(x), np.atleast_1d(y))
+        return psf_shape_at(self.psf_result, np.atleast_1d(x), np.atleast_1d(y))
 
     def psf_err_at(self, x, y) -> dict[str, np.ndarray] | None:
         """Standard errors of :meth:`psf_at` (from the spatial coefficients' covariance);
@@ -259,29 +266,28 @@ def chi2_outliers(reduced_chi2: np.ndarray, k: float) -> np.ndarray:
     return ~finite | (reduced_chi2 > med + k * mad)
 
 
-def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, shape=None, start=None, chi2_tolerance=None):
-    """One call of :func:`psfax.fit_stamps` on ``stamps`` (PSF fit, or photometry with ``shape``,
-    in ``options.photometry_dtype``); a refit starts from the previous ``start``."""
-    import psfax
-
+def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, psf=None, start=None, chi2_tolerance=None):
+    """One call of :func:`psfax.fitting.fit_stamps` on ``stamps``: the PSF fit (``psf`` None: the profile
+    of ``options``, shared when ``options.shared_shape``), or photometry with the known ``psf`` (in
+    ``options.photometry_dtype``); a refit starts from the previous ``start``."""
     positions = np.column_stack([stamps.x0 + stamps.x_init, stamps.y0 + stamps.y_init])
-    shared = shape is None and options.shared_shape
-    return psfax.fit_stamps(
-        stamps.data, variance=stamps.variance, mask=stamps.mask, model=options.model,
-        pixel_integrated=options.pixel_integrated, shared_shape=shared, shape=shape,
-        optimizer=options.optimizer, dtype=options.dtype if shape is None else options.photometry_dtype,
-        device=options.device,
+    shared = psf is None and options.shared_shape
+    return fit_stamps(
+        stamps.data, variance=stamps.variance, mask=stamps.mask,
+        psf=Free(get_profile(options.model), options.pixel_integrated) if psf is None else psf,
+        shared_shape=shared, optimizer=options.optimizer,
+        dtype=options.dtype if psf is None else options.photometry_dtype, device=options.device,
         positions=positions if shared else None,
         spatial_degree=options.spatial_degree if shared else 0, start=start, chi2_tolerance=chi2_tolerance)
 
 
-def psf_shape_at(result, options: FitOptions, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+def psf_shape_at(result, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """Shape parameters of the PSF model at image positions (x, y).
 
-    Shared mode: the fitted spatial polynomial.  Per-star mode: the median of
+    Shared mode (``result.shared``): the fitted spatial polynomial.  Per-star mode: the median of
     the stars' shapes (fits flagged bad excluded), the same everywhere.
     """
-    if options.shared_shape:
+    if result.shared is not None:
         return {k: np.asarray(v, float) for k, v in result.psf_at(x, y).items()}
     table = result.table
     good = np.asarray(table["flags"]) == 0
@@ -289,15 +295,15 @@ def psf_shape_at(result, options: FitOptions, x: np.ndarray, y: np.ndarray) -> d
     return {n: np.full(len(x), np.median(np.asarray(table[n], float)[good])) for n in names}
 
 
-def fixed_shape(shape: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Reported shape (``fwhm, beta, ellipticity, theta``) as the engine's fixed-shape input:
-    ellipticity e and angle theta become the reduced shear ``g = e / (2 - e)``,
-    ``(g1, g2) = g (cos 2 theta, sin 2 theta)``."""
-    out = {k: v for k, v in shape.items() if k in ("fwhm", "beta")}
-    if "ellipticity" in shape:
-        g = shape["ellipticity"] / (2.0 - shape["ellipticity"])
-        out["g1"], out["g2"] = g * np.cos(2 * shape["theta"]), g * np.sin(2 * shape["theta"])
-    return out
+def psf_model_at(result, x: np.ndarray, y: np.ndarray) -> Fixed:
+    """The fitted PSF at image positions (x, y) as a PSF value (:class:`psfax.fitting.Fixed`: one
+    known shape per position), for photometry."""
+    profile = get_profile(result.model)
+    if result.shared is not None:
+        shape_u = result.shared.shape_u_at(x, y)
+    else:
+        shape_u = shape_to_u(profile, psf_shape_at(result, x, y))
+    return Fixed(profile, result.pixel_integrated, shape_u=shape_u)
 
 
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
@@ -311,10 +317,12 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
     stamps = cut_stamps(exposure, background, x[usable], y[usable], options.stamp_size)
-    shape = fixed_shape(psf_shape_at(result, options, x[usable], y[usable]))
-    fit = _fit(stamps, exposure, options, shape=shape)
+    psf = psf_model_at(result, x[usable], y[usable])
+    fit = _fit(stamps, exposure, options, psf=psf)
+    refitted = refit_failed(fit.table, stamps, background, psf, exposure.gain, options)
     table = _image_table(fit.table, stamps, exposure)
-    table["source_flags"] = _source_flags(detections[usable], detections, exposure, options)
+    table["source_flags"] = (_source_flags(detections[usable], detections, exposure, options)
+                             + SOURCE_FLAGS["fixed_position"] * refitted.astype(np.int32))
     table["mag_aper"] = detections["mag_aper"][usable]
     return table
 
