@@ -9,7 +9,10 @@ import pytest
 import psfax
 from psfax.fitting.params import shape_to_u
 from psfax.fitting.table import TableGrid, build_table, interpolate, interpolate_mixture
-from psfax.fitting.taylor import CELL_RADIUS, taylor_coefficients, taylor_stack
+from psfax.fitting.settings import FitSettings
+from psfax.fitting.taylor import taylor_coefficients, taylor_stack
+
+CELL_RADIUS = FitSettings().cell_radius
 from psfax.profiles import PROFILES, Accuracy, pixel_values, stamp_psf
 
 SHAPES = {"gaussian": {"fwhm": 0.8}, "moffat": {"fwhm": 0.8, "beta": 1.5},

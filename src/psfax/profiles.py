@@ -233,14 +233,14 @@ def two_tier(integrate, x0, y0, size: tuple[int, int], accuracy: Accuracy = DEFA
     """Pixel integrals on a stamp of ``size = (ny, nx)`` for a star at (x0, y0), by :func:`stamp_psf`'s
     two-tier rule: ``integrate(dx, dy, order)`` (offsets (ny, nx) -> (..., ny, nx)) with ``outer_order``
     everywhere, then with ``quadrature_order`` in the (2 inner_half_width + 1)^2 pixels around the
-    star's centre pixel."""
+    star's centre pixel (all of a stamp smaller than that)."""
     ny, nx = size
     out = integrate(*_offsets(x0, y0, size), accuracy.outer_order)
     h = accuracy.inner_half_width
-    n_in = 2 * h + 1
-    iy = jnp.clip(jnp.round(y0).astype(jnp.int32) - h, 0, ny - n_in)
-    ix = jnp.clip(jnp.round(x0).astype(jnp.int32) - h, 0, nx - n_in)
-    inner = integrate(*_offsets(x0 - ix, y0 - iy, (n_in, n_in)), accuracy.quadrature_order)
+    n_y, n_x = min(2 * h + 1, ny), min(2 * h + 1, nx)  # a stamp smaller than the window is all inner
+    iy = jnp.clip(jnp.round(y0).astype(jnp.int32) - h, 0, ny - n_y)
+    ix = jnp.clip(jnp.round(x0).astype(jnp.int32) - h, 0, nx - n_x)
+    inner = integrate(*_offsets(x0 - ix, y0 - iy, (n_y, n_x)), accuracy.quadrature_order)
     lead = (jnp.zeros((), jnp.int32),) * (out.ndim - 2)
     return jax.lax.dynamic_update_slice(out, inner, lead + (iy, ix))
 

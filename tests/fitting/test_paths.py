@@ -5,28 +5,28 @@ import pytest
 
 import psfax
 from galsim_stars import GAIN, READ_NOISE
-from psfax.fitting import api, optimizers
+from psfax.fitting import FitSettings
 from psfax.fitting.params import physical_names, shape_to_u
+from psfax.fitting.taylor import shape_cells
 from psfax.profiles import get_profile
 
 
-def test_per_star_shapes_on_shape_cells_match_direct_integration(moffat_stars, monkeypatch):
+def test_per_star_shapes_on_shape_cells_match_direct_integration(moffat_stars):
     """Fixed shapes differing per star (+-10 % in FWHM and beta - 1) run on shape-cell tables; forcing
-    direct quadrature (MAX_SHAPE_CELLS = 0) must give the same fits.  Both models are within 1e-4 of
+    direct quadrature (max_shape_cells = 0) must give the same fits.  Both models are within 1e-4 of
     the peak of the exact PSF, so x, y, flux may differ by a small fraction of their errors: 0.02 sigma."""
     n = len(moffat_stars.stamps)
     rng = np.random.default_rng(5)
     shape = {"fwhm": 1.8 * np.exp(rng.uniform(-0.1, 0.1, n)), "beta": 1 + 1.5 * np.exp(rng.uniform(-0.1, 0.1, n))}
-    centres, _ = api.shape_cells(np.asarray(shape_to_u(get_profile("moffat"), shape)))
-    assert 1 < len(centres) <= api.MAX_SHAPE_CELLS  # the cells path is the one taken by default
+    centres, _ = shape_cells(np.asarray(shape_to_u(get_profile("moffat"), shape)), FitSettings().cell_radius)
+    assert 1 < len(centres) <= FitSettings().max_shape_cells  # the cells path is the one taken by default
 
-    def fit():
+    def fit(**settings):
         return psfax.fit_stamps(moffat_stars.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat",
-                                shape=shape).table
+                                shape=shape, settings=FitSettings(**settings)).table
 
     cells = fit()
-    monkeypatch.setattr(api, "MAX_SHAPE_CELLS", 0)
-    direct = fit()
+    direct = fit(max_shape_cells=0)
     assert np.all(cells["converged"]) and np.all(direct["converged"])
     for name in ("x", "y", "flux", "bkg"):
         diff = (np.asarray(cells[f"{name}_fit"]) - direct[f"{name}_fit"]) / direct[f"{name}_err"]
@@ -34,7 +34,7 @@ def test_per_star_shapes_on_shape_cells_match_direct_integration(moffat_stars, m
     assert np.allclose(cells["flux_err"], direct["flux_err"], rtol=1e-3)
 
 
-def test_shared_fit_reaches_the_same_optimum_by_every_start(moffat_stars, monkeypatch):
+def test_shared_fit_reaches_the_same_optimum_by_every_start(moffat_stars):
     """With a pilot fit of its 32 brightest stars first, without one, or stopped early (chi2_tolerance
     500) and continued from there, a shared fit of 500 stars must reach the same optimum.  Each fit
     stops within sqrt(2e-3) = 0.045 sigma of it (per parameter), so two agree within 0.1 sigma."""
@@ -42,10 +42,8 @@ def test_shared_fit_reaches_the_same_optimum_by_every_start(moffat_stars, monkey
         return psfax.fit_stamps(moffat_stars.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat",
                                 shared_shape=True, **kw)
 
-    monkeypatch.setattr(optimizers, "PILOT_STARS", 32)
-    pilot = fit()
-    monkeypatch.setattr(optimizers, "PILOT_STARS", 10**6)
-    plain = fit()
+    pilot = fit(settings=FitSettings(pilot_stars=32))
+    plain = fit(settings=FitSettings(pilot_stars=10**6))
     loose = fit(chi2_tolerance=500.0)
     continued = fit(start=loose)
     assert loose.table["n_iter"][0] < plain.table["n_iter"][0]  # the early stop did stop early
@@ -87,12 +85,12 @@ def test_closed_form_moffat_jacobian_equals_forward_mode():
     import jax
     import jax.numpy as jnp
 
+    from psfax.fitting import Free
     from psfax.fitting.params import shape_from_u
-    from psfax.fitting.problem import Setup, direct_linearise
-    from psfax.profiles import DEFAULT_ACCURACY, stamp_psf
+    from psfax.profiles import stamp_psf
 
     profile = get_profile("moffat")
-    setup = Setup(profile, (15, 15), True, DEFAULT_ACCURACY, True)
+    free, size = Free(profile), (15, 15)
     rng = np.random.default_rng(8)
     n = 64
     u4 = np.column_stack([rng.uniform(0.5, 13.5, n), rng.uniform(0.5, 13.5, n), rng.uniform(1e3, 1e5, n),
@@ -101,7 +99,7 @@ def test_closed_form_moffat_jacobian_equals_forward_mode():
 
     def forward(u, s):
         def psf(p):
-            out = stamp_psf(profile, p[0], p[1], shape_from_u(profile, p[2:]), setup.size).ravel()
+            out = stamp_psf(profile, p[0], p[1], shape_from_u(profile, p[2:]), size).ravel()
             return out, out
 
         jac, p = jax.jacfwd(psf, has_aux=True)(jnp.concatenate([u[:2], s]))
@@ -112,25 +110,23 @@ def test_closed_form_moffat_jacobian_equals_forward_mode():
     with jax.enable_x64(True):
         u4, shape_u = jnp.asarray(u4), jnp.asarray(shape_u)
         m_ref, j_ref = jax.vmap(forward)(u4, shape_u)
-        m, j = jax.vmap(lambda u, s: direct_linearise(setup, u, s, wrt_shape=True))(u4, shape_u)
+        m, j = jax.vmap(lambda u, s: free.linearise(jnp.concatenate([u, s]), size))(u4, shape_u)
     assert np.max(np.abs(m - m_ref)) < 1e-12 * np.max(np.abs(m_ref))
     scale = np.max(np.abs(j_ref), axis=(0, 1))
     assert np.all(np.max(np.abs(j - j_ref), axis=(0, 1)) <= 1e-12 * scale)
 
 
 @pytest.mark.parametrize("mode", [{}, {"shape": {"fwhm": 1.8, "beta": 2.5}}], ids=["free", "photometry"])
-def test_fit_in_rounds_equals_fit_in_one_go(moffat_stars, mode, monkeypatch):
+def test_fit_in_rounds_equals_fit_in_one_go(moffat_stars, mode):
     """Stars still going after the first LM round continue from their saved LM state: with a first round
     of one iteration (nearly every star resumed) the fits equal those of a single round to rounding."""
-    def fit():
-        return psfax.fit_stamps(moffat_stars.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat", **mode).table
+    def fit(first_round):
+        settings = FitSettings(photometry_first_round=first_round, free_shape_first_round=first_round)
+        return psfax.fit_stamps(moffat_stars.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat",
+                                settings=settings, **mode).table
 
-    for name in ("PHOTOMETRY_FIRST_ROUND", "FREE_SHAPE_FIRST_ROUND"):
-        monkeypatch.setattr(optimizers, name, 100)
-    one_go = fit()
-    for name in ("PHOTOMETRY_FIRST_ROUND", "FREE_SHAPE_FIRST_ROUND"):
-        monkeypatch.setattr(optimizers, name, 1)
-    rounds = fit()
+    one_go = fit(100)
+    rounds = fit(1)
     assert np.mean(one_go["n_iter"] > 1) > 0.9  # the second round did the work
     assert np.array_equal(rounds["n_iter"], one_go["n_iter"])
     for name in ("x_fit", "y_fit", "flux_fit", "bkg_fit", "flux_err", "chi2"):

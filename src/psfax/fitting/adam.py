@@ -16,21 +16,17 @@ last ``window`` steps changed chi2 by less than ``dchi2`` per free parameter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import jax
 import jax.numpy as jnp
 import optax
 
-
-@dataclass(frozen=True)
-class AdamSettings:
-    learning_rate: float = 5.0
-    final_rate: float = 1e-3
-    steps: int = 500
-    rounds: int = 3
-    window: int = 50
-    dchi2: float = 1e-3
+from psfax.fitting import shared
+from psfax.fitting.analytic import Free
+from psfax.fitting.problem import STAR_AXES, Setup, Solution, StampData, fisher_covariance, star_problem
+from psfax.fitting.psf import PSF
+from psfax.fitting.settings import FitSettings
+from psfax.fitting.spd import spd_solve
+from psfax.programs import persistent_jit
 
 
 def whitening(fisher):
@@ -40,20 +36,20 @@ def whitening(fisher):
     return jnp.linalg.inv(chol).T
 
 
-def adam_minimize(model_fn, data, weights_fn, whitener, x0, settings: AdamSettings):
+def adam_minimize(model_fn, data, weights_fn, whitener, x0, settings: FitSettings):
     """Minimise ``sum w (d - model_fn(x))^2`` from x0; returns (x, converged, n_steps).
 
     ``whitener(x)`` returns the map ``z -> x + A z`` whitened at x.
     """
     x, conv = x0, None
-    for _ in range(settings.rounds):  # a fixed, small number of rounds (static)
+    for _ in range(settings.adam_rounds):  # a fixed, small number of rounds (static)
         x, conv = _adam_round(model_fn, data, weights_fn, whitener(x), jnp.zeros_like(x0), settings)
-    return x, conv, jnp.asarray(settings.steps * settings.rounds)
+    return x, conv, jnp.asarray(settings.adam_steps * settings.adam_rounds)
 
 
-def _adam_round(model_fn, data, weights_fn, to_x, z0, settings: AdamSettings):
-    schedule = optax.cosine_decay_schedule(settings.learning_rate, settings.steps,
-                                           alpha=settings.final_rate / settings.learning_rate)
+def _adam_round(model_fn, data, weights_fn, to_x, z0, settings: FitSettings):
+    schedule = optax.cosine_decay_schedule(settings.adam_learning_rate, settings.adam_steps,
+                                           alpha=settings.adam_final_rate / settings.adam_learning_rate)
     opt = optax.adam(schedule)
 
     def loss(z):
@@ -68,11 +64,54 @@ def _adam_round(model_fn, data, weights_fn, to_x, z0, settings: AdamSettings):
         z, opt_state, prev, change = carry
         value, grad = value_and_grad(z)
         updates, opt_state = opt.update(grad, opt_state, z)
-        at_window = (i % settings.window) == 0
+        at_window = (i % settings.adam_window) == 0
         change = jnp.where(at_window, jnp.abs(prev - value), change)
         prev = jnp.where(at_window, value, prev)
         return optax.apply_updates(z, updates), opt_state, prev, change
 
     init = (z0, opt.init(z0), loss(z0), jnp.asarray(jnp.inf, z0.dtype))
-    z, _, _, change = jax.lax.fori_loop(0, settings.steps, body, init)
-    return to_x(z), 2.0 * change < settings.dchi2 * z.size
+    z, _, _, change = jax.lax.fori_loop(0, settings.adam_steps, body, init)
+    return to_x(z), 2.0 * change < settings.adam_dchi2 * z.size
+
+
+@persistent_jit(static_argnames=("setup",))
+def solve(setup: Setup, psf: PSF, v0, stars: StampData, active) -> Solution:
+    """Adam on every star on its own (whitened by its Fisher matrix); the covariance from the Fisher
+    matrix at the solution."""
+    def one(v, part, star):
+        p = psf.with_star(part)
+        model_fn, weights_fn, _ = star_problem(setup, p, star)
+
+        def whitener(x):
+            m, jac = p.linearise(x, setup.size)
+            whiten = whitening((jac * weights_fn(m)[:, None]).T @ jac)
+            return lambda z: x + whiten @ z
+
+        return adam_minimize(model_fn, star.data, weights_fn, whitener, v, setup.settings)
+
+    x, converged, n_iter = jax.vmap(one, in_axes=(0, 0, STAR_AXES))(v0, psf.star_part(), stars)
+    v = jnp.where(active[:, None], x, v0)
+    return Solution(v, *fisher_covariance(setup, psf, v, stars), converged, n_iter, None)
+
+
+@persistent_jit(static_argnames=("setup",))
+def solve_shared(setup: Setup, psf: Free, u0, coef0, basis, stars: StampData, active) -> Solution:
+    """Adam on the shared problem as one flat vector, whitened by the stars' 4 x 4 blocks and the Schur
+    complement of the shape coefficients."""
+    split, model_fn, weights_fn, _, _ = shared.flat_problem(setup, psf, u0, basis, stars, active)
+
+    def whitener(x):
+        u, coef = split(x)
+        b = shared.blocks(setup, psf, u, coef, basis, stars, active)
+        a_u = jax.vmap(whitening)(b.U)
+        a_c = whitening(b.V - jnp.einsum("nak,nal->kl", b.W, spd_solve(b.U, b.W)))
+
+        def to_x(z):
+            zu, zc = split(z)
+            return jnp.concatenate([(u + jnp.einsum("nab,nb->na", a_u, zu)).ravel(), coef + a_c @ zc])
+
+        return to_x
+
+    x0 = jnp.concatenate([u0.ravel(), coef0])
+    x, converged, n_iter = adam_minimize(model_fn, stars.data.ravel(), weights_fn, whitener, x0, setup.settings)
+    return shared.solution(setup, psf, *split(x), basis, stars, active, converged, n_iter)

@@ -30,7 +30,3 @@ FLAG_DEFINITIONS = {
     EXCLUDED: "excluded from the shared-shape solve",
 }
 
-
-def describe(flags: int) -> list[str]:
-    """Names of the bits set in ``flags``."""
-    return [text for bit, text in FLAG_DEFINITIONS.items() if flags & bit]

@@ -1,42 +1,31 @@
-"""Batched Levenberg-Marquardt for independent stars (free or fixed shape).
+"""Batched Levenberg-Marquardt for independent stars (any PSF kind).
 
 Each star solves its own damped Gauss-Newton step
-``(J^T W J + lam diag(J^T W J)) delta = J^T W (d - m)`` with its own damping
-``lam`` (Nielsen's update from the gain ratio ``rho`` of actual to predicted
-chi2 reduction) and its own convergence test; all stars advance together in
-one ``lax.while_loop`` (vmapped), so there is no Python loop over stars or
-iterations.  A step is stopped at ``max_shift`` px in position (the stamp
-model is only trusted near its centre).
+``(J^T W J + lam diag(J^T W J)) delta = J^T W (d - m)`` with its own damping and its own stop test
+(:mod:`psfax.fitting.damping`); all stars advance together in one ``lax.while_loop`` (vmapped), so
+there is no Python loop over stars or iterations.  One Jacobian per iteration: it is computed at
+the trial point and kept if the step is accepted.  A star ends with its Fisher matrix ``J^T W J`` at
+the solution, whose inverse is its covariance.
 
-Converged: an accepted step smaller than ``xtol`` of every parameter's
-standard error, a relative chi2 decrease below ``ftol``, a step whose
-predicted chi2 decrease is below ``dchi2``, or a point whose own undamped
-Gauss-Newton step would predict less than ``dchi2`` (the Newton decrement
-``g^T H^-1 g``: nothing left to gain, and no linearisation spent to find it
-out; a change of 1e-6 in chi2 moves parameters by ~1e-3 of their errors).
+A batched loop runs as long as its slowest star, so the first round runs every star for the few
+iterations most take, and the stars still going continue in compacted batches, each resumed from its
+LM state (no linearisation repeated), each round doubling the iterations reached.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from psfax.fitting.flags import MAX_OFFSET
-from psfax.fitting.problem import StampData, Setup, chi2, linearise, weights
-
-
-@dataclass(frozen=True)
-class LMSettings:
-    """Convergence settings (immutable)."""
-
-    xtol: float = 1e-4
-    ftol: float = 1e-10
-    dchi2: float = 1e-6
-    lam0: float = 1e-3
-    max_shift: float = 1.0
+from psfax.fitting import damping
+from psfax.fitting.problem import (Setup, Solution, StampData, bucket_size, each_star, normal_equations, off_centre,
+                                   star_rows)
+from psfax.fitting.psf import PSF
+from psfax.fitting.spd import spd_inverse
+from psfax.programs import persistent_jit
 
 
 class LMState(NamedTuple):
@@ -52,82 +41,104 @@ class LMState(NamedTuple):
     n_iter: jnp.ndarray  # int
 
 
-def _normal_equations(setup, star: StampData, m, jac):
-    """Weights at m, ``J^T W J``, ``J^T W (d - m)`` and chi2."""
-    w = weights(setup, star, m)
-    jw = jac * w[:, None]
-    return w, jw.T @ jac, jw.T @ (star.data - m), chi2(star.data, m, w)
-
-
-def off_centre(setup: Setup, v):
-    """True when the centre ``v[:2]`` is more than MAX_OFFSET px from the stamp centre."""
-    ny, nx = setup.size
-    return jnp.maximum(jnp.abs(v[0] - (nx - 1) / 2), jnp.abs(v[1] - (ny - 1) / 2)) > MAX_OFFSET
-
-
-def chi2_resolution(settings: LMSettings, chi2_value):
-    """``(relative drop, absolute drop)`` below which a chi2 change is noise:
-    ``ftol`` and ``dchi2``, raised to 8 float eps of chi2 in low precision
-    (float32 cannot resolve a change of 1e-6 in a chi2 of 200)."""
-    floor = 8.0 * jnp.finfo(chi2_value.dtype).eps
-    return jnp.maximum(settings.ftol, floor), jnp.maximum(settings.dchi2, floor * chi2_value)
-
-
 def newton_decrement(h, g):
     """``g^T H^-1 g``: the chi2 decrease the undamped Gauss-Newton step predicts (NaN or inf when H is singular)."""
     return g @ jnp.linalg.solve(h, g)
 
 
-def _limit_shift(delta, max_shift):
-    """Scale the step so that the centre moves at most ``max_shift`` px."""
-    shift = jnp.maximum(jnp.abs(delta[0]), jnp.abs(delta[1]))
-    return delta * jnp.minimum(1.0, max_shift / jnp.maximum(shift, 1e-30))
-
-
-def lm_start(setup: Setup, settings: LMSettings, model_of, v0, aux, star: StampData, active):
+def lm_start(setup: Setup, psf: PSF, v0, star: StampData, active, dchi2, lam0):
     """The LM state of one star at ``v0``: its normal equations, the starting damping, and done (converged)
     already when inactive or when the Newton decrement says ``v0`` is the optimum."""
-    w0, h0, g0, c0 = _normal_equations(setup, star, *linearise(setup, model_of, v0, aux))
+    w0, h0, g0, c0 = normal_equations(setup, star, *psf.linearise(v0, setup.size))
+    at_optimum = active & damping.at_optimum(setup.settings, dchi2, newton_decrement(h0, g0), c0)
     dtype = v0.dtype
-    at_optimum = active & (newton_decrement(h0, g0) < chi2_resolution(settings, c0)[1])
-    return LMState(v0, h0, g0, w0, c0, jnp.asarray(settings.lam0, dtype), jnp.asarray(2.0, dtype),
+    return LMState(v0, h0, g0, w0, c0, jnp.asarray(lam0, dtype), jnp.asarray(2.0, dtype),
                    ~active | at_optimum, at_optimum, jnp.asarray(0))
 
 
-def lm_iterate(setup: Setup, settings: LMSettings, model_of, state: LMState, aux, star: StampData, max_iter):
+def lm_iterate(setup: Setup, psf: PSF, state: LMState, star: StampData, dchi2, max_iter):
     """LM iterations of one star from ``state`` until it is done or has made ``max_iter`` (may be traced) in
-    all: ``state.n_iter`` counts on, so a fit stopped by the count resumes where it was.
-
-    One Jacobian per iteration: it is computed at the trial point and kept
-    if the step is accepted.
-    """
-    dtype = state.v.dtype
+    all: ``state.n_iter`` counts on, so a fit stopped by the count resumes where it was."""
+    settings = setup.settings
 
     def step(s: LMState):
         d = jnp.diag(s.h)
         scale = jnp.maximum(d, 1e-30 * jnp.max(d))
-        delta = _limit_shift(jnp.linalg.solve(s.h + s.lam * jnp.diag(scale), s.g), settings.max_shift)
+        delta = jnp.linalg.solve(s.h + s.lam * jnp.diag(scale), s.g)
+        delta = damping.limit_shift(delta, jnp.maximum(jnp.abs(delta[0]), jnp.abs(delta[1])), settings.max_shift)
         trial = s.v + delta
-        m, jac = linearise(setup, model_of, trial, aux)
-        c_trial = chi2(star.data, m, s.w)  # under the current weights, comparable with s.chi2
-        predicted = delta @ (2.0 * s.g - s.h @ delta)
-        rho = (s.chi2 - c_trial) / jnp.where(predicted > 0, predicted, 1e-300)
-        accept = jnp.isfinite(c_trial) & (c_trial < s.chi2)
-        small_step = jnp.max(jnp.abs(delta) * jnp.sqrt(scale)) < settings.xtol
-        ftol, dchi2 = chi2_resolution(settings, s.chi2)
-        small_drop = (s.chi2 - c_trial) <= ftol * jnp.maximum(s.chi2, 1.0)
-        w, h, g, c = _normal_equations(setup, star, m, jac)
-        at_optimum = newton_decrement(h, g) < chi2_resolution(settings, c)[1]
-        converged = (accept & (small_step | small_drop | at_optimum)) | (predicted < dchi2)
-        lam = jnp.where(accept, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), s.lam * s.nu)
-        stuck = ~accept & (s.lam > 1e12)
-        left = off_centre(setup, trial)  # it has left its star: stop there (flagged OFF_STAMP)
-        new = LMState(trial, h, g, w, c, lam, jnp.asarray(2.0, dtype), converged | left, converged, s.n_iter + 1)
-        rejected = s._replace(lam=lam, nu=2.0 * s.nu, done=stuck | converged, converged=converged, n_iter=s.n_iter + 1)
-        chosen = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, rejected)
+        m, jac = psf.linearise(trial, setup.size)
+        w, h, g, c = normal_equations(setup, star, m, jac)
+        c_trial = jnp.sum(s.w * (star.data - m) ** 2)  # under the current weights, comparable with s.chi2
+        verdict = damping.judge(settings, dchi2, s.lam, s.nu, s.chi2, c_trial, delta @ (2.0 * s.g - s.h @ delta),
+                                jnp.max(jnp.abs(delta) * jnp.sqrt(scale)),
+                                damping.at_optimum(settings, dchi2, newton_decrement(h, g), c))
+        left = off_centre(setup.size, trial[0], trial[1])  # it has left its star: stop there (flagged OFF_STAMP)
+        new = LMState(trial, h, g, w, c, verdict.lam, verdict.nu, verdict.converged | left, verdict.converged,
+                      s.n_iter + 1)
+        rejected = s._replace(lam=verdict.lam, nu=verdict.nu, done=verdict.stuck | verdict.converged,
+                              converged=verdict.converged, n_iter=s.n_iter + 1)
+        chosen = jax.tree.map(lambda a, b: jnp.where(verdict.accept, a, b), new, rejected)
         return jax.tree.map(lambda a, b: jnp.where(s.done, a, b), s, chosen)
 
-    def cond(s):
-        return ~s.done & (s.n_iter < max_iter)
+    return jax.lax.while_loop(lambda s: ~s.done & (s.n_iter < max_iter), step, state)
 
-    return jax.lax.while_loop(cond, step, state)
+
+@persistent_jit(static_argnames=("setup",))
+def _run(setup: Setup, psf: PSF, start, stars, active, dchi2, lam0, max_iter):
+    """LM on every star from ``start`` (parameters (N, P), or LM states to resume from) up to ``max_iter``
+    iterations in all: the LM state per star."""
+    resume = isinstance(start, LMState)
+
+    def one(x, p, star, act):
+        s = x if resume else lm_start(setup, p, x, star, act, dchi2, lam0)
+        return lm_iterate(setup, p, s, star, dchi2, max_iter)
+
+    return each_star(setup, psf, one, start, stars, active)
+
+
+@persistent_jit
+def _select(rows, state, active, stars, psf_part):
+    """The stars at ``rows``: their LM states, active flags, stamps and rows of the PSF's per-star fields."""
+    return jax.tree.map(lambda a: a[rows], (state, psf_part)), active[rows], star_rows(stars, rows)
+
+
+@persistent_jit
+def _put_rows(rows, full, part):
+    """The per-star pytree ``full`` with the rows ``rows`` replaced by ``part`` (repeated rows carry identical
+    values)."""
+    return jax.tree.map(lambda a, b: a.at[rows].set(b), full, part)
+
+
+@persistent_jit
+def _solution(s: LMState) -> Solution:
+    """The complete solution from the final LM states: ``J^T W J`` at the solution is the Fisher matrix."""
+    return Solution(s.v, spd_inverse(s.h), s.chi2, s.converged, s.n_iter, None)
+
+
+def solve(setup: Setup, psf: PSF, v0, stars: StampData, active, dchi2=None) -> Solution:
+    """LM on every star for the first round's iterations, then on the unfinished ones only, in rounds that
+    double the iterations reached, up to ``setup.max_iter``.  ``dchi2``: the stop on the predicted chi2
+    decrease per star (default ``settings.dchi2``)."""
+    settings = setup.settings
+    free = bool(psf.free_names)
+    dchi2 = np.asarray(settings.dchi2 if dchi2 is None else dchi2, v0.dtype)
+    lam0 = np.asarray(settings.free_shape_lam0 if free else settings.lam0, v0.dtype)
+    reached = min(settings.free_shape_first_round if free else settings.photometry_first_round, setup.max_iter)
+    state = _run(setup, psf, v0, stars, active, dchi2, lam0, np.int32(reached))
+    size = None
+    while reached < setup.max_iter:
+        going = ~np.asarray(state.done)  # an inactive star starts done
+        left = np.flatnonzero(going)
+        if left.size == 0:
+            break
+        reached = min(2 * reached, setup.max_iter)
+        # every later round keeps the second's batch size (one compiled program, which a new process loads
+        # once), padded with a finished star: chunks of padding end at once
+        size = size or bucket_size(left.size)
+        filler = np.flatnonzero(~going)[:1] if (~going).any() else left[-1:]
+        rows = jnp.asarray(np.concatenate([left, np.repeat(filler, size - left.size)]))
+        (state_r, psf_part), active_r, stars_r = _select(rows, state, active, stars, psf.star_part())
+        part = _run(setup, psf.with_star(psf_part), state_r, stars_r, active_r, dchi2, lam0, np.int32(reached))
+        state = _put_rows(rows, state, part)
+    return _solution(state)

@@ -1,11 +1,10 @@
-"""What a fit is made of: the stamp data, the noise model and the star model.
+"""What a fit is made of: the stamp data, the noise model, and how the loops map over stars.
 
 ``chi2 = sum_pixels w (d - m)^2`` with ``w = usable / variance``.  Variance is
 either given (``extra``) or, with ``model_variance``, recomputed from the
-current model at every iteration:
-``var = extra + max(m, 0) / gain + (read_noise / gain)^2`` (ADU^2, with gain in
-e-/ADU and read noise in e-).  Model-based weights avoid the low flux bias of
-data-based weights.
+current model at every iteration (:func:`variance_model`).  Model-based
+weights avoid the low flux bias of data-based weights.  The star model is the
+PSF value's (:mod:`psfax.fitting.psf`).
 """
 
 from __future__ import annotations
@@ -16,38 +15,28 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from psfax.fitting.params import N_STAR, shape_from_u
-from psfax.fitting.table import TableGrid, interpolate, interpolate_mixture, table_psf
-from psfax.fitting.taylor import taylor_coefficients
-from psfax.profiles import Accuracy, Profile, moffat_derivatives, moffat_pixel_terms, stamp_psf, two_tier
+from psfax.fitting.flags import MAX_OFFSET
+from psfax.fitting.psf import PSF
+from psfax.fitting.settings import DEFAULT_SETTINGS, FitSettings
+from psfax.fitting.spd import spd_inverse
+from psfax.programs import persistent_jit
 
 
 @dataclass(frozen=True)
 class Setup:
-    """Static description of a fit (hashable: it keys the compiled programs)."""
+    """Static description of a fit's loops (hashable: it keys the compiled programs); the PSF itself is a
+    value (:mod:`psfax.fitting.psf`) passed beside it."""
 
-    profile: Profile
     size: tuple[int, int]
-    pixel_integrated: bool
-    accuracy: Accuracy
     model_variance: bool
-    max_iter: int = 100
+    settings: FitSettings = DEFAULT_SETTINGS
     chunk: int = 0  # independent stars are solved in chunks of this many (0: all at once)
 
     @property
-    def n_shape(self) -> int:
-        return len(self.profile.shape_names)
-
-    @property
-    def grid(self) -> TableGrid:
-        return TableGrid(self.size, self.accuracy.table_oversampling)
-
-    @property
-    def tabulated(self) -> bool:
-        """Pixel-integrated fits of a fixed or shared shape use a PSF table, but for the circular
-        Gaussian, whose exact integral (a product of erf differences) is cheaper than a table lookup."""
-        return self.pixel_integrated and self.profile.name != "gaussian"
+    def max_iter(self) -> int:
+        return self.settings.max_iter
 
 
 class StampData(NamedTuple):
@@ -60,6 +49,19 @@ class StampData(NamedTuple):
     read_noise: jnp.ndarray  # scalar, e-
 
 
+class Solution(NamedTuple):
+    """What every optimizer returns: per star the fitted vector ``v`` (N, P) of the PSF kind, its
+    inverse-Fisher covariance (N, P, P), chi2, converged and iterations (N,); for a shared shape also
+    ``shared = (coef (K,), covariance (K, K))`` of the shape coefficients (else None)."""
+
+    v: jnp.ndarray
+    covariance: jnp.ndarray
+    chi2: jnp.ndarray
+    converged: jnp.ndarray
+    n_iter: jnp.ndarray
+    shared: tuple | None
+
+
 def pixel_grid(size, dtype):
     """Flattened pixel-centre coordinates (x, y) of a stamp of ``size = (ny, nx)``."""
     ny, nx = size
@@ -67,91 +69,12 @@ def pixel_grid(size, dtype):
     return xx.ravel(), yy.ravel()
 
 
-def star_model(setup: Setup, u4, shape_u):
-    """Model pixels (M,) of one star: ``flux * PSF(x - x0, y - y0) + bkg`` (direct integration)."""
-    psf = stamp_psf(setup.profile, u4[0], u4[1], shape_from_u(setup.profile, shape_u), setup.size,
-                    pixel_integrated=setup.pixel_integrated, accuracy=setup.accuracy)
-    return u4[2] * psf.ravel() + u4[3]
-
-
-def table_model(setup: Setup, v, table):
-    """Model pixels (M,) of one star from a tabulated PSF (shape fixed or shared): ``v = [x0, y0, flux, bkg]``."""
-    return v[2] * table_psf(setup.grid, table, v[0], v[1]).ravel() + v[3]
-
-
-def cell_psf(setup: Setup, v, aux):
-    """PSF stamp and d/dx0, d/dy0 from shape-cell tables: ``aux = (tables, (cell, delta))``
-    with the star's cell index and shape offset from the cell centre (:mod:`psfax.fitting.taylor`)."""
-    tables, (cell, delta) = aux
-    return interpolate_mixture(setup.grid, tables, cell, taylor_coefficients(delta), v[0], v[1])
-
-
-def cell_model(setup: Setup, v, aux):
-    """Model of a star whose fixed shape is expanded around its shape cell's centre."""
-    return v[2] * cell_psf(setup, v, aux)[0].ravel() + v[3]
-
-
-def free_model(setup: Setup, v, aux):
-    """Model of a star whose shape is free: ``v = [x0, y0, flux, bkg, *shape_u]``."""
-    return star_model(setup, v[:N_STAR], v[N_STAR:])
-
-
-def fixed_model(setup: Setup, v, shape_u):
-    """Model of a star whose shape ``shape_u`` is held fixed: ``v = [x0, y0, flux, bkg]``."""
-    return star_model(setup, v, shape_u)
-
-
-def linearise(setup: Setup, model_of, v, aux):
-    """Model (M,) and Jacobian (M, P) of ``model_of`` (one of the four star models above) at ``v``.
-
-    A tabulated PSF gives its Jacobian in closed form from one gather,
-    ``d m / d[x0, y0, flux, bkg] = [flux dP/dx0, flux dP/dy0, P, 1]``; direct
-    integration uses one forward-mode pass, or closed-form derivatives for the circular Moffat
-    (:func:`direct_linearise`).
-    """
-    if model_of is free_model:
-        return direct_linearise(setup, v[:N_STAR], v[N_STAR:], wrt_shape=True)
-    if model_of is fixed_model:
-        return direct_linearise(setup, v, aux, wrt_shape=False)
-    stamps = interpolate(setup.grid, aux, v[0], v[1]) if model_of is table_model else cell_psf(setup, v, aux)
-    p, px, py = (a.ravel() for a in stamps)
-    return v[2] * p + v[3], jnp.stack([v[2] * px, v[2] * py, p, jnp.ones_like(p)], axis=1)
-
-
-def direct_linearise(setup: Setup, u4, shape_u, *, wrt_shape: bool):
-    """Model (M,) and Jacobian wrt ``[x0, y0, flux, bkg]`` (and ``shape_u`` when ``wrt_shape``) by direct
-    integration.  Flux and bkg enter linearly, so forward mode runs over the PSF's own arguments only
-    (x0, y0 and the shape): ``dm/dflux = P``, ``dm/dbkg = 1``, ``dm/dx0 = flux dP/dx0``.  The
-    pixel-integrated circular Moffat (the default model) has its derivatives in closed form instead."""
-    if setup.pixel_integrated and setup.profile.name == "moffat":
-        return _moffat_linearise(setup, u4, shape_u, wrt_shape)
-
-    def psf(p):
-        shape = shape_from_u(setup.profile, p[2:] if wrt_shape else shape_u)
-        out = stamp_psf(setup.profile, p[0], p[1], shape, setup.size, pixel_integrated=setup.pixel_integrated,
-                        accuracy=setup.accuracy).ravel()
-        return out, out
-
-    jac, p = jax.jacfwd(psf, has_aux=True)(jnp.concatenate([u4[:2], shape_u]) if wrt_shape else u4[:2])
-    flux = u4[2]
-    columns = [flux * jac[:, :2], p[:, None], jnp.ones_like(p)[:, None]]
-    return flux * p + u4[3], jnp.concatenate(columns + ([flux * jac[:, 2:]] if wrt_shape else []), axis=1)
-
-
-def _moffat_linearise(setup: Setup, u4, shape_u, wrt_shape: bool):
-    """:func:`direct_linearise` of the pixel-integrated circular Moffat from five node sums per pixel
-    (:func:`psfax.profiles.moffat_pixel_terms`), with ``shape_u = (ln fwhm, ln(beta - 1))``: the same
-    numbers as forward mode to rounding, 2.6x faster (1,280 stars: 20 vs 53 ms)."""
-    shape = shape_from_u(setup.profile, shape_u)
-    fwhm, beta = shape["fwhm"], shape["beta"]
-    terms = two_tier(lambda dx, dy, order: moffat_pixel_terms(dx, dy, fwhm, beta, order), u4[0], u4[1],
-                     setup.size, setup.accuracy)
-    p, d_x0, d_y0, d_log_fwhm, d_beta = (t.ravel() for t in moffat_derivatives(terms, beta))
-    flux = u4[2]
-    columns = [flux * d_x0, flux * d_y0, p, jnp.ones_like(p)]
-    if wrt_shape:
-        columns += [flux * d_log_fwhm, flux * (beta - 1.0) * d_beta]
-    return flux * p + u4[3], jnp.stack(columns, axis=1)
+def variance_model(counts, extra, gain, read_noise):
+    """The noise model (ADU^2) of psfax: ``extra + max(c, 0) / gain + (read_noise / gain)^2`` for the
+    expected counts ``c`` above the part ``extra`` (ADU; the model, or the data for data-based
+    weights), gain in e-/ADU, read noise in e-.  numpy in, numpy out; JAX in, JAX out."""
+    xp = jnp if isinstance(counts, jax.Array) else np
+    return extra + xp.maximum(counts, 0.0) / gain + (read_noise / gain) ** 2
 
 
 def weights(setup: Setup, star: StampData, model):
@@ -159,7 +82,7 @@ def weights(setup: Setup, star: StampData, model):
     var = star.extra_var
     if setup.model_variance:
         floor = 1.0 / star.gain**2  # one electron of variance: keeps weights finite
-        var = jnp.maximum(var + jnp.maximum(model, 0.0) / star.gain + (star.read_noise / star.gain) ** 2, floor)
+        var = jnp.maximum(variance_model(model, var, star.gain, star.read_noise), floor)
     return jnp.where(star.usable > 0, 1.0 / jnp.where(var > 0, var, 1.0), 0.0)
 
 
@@ -184,17 +107,6 @@ def star_rows(stars: StampData, index) -> StampData:
     return stars._replace(data=stars.data[index], usable=stars.usable[index], extra_var=stars.extra_var[index])
 
 
-def aux_rows(aux, aux_axis, index):
-    """The ``aux`` of the stars at ``index``: all of it when shared (``aux_axis=None``), its rows when
-    per star (0), or the shared part with the rows of the per-star part (``(None, 0)``)."""
-    if aux_axis is None:
-        return aux
-    if aux_axis == 0:
-        return jax.tree.map(lambda a: a[index], aux)
-    shared_part, star_part = aux
-    return shared_part, jax.tree.map(lambda a: a[index], star_part)
-
-
 def bucket_size(n: int) -> int:
     """Pad a batch of n stars to one of a few sizes (16, 20, 24, 28, 32, 40, ...) to limit re-compilation."""
     if n <= 16:
@@ -217,3 +129,51 @@ def map_stars(setup: Setup, fn, *args):
     chunks = jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]), args)
     out = jax.lax.map(lambda a: jax.vmap(fn)(*a), chunks)
     return jax.tree.map(lambda o: o.reshape((n,) + o.shape[2:]), out)
+
+
+def each_star(setup: Setup, psf: PSF, fn, v, stars: StampData, active):
+    """``fn(v_i, psf_i, star_i, active_i)`` for every star, ``psf_i`` holding the star's rows of the
+    PSF's per-star fields (:func:`map_stars`)."""
+    return map_stars(setup, lambda vi, part, star, act: fn(vi, psf.with_star(part), star, act),
+                     v, psf.star_part(), per_star(stars), active)
+
+
+def star_problem(setup: Setup, psf: PSF, star: StampData):
+    """Model, weights and Gauss-Newton diagonal functions of one star, for the first-order optimizers."""
+    def model_fn(x):
+        return psf.evaluate(x, setup.size)
+
+    def weights_fn(m):
+        return weights(setup, star, m)
+
+    def diag_fn(x, w):
+        return jnp.sum(jax.jacfwd(model_fn)(x) ** 2 * w[:, None], axis=0)
+
+    return model_fn, weights_fn, diag_fn
+
+
+def normal_equations(setup: Setup, star: StampData, m, jac):
+    """Weights at ``m``, ``J^T W J``, ``J^T W (d - m)`` and chi2 of one star."""
+    w = weights(setup, star, m)
+    jw = jac * w[:, None]
+    return w, jw.T @ jac, jw.T @ (star.data - m), chi2(star.data, m, w)
+
+
+@persistent_jit(static_argnames=("setup",))
+def fisher_covariance(setup: Setup, psf: PSF, v, stars: StampData):
+    """Inverse-Fisher covariance (N, P, P) and chi2 (N,) at the solution ``v`` (N, P), for optimizers
+    that do not end with the Fisher matrix at hand."""
+
+    def one(vi, p, star, _):
+        _, h, _, c = normal_equations(setup, star, *p.linearise(vi, setup.size))
+        return h, c
+
+    h, c = each_star(setup, psf, one, v, stars, jnp.ones(v.shape[0], bool))
+    return spd_inverse(h), c
+
+
+def off_centre(size, x, y):
+    """True where the centre (x, y) is more than MAX_OFFSET px from the stamp centre (numpy or JAX)."""
+    ny, nx = size
+    xp = jnp if isinstance(x, jax.Array) else np
+    return xp.maximum(xp.abs(x - (nx - 1) / 2), xp.abs(y - (ny - 1) / 2)) > MAX_OFFSET

@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 from astropy.table import Table
 
-from psfax.fitting.flags import FLAG_DEFINITIONS
-from psfax.fitting.params import physical, shape_from_u
+from psfax.fitting.flags import FLAG_DEFINITIONS, NOT_CONVERGED, OFF_STAMP, SINGULAR, TOO_FEW_PIXELS
+from psfax.fitting.params import N_STAR, shape_from_u
+from psfax.fitting.problem import Solution, bucket_size, off_centre
+from psfax.fitting.psf import PSF, STAR_NAMES
 from psfax.fitting.spatial import PolynomialBasis
 from psfax.profiles import Profile, shear_to_ellipticity
 from psfax.programs import persistent_jit
@@ -38,14 +40,18 @@ class SharedShape:
 
     def values_at(self, x, y) -> dict:
         """Physical shape at image positions (x, y), without errors (cheaper than :meth:`shape_at`)."""
-        from psfax.fitting.problem import bucket_size
-
         b = np.atleast_2d(np.asarray(self.basis(np.atleast_1d(x), np.atleast_1d(y))))
         n = len(b)
         b = np.pad(b, ((0, bucket_size(n) - n), (0, 0)))  # one compiled program serves many n
         with jax.enable_x64(self.coef.dtype == np.float64):
             values = _reported_shape(self.profile, jnp.asarray(b), jnp.asarray(self.coef))
             return {n_: np.asarray(v)[:n] for n_, v in zip(shape_column_names(self.profile), values)}
+
+    def shape_u_at(self, x, y) -> np.ndarray:
+        """Unconstrained shapes (n, k) at image positions (x, y): ``B(x, y) c``
+        (e.g. for :class:`psfax.fitting.Fixed`)."""
+        b = np.atleast_2d(np.asarray(self.basis(np.atleast_1d(x), np.atleast_1d(y))))
+        return b @ np.asarray(self.coef)
 
     def _reported(self, x, y):
         """The function: coefficients -> stacked reported shape parameters (names, n) at (x, y)."""
@@ -56,7 +62,13 @@ class SharedShape:
 @persistent_jit(static_argnames=("profile",))
 def _reported_shape(profile: Profile, basis_values, coef):
     """Reported shape parameters (names, n) from basis values (n, size) and coefficients (size, k)."""
-    s = shape_from_u(profile, basis_values @ coef)
+    return reported_shape(profile, basis_values @ coef)
+
+
+@persistent_jit(static_argnames=("profile",))
+def reported_shape(profile: Profile, shape_u):
+    """Reported shape parameters (names, n) (:func:`shape_column_names`) of unconstrained shapes (n, k)."""
+    s = shape_from_u(profile, shape_u)
     out = [s["fwhm"]] + ([s["beta"]] if "beta" in s else [])
     if profile.elliptical:
         out += list(shear_to_ellipticity(s["g1"], s["g2"]))
@@ -124,8 +136,43 @@ class FitResult:
         return out
 
 
-def physical_batch(profile, u):
-    return jax.vmap(lambda v: physical(profile, v))(u)
+def reported(psf: PSF | None, sol: Solution):
+    """Reported values (N, P), their covariance (N, P, P) and names from the solution of the kind ``psf``
+    (None: a held shape, whose fitted vector ``[x0, y0, flux, bkg]`` is reported as it is)."""
+    if psf is None:
+        return np.asarray(sol.v), np.asarray(sol.covariance), list(STAR_NAMES)
+    values, cov = _report(psf, sol.v, sol.covariance)
+    return np.asarray(values), np.asarray(cov), list(psf.names)
+
+
+@persistent_jit
+def _report(psf: PSF, v, cov):
+    return jax.vmap(lambda vi, ci, part: psf.with_star(part).report(vi, ci))(v, cov, psf.star_part())
+
+
+def fit_table(names, values, cov, sol: Solution, n: int, size, flags, dof, held=None):
+    """The per-star table and the covariance (NaN where unknown), flags completed: SINGULAR (Fisher matrix
+    not positive), OFF_STAMP (:func:`psfax.fitting.problem.off_centre`), NOT_CONVERGED.  ``held``:
+    ``(profile, shape_u (N, k))`` of a held shape, reported as value columns without errors."""
+    chi2, conv, n_iter = (np.asarray(a)[:n] for a in (sol.chi2, sol.converged, sol.n_iter))
+    fitted = (flags & TOO_FEW_PIXELS) == 0
+    variances = np.diagonal(cov, axis1=1, axis2=2)
+    n_check = N_STAR if sol.shared is not None else variances.shape[1]  # a shared shape's errors are global
+    singular = fitted & ~np.all(np.isfinite(variances[:, :n_check]) & (variances[:, :n_check] > 0), axis=1)
+    ok = fitted & ~singular
+    values = np.where(fitted[:, None], values, np.nan)
+    errors = np.where(ok[:, None], np.sqrt(np.abs(variances)), np.nan)
+    cov = np.where(ok[:, None, None], cov, np.nan)
+    off = fitted & off_centre(size, values[:, 0], values[:, 1])
+    flags = (flags | np.where(singular, SINGULAR, 0) | np.where(off, OFF_STAMP, 0)
+             | np.where(fitted & ~conv, NOT_CONVERGED, 0)).astype(np.int32)
+    table = results_table(names, values, errors, np.where(fitted, chi2, np.nan), dof.astype(np.int64),
+                          fitted & conv, n_iter.astype(np.int32), flags)
+    if held is not None:
+        profile, shape_u = held
+        for name, column in zip(shape_column_names(profile), np.asarray(reported_shape(profile, shape_u))):
+            table.add_column(np.where(fitted, column, np.nan), name=name, index=table.colnames.index("chi2"))
+    return table, cov
 
 
 def results_table(names, values, errors, chi2, dof, converged, n_iter, flags) -> Table:

@@ -11,56 +11,57 @@ Jacobian come from the same JAX functions as the fast fitters; with
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from psfax.fitting.problem import STAR_AXES, aux_rows, linearise, weights
+from psfax.fitting import shared
+from psfax.fitting.analytic import Free
+from psfax.fitting.problem import STAR_AXES, Setup, Solution, StampData, fisher_covariance, weights
+from psfax.fitting.psf import PSF
 
-REWEIGHT_ROUNDS = 3
 
-
-def solve_independent(setup, model_of, v0, aux, stars, active, aux_axis):
-    """Per-star ``least_squares``; returns (v, converged, n_evaluations) as numpy arrays."""
+def solve(setup: Setup, psf: PSF, v0, stars: StampData, active) -> Solution:
+    """Per-star ``least_squares``; the covariance from the Fisher matrix at the solution."""
     import scipy.optimize  # here, not at import: it takes 0.3 s and only the reference needs it
 
-    model_and_jac = jax.jit(lambda v, aux: linearise(setup, model_of, v, aux))
+    model_and_jac = jax.jit(lambda v, p: p.linearise(v, setup.size))
     weights_one = jax.jit(lambda star, m: weights(setup, star, m))
     v = np.array(v0)
     conv = np.zeros(len(v), bool)
     nfev = np.zeros(len(v), np.int32)
     data = np.asarray(stars.data)
     for i in np.flatnonzero(np.asarray(active)):
-        a = aux_rows(aux, aux_axis, i)
+        p = psf.rows(i)
         star = jax.tree.map(lambda x, ax: x if ax is None else x[i], stars, STAR_AXES)
         x = v[i]
-        for _ in range(REWEIGHT_ROUNDS if setup.model_variance else 1):
-            sw = np.sqrt(np.asarray(weights_one(star, model_and_jac(x, a)[0])))
+        for _ in range(setup.settings.reweight_rounds if setup.model_variance else 1):
+            sw = np.sqrt(np.asarray(weights_one(star, model_and_jac(x, p)[0])))
 
-            def fun(p):
-                return sw * (np.asarray(model_and_jac(p, a)[0]) - data[i])
+            def fun(q):
+                return sw * (np.asarray(model_and_jac(q, p)[0]) - data[i])
 
-            def jac(p):
-                return sw[:, None] * np.asarray(model_and_jac(p, a)[1])
+            def jac(q):
+                return sw[:, None] * np.asarray(model_and_jac(q, p)[1])
 
             sol = scipy.optimize.least_squares(fun, x, jac=jac, method="trf", x_scale="jac", max_nfev=200)
             x, nfev[i] = sol.x, nfev[i] + sol.nfev
         v[i], conv[i] = x, sol.success
-    return v, conv, nfev
+    v = jnp.asarray(v, v0.dtype)
+    return Solution(v, *fisher_covariance(setup, psf, v, stars), jnp.asarray(conv), jnp.asarray(nfev), None)
 
 
-def solve_shared(setup, u0, coef0, basis, stars, active):
-    """Joint ``least_squares`` with a sparse Jacobian; returns (u, coef, converged, n_evaluations)."""
+def solve_shared(setup: Setup, psf: Free, u0, coef0, basis, stars: StampData, active) -> Solution:
+    """Joint ``least_squares`` with a sparse Jacobian."""
     import scipy.optimize
     import scipy.sparse
-
-    from psfax.fitting.shared import models, models_and_jacobians, weights_batch
 
     k_coef = coef0.shape[0]
     idx = np.flatnonzero(np.asarray(active))
     data = np.asarray(stars.data)[idx]
     m_pix = data.shape[1]
-    model_fn = jax.jit(lambda u, c: models(setup, u, c, basis))
-    jac_fn = jax.jit(lambda u, c: models_and_jacobians(setup, u, c, basis))
-    weights_fn = jax.jit(lambda m: weights_batch(setup, stars, m))
+    model_fn = jax.jit(lambda u, c: shared.models(setup, psf, u, c, basis))
+    jac_fn = jax.jit(lambda u, c: shared.models_and_jacobians(setup, psf, u, c, basis))
+    weights_fn = jax.jit(lambda m: shared.weights_batch(setup, stars, m))
     u, coef = np.array(u0), np.array(coef0)
     rows = np.arange(len(idx) * m_pix)
 
@@ -71,7 +72,7 @@ def solve_shared(setup, u0, coef0, basis, stars, active):
 
     x = np.concatenate([u[idx].ravel(), coef])
     nfev = 0
-    for _ in range(REWEIGHT_ROUNDS if setup.model_variance else 1):
+    for _ in range(setup.settings.reweight_rounds if setup.model_variance else 1):
         sw = np.sqrt(np.asarray(weights_fn(model_fn(*unpack(x))))[idx]).ravel()
 
         def fun(p):
@@ -90,4 +91,5 @@ def solve_shared(setup, u0, coef0, basis, stars, active):
                                            max_nfev=200)
         x, nfev = sol.x, nfev + sol.nfev
     u, coef = unpack(x)
-    return u, coef, np.asarray(sol.success), np.asarray(nfev)
+    return shared.solution(setup, psf, jnp.asarray(u, u0.dtype), jnp.asarray(coef, coef0.dtype), basis, stars,
+                           active, np.asarray(sol.success), np.asarray(nfev, np.int32))

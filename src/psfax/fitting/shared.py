@@ -24,13 +24,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from psfax.fitting.lm import LMSettings, chi2_resolution
+from psfax.fitting import damping
+from psfax.fitting.analytic import Free
 from psfax.fitting.params import N_STAR
-from psfax.fitting.problem import (STAR_AXES, StampData, Setup, chi2, direct_linearise, map_stars, per_star, star_model,
-                                   table_model, weights)
+from psfax.fitting.problem import STAR_AXES, Setup, Solution, StampData, chi2, map_stars, per_star, star_rows, weights
 from psfax.fitting.spd import spd_inverse
-from psfax.fitting.table import build_table, interpolate
+from psfax.fitting.table import build_table, interpolate, table_linearise, table_psf
+from psfax.programs import persistent_jit
 
 
 class Blocks(NamedTuple):
@@ -44,52 +46,51 @@ class Blocks(NamedTuple):
     m: jnp.ndarray  # (N, M) model
 
 
-def _direct_jacobian(setup: Setup, u, shape_u):
-    """Model (M,) and Jacobians wrt u (M, 4) and shape (M, k) by direct integration."""
-    m, jac = direct_linearise(setup, u, shape_u, wrt_shape=True)
-    return m, jac[:, :N_STAR], jac[:, N_STAR:]
+def _table_jacobian(grid, u, tables):
+    """Model and Jacobians wrt u (M, 4) and shape (M, k) from a table stack ``[T, dT/dshape_1, ...]``."""
+    p, px, py = interpolate(grid, tables, u[0], u[1])
+    m, ju = table_linearise(u, (p[0], px[0], py[0]))
+    return m, ju, u[2] * p[1:].reshape(p.shape[0] - 1, -1).T
 
 
-def _table_jacobian(setup: Setup, u, tables):
-    """Model and Jacobians from a table stack ``[T, dT/dshape_1, ...]`` (1 + k, L, L)."""
-    p, px, py = interpolate(setup.grid, tables, u[0], u[1])
-    p, px, py = (a.reshape(a.shape[0], -1) for a in (p, px, py))
-    flux = u[2]
-    m = flux * p[0] + u[3]
-    ju = jnp.stack([flux * px[0], flux * py[0], p[0], jnp.ones_like(p[0])], axis=1)
-    return m, ju, flux * p[1:].T
-
-
-def table_stack(setup: Setup, shape_u):
-    """The PSF table and its derivatives wrt the unconstrained shape, stacked (1 + k, L, L)."""
+def table_stack(psf: Free, grid, shape_u):
+    """The PSF table and its derivatives wrt the unconstrained shape, stacked (1 + k, ...polyphase)."""
 
     def f(su):
-        t = build_table(setup.profile, setup.grid, su)
+        t = build_table(psf.profile, grid, su)
         return t, t
 
     d, t = jax.jacfwd(f, has_aux=True)(shape_u)
     return jnp.concatenate([t[None], jnp.moveaxis(d, -1, 0)])
 
 
-def _uses_table(setup: Setup, basis) -> bool:
+def _uses_table(psf: Free, basis) -> bool:
     """One shape for all stars (degree 0) and pixel integration: tabulate."""
-    return setup.tabulated and basis.shape[1] == 1
+    return psf.tabulated and basis.shape[1] == 1
 
 
-def models_and_jacobians(setup: Setup, u, coef, basis):
+def models_and_jacobians(setup: Setup, psf: Free, u, coef, basis):
     """Per-star model (N, M) and Jacobians (N, M, 4), (N, M, k)."""
-    if _uses_table(setup, basis):
-        tables = table_stack(setup, coef)  # degree 0: the coefficients are the shape
-        return map_stars(setup, lambda ui: _table_jacobian(setup, ui, tables), u)
-    return map_stars(setup, partial(_direct_jacobian, setup), u, basis @ coef.reshape(basis.shape[1], -1))
+    if _uses_table(psf, basis):
+        grid = psf.grid(setup.size)
+        tables = table_stack(psf, grid, coef)  # degree 0: the coefficients are the shape
+        return map_stars(setup, lambda ui: _table_jacobian(grid, ui, tables), u)
+
+    def direct(ui, shape_u):
+        m, jac = psf.linearise_shape(ui, shape_u, setup.size, wrt_shape=True)
+        return m, jac[:, :N_STAR], jac[:, N_STAR:]
+
+    return map_stars(setup, direct, u, basis @ coef.reshape(basis.shape[1], -1))
 
 
-def models(setup: Setup, u, coef, basis):
+def models(setup: Setup, psf: Free, u, coef, basis):
     """Per-star model (N, M)."""
-    if _uses_table(setup, basis):
-        table = build_table(setup.profile, setup.grid, coef)
-        return map_stars(setup, lambda ui: table_model(setup, ui, table), u)
-    return map_stars(setup, partial(star_model, setup), u, basis @ coef.reshape(basis.shape[1], -1))
+    if _uses_table(psf, basis):
+        grid = psf.grid(setup.size)
+        table = build_table(psf.profile, grid, coef)
+        return map_stars(setup, lambda ui: ui[2] * table_psf(grid, table, ui[0], ui[1]).ravel() + ui[3], u)
+    return map_stars(setup, lambda ui, su: psf.evaluate(jnp.concatenate([ui, su]), setup.size),
+                     u, basis @ coef.reshape(basis.shape[1], -1))
 
 
 def _star_blocks(setup: Setup, m, ju, js, basis, star: StampData, active):
@@ -108,9 +109,9 @@ def _star_blocks(setup: Setup, m, ju, js, basis, star: StampData, active):
     return U, W.reshape(N_STAR, K), V, jw.T @ r, g_c.reshape(K), jnp.sum(w * r * r), w
 
 
-def blocks(setup: Setup, u, coef, basis, stars: StampData, active) -> Blocks:
+def blocks(setup: Setup, psf: Free, u, coef, basis, stars: StampData, active) -> Blocks:
     """Gauss-Newton blocks of the whole problem at (u, coef)."""
-    m, ju, js = models_and_jacobians(setup, u, coef, basis)
+    m, ju, js = models_and_jacobians(setup, psf, u, coef, basis)
     U, W, V, g_u, g_c, c, w = map_stars(setup, partial(_star_blocks, setup), m, ju, js, basis, per_star(stars), active)
     return Blocks(U, W, V.sum(0), g_u, g_c.sum(0), c, w, m)
 
@@ -157,48 +158,39 @@ def weights_batch(setup, stars, m):
     return jax.vmap(weights, in_axes=(None, STAR_AXES, 0))(setup, stars, m)
 
 
-def lm_shared(setup: Setup, settings: LMSettings, u0, coef0, basis, stars: StampData, active) -> SharedState:
-    """Fit all stars with one shared shape model; returns the final state.
+def _step(setup: Setup, psf: Free, basis, stars: StampData, active, dchi2, s: SharedState) -> SharedState:
+    """One LM iteration of the shared problem (one linearisation: the blocks at the trial point give its
+    chi2 and are kept if the step is accepted)."""
+    settings = setup.settings
+    b = s.b
+    c = jnp.sum(b.chi2)
+    du, dc = schur_solve(b, s.lam)
+    scale = damping.limit_shift(1.0, jnp.max(jnp.abs(du[:, :2])), settings.max_shift)
+    du, dc = du * scale, dc * scale
+    u_new, coef_new = s.u + du, s.coef + dc
+    b_new = blocks(setup, psf, u_new, coef_new, basis, stars, active)
+    c_new = jnp.sum(chi2(stars.data, b_new.m, b.w))  # under this iteration's weights, comparable with c
+    du_sig = jnp.abs(du) * jnp.sqrt(jnp.diagonal(b.U, axis1=1, axis2=2))
+    dc_sig = jnp.abs(dc) * jnp.sqrt(jnp.maximum(jnp.diag(b.V), 0.0))
+    step_sigma = jnp.maximum(jnp.max(jnp.where(active[:, None], du_sig, 0.0)), jnp.max(dc_sig))
+    optimum = damping.at_optimum(settings, dchi2, newton_decrement(b_new), jnp.sum(b_new.chi2))
+    v = damping.judge(settings, dchi2, s.lam, s.nu, c, c_new, _predicted(b, du, dc), step_sigma, optimum)
+    kept = jax.tree.map(lambda new, old: jnp.where(v.accept, new, old), b_new, b)
+    return SharedState(jnp.where(v.accept, u_new, s.u), jnp.where(v.accept, coef_new, s.coef), kept, v.lam, v.nu,
+                       v.converged | v.stuck, v.converged, s.n_iter + 1)
 
-    One linearisation per iteration: the blocks are computed at the trial
-    point (its model gives the trial chi2) and kept if the step is accepted.
-    Converged as in :func:`psfax.fitting.lm.lm_iterate`, the Newton decrement
-    from the Schur complement of the blocks at hand.
-    """
+
+@persistent_jit(static_argnames=("setup",))
+def lm_shared(setup: Setup, psf: Free, u0, coef0, basis, stars: StampData, active, dchi2) -> SharedState:
+    """Fit all stars with one shared shape model by LM (:mod:`psfax.fitting.damping`); the final state.
+    Converged as per-star LM, the Newton decrement from the Schur complement of the blocks at hand."""
     dtype = u0.dtype
-    b0 = blocks(setup, u0, coef0, basis, stars, active)
-    at_optimum = newton_decrement(b0) < chi2_resolution(settings, jnp.sum(b0.chi2))[1]
-    state = SharedState(u0, coef0, b0, jnp.asarray(settings.lam0, dtype), jnp.asarray(2.0, dtype), at_optimum,
+    b0 = blocks(setup, psf, u0, coef0, basis, stars, active)
+    at_optimum = damping.at_optimum(setup.settings, dchi2, newton_decrement(b0), jnp.sum(b0.chi2))
+    state = SharedState(u0, coef0, b0, jnp.asarray(setup.settings.lam0, dtype), jnp.asarray(2.0, dtype), at_optimum,
                         at_optimum, jnp.asarray(0))
-
-    def step(s: SharedState):
-        b = s.b
-        c = jnp.sum(b.chi2)
-        du, dc = schur_solve(b, s.lam)
-        shift = jnp.maximum(jnp.max(jnp.abs(du[:, :2])), 1e-30)
-        scale = jnp.minimum(1.0, settings.max_shift / shift)
-        du, dc = du * scale, dc * scale
-        u_new, c_new_coef = s.u + du, s.coef + dc
-        b_new = blocks(setup, u_new, c_new_coef, basis, stars, active)
-        c_new = jnp.sum(chi2(stars.data, b_new.m, b.w))  # under this iteration's weights, comparable with c
-        predicted = _predicted(b, du, dc)
-        rho = (c - c_new) / jnp.maximum(predicted, 1e-300)
-        accept = jnp.isfinite(c_new) & (c_new < c)
-        du_sig = jnp.abs(du) * jnp.sqrt(jnp.diagonal(b.U, axis1=1, axis2=2))
-        dc_sig = jnp.abs(dc) * jnp.sqrt(jnp.maximum(jnp.diag(b.V), 0.0))
-        small_step = jnp.maximum(jnp.max(jnp.where(active[:, None], du_sig, 0.0)), jnp.max(dc_sig)) < settings.xtol
-        ftol, dchi2 = chi2_resolution(settings, c)
-        small_drop = (c - c_new) <= ftol * jnp.maximum(c, 1.0)
-        at_optimum = newton_decrement(b_new) < chi2_resolution(settings, jnp.sum(b_new.chi2))[1]
-        converged = (accept & (small_step | small_drop | at_optimum)) | (predicted < dchi2)
-        lam = jnp.where(accept, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), s.lam * s.nu)
-        stuck = ~accept & (s.lam > 1e12)
-        kept = jax.tree.map(lambda new, old: jnp.where(accept, new, old), b_new, b)
-        return SharedState(jnp.where(accept, u_new, s.u), jnp.where(accept, c_new_coef, s.coef), kept, lam,
-                           jnp.where(accept, 2.0, 2.0 * s.nu).astype(dtype), converged | stuck, converged,
-                           s.n_iter + 1)
-
-    return jax.lax.while_loop(lambda s: ~s.done & (s.n_iter < setup.max_iter), step, state)
+    return jax.lax.while_loop(lambda s: ~s.done & (s.n_iter < setup.max_iter),
+                              partial(_step, setup, psf, basis, stars, active, dchi2), state)
 
 
 def shared_covariance(b: Blocks, basis, k: int):
@@ -216,3 +208,81 @@ def shared_covariance(b: Blocks, basis, k: int):
     top = jnp.concatenate([c_uu, c_us], axis=2)
     bottom = jnp.concatenate([jnp.swapaxes(c_us, 1, 2), c_ss], axis=2)
     return jnp.concatenate([top, bottom], axis=1), Sinv
+
+
+@persistent_jit(static_argnames=("setup",))
+def solution(setup: Setup, psf: Free, u, coef, basis, stars: StampData, active, converged, n_iter,
+             b: Blocks | None = None) -> Solution:
+    """The complete solution at ``(u, coef)``: per star ``[u_i, B_i c]`` with its inverse-Fisher
+    covariance (from the Gauss-Newton blocks, formed here when the optimizer did not), chi2, and the
+    coefficients with theirs."""
+    if b is None:
+        b = blocks(setup, psf, u, coef, basis, stars, active)
+    k = len(psf.free_names)
+    cov_v, cov_c = shared_covariance(b, basis, k)
+    v = jnp.concatenate([u, basis @ coef.reshape(basis.shape[1], -1)], axis=1)
+    n = u.shape[0]
+    return Solution(v, cov_v, b.chi2, jnp.broadcast_to(converged, (n,)) & active, jnp.broadcast_to(n_iter, (n,)),
+                    (coef, cov_c))
+
+
+def pilot_coefficients(setup: Setup, psf: Free, u0, coef0, basis, stars: StampData, active):
+    """Shape coefficients fitted (LM, stopping at ``settings.pilot_dchi2``) to the ``settings.pilot_stars``
+    active stars of largest starting flux, from ``coef0``; ``coef0`` itself when there are too few stars
+    for a pilot (see :class:`psfax.fitting.settings.FitSettings`)."""
+    act = np.asarray(active)
+    n_pilot = setup.settings.pilot_stars
+    if act.sum() <= 8 * n_pilot:
+        return coef0
+    flux = np.where(act, np.asarray(u0[:, 2]), -np.inf)
+    rows = jnp.asarray(np.sort(np.argsort(-flux, kind="stable")[:n_pilot]))
+    u_p, active_p, stars_p, basis_p = _pilot_rows(rows, u0, active, stars, basis)
+    dchi2 = np.asarray(setup.settings.pilot_dchi2, u0.dtype)
+    return lm_shared(setup, psf, u_p, coef0, basis_p, stars_p, active_p, dchi2).coef
+
+
+@persistent_jit
+def _pilot_rows(rows, u, active, stars, basis):
+    return u[rows], active[rows], star_rows(stars, rows), basis[rows]
+
+
+def solve(setup: Setup, psf: Free, u0, coef0, basis, stars: StampData, active, dchi2=None, pilot=True) -> Solution:
+    """Shared-shape LM from ``(u0, coef0)`` (with ``pilot``, from :func:`pilot_coefficients`' shape when
+    there are many stars); ``dchi2``: the stop on the predicted decrease of the total chi2 (default
+    ``settings.shared_dchi2``)."""
+    dchi2 = np.asarray(setup.settings.shared_dchi2 if dchi2 is None else dchi2, u0.dtype)
+    if pilot:
+        coef0 = pilot_coefficients(setup, psf, u0, coef0, basis, stars, active)
+    s = lm_shared(setup, psf, u0, coef0, basis, stars, active, dchi2)
+    return solution(setup, psf, s.u, s.coef, basis, stars, active, s.converged, s.n_iter, s.b)
+
+
+def flat_problem(setup: Setup, psf: Free, u0, basis, stars: StampData, active):
+    """The shared problem on one flat vector ``x = [u (N x 4), coef]`` for the first-order optimizers:
+    ``split``, model, weights, Gauss-Newton diagonal and step limit functions of ``x``."""
+    n = u0.shape[0]
+
+    def split(x):
+        return x[: N_STAR * n].reshape(n, N_STAR), x[N_STAR * n:]
+
+    def model_fn(x):
+        return models(setup, psf, *split(x), basis).ravel()
+
+    def weights_fn(m):
+        return (weights_batch(setup, stars, m.reshape(n, -1)) * active[:, None]).ravel()
+
+    def diag_fn(x, w):
+        _, jvp = jax.linearize(model_fn, x)
+        size = x.shape[0]
+        # stars do not share u, so one tangent per u slot gives every star's column at once
+        u_diag = jnp.stack([jnp.sum((jvp(jnp.zeros(size).at[j:N_STAR * n:N_STAR].set(1.0)) ** 2 * w)
+                                    .reshape(n, -1), axis=1) for j in range(N_STAR)], axis=1).ravel()
+        c_diag = jnp.stack([jnp.sum(jvp(jnp.zeros(size).at[N_STAR * n + k].set(1.0)) ** 2 * w)
+                            for k in range(size - N_STAR * n)])
+        return jnp.concatenate([u_diag, c_diag])
+
+    def limit_fn(p):
+        du = p[: N_STAR * n].reshape(n, N_STAR)
+        return damping.limit_shift(p, jnp.max(jnp.abs(du[:, :2])), setup.settings.max_shift)
+
+    return split, model_fn, weights_fn, diag_fn, limit_fn

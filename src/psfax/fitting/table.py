@@ -32,6 +32,7 @@ import numpy as np
 
 from psfax.fitting.flags import MAX_OFFSET
 from psfax.fitting.params import shape_from_u
+from psfax.fitting.psf import PSF, register_psf, static
 from psfax.profiles import Profile
 
 
@@ -198,3 +199,26 @@ def _table_psf_jvp(grid, primals, tangents):
     d_table, d_x0, d_y0 = tangents
     value, dx, dy = interpolate(grid, table, x0, y0)
     return value, dx * d_x0 + dy * d_y0 + interpolate(grid, d_table, x0, y0)[0]
+
+
+def table_linearise(v, stamps):
+    """Model (M,) and Jacobian (M, 4) from the PSF stamp and its d/dx0, d/dy0: one gather gives all,
+    ``d m / d[x0, y0, flux, bkg] = [flux dP/dx0, flux dP/dy0, P, 1]``."""
+    p, px, py = (a.ravel() for a in stamps)
+    return v[2] * p + v[3], jnp.stack([v[2] * px, v[2] * py, p, jnp.ones_like(p)], axis=1)
+
+
+@register_psf
+@dataclass(frozen=True)
+class Table(PSF):
+    """One known PSF for every star, tabulated (``table``: polyphase, from :func:`build_table`)."""
+
+    name = "table"
+    grid: TableGrid = static()
+    table: jnp.ndarray = None
+
+    def linearise(self, v, size):
+        return table_linearise(v, interpolate(self.grid, self.table, v[0], v[1]))
+
+    def evaluate(self, v, size):
+        return v[2] * table_psf(self.grid, self.table, v[0], v[1]).ravel() + v[3]

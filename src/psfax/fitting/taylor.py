@@ -2,7 +2,7 @@
 
 A table per star would cost more than integrating directly.  Instead the
 stars' unconstrained shapes ``u`` (see :mod:`psfax.fitting.params`) are
-binned on a grid of cells ``2 r`` wide per axis, and each cell in use gets
+binned on a grid of cells ``2 r`` wide per axis (``r = FitSettings.cell_radius``), and each cell in use gets
 the table of its centre ``a`` with its first and second derivatives, so that
 
     T(u) = T(a) + sum_k d_k dT/du_k + 1/2 sum_kl d_k d_l d2T/du_k du_l + O(|d|^3),   d = u - a.
@@ -15,17 +15,16 @@ with the coefficients ``[1, d_k, d_k d_l (1/2 on the diagonal)]``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psfax.fitting.table import TableGrid, plain_table, polyphase
+from psfax.fitting.psf import PSF, register_psf, static
+from psfax.fitting.table import TableGrid, table_linearise, interpolate_mixture, plain_table, polyphase
 
-CELL_RADIUS = 0.03
-"""Half-width ``r`` of a shape cell in unconstrained units (log FWHM, log(beta - 1), shear)."""
-
-
-def shape_cells(shape_u: np.ndarray, radius: float = CELL_RADIUS) -> tuple[np.ndarray, np.ndarray]:
+def shape_cells(shape_u: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Centres (A, k) of the cells holding the shapes (N, k), and each star's cell index (N,)."""
     shape_u = np.asarray(shape_u, float)
     lo = shape_u.min(axis=0)
@@ -58,3 +57,27 @@ def taylor_coefficients(delta):
     i, j = _pairs(k)
     second = jnp.where(i == j, 0.5, 1.0) * delta[i] * delta[j]
     return jnp.concatenate([jnp.ones((1,), delta.dtype), delta, second])
+
+
+@register_psf
+@dataclass(frozen=True)
+class Cells(PSF):
+    """Known shapes differing per star, each expanded around its shape cell's centre: ``tables``
+    (A, n_terms, ...polyphase) of the cells (:func:`taylor_stack`), each star's ``cell`` index and
+    its shape's offset ``delta`` (N, k) from that cell's centre."""
+
+    name = "cells"
+    star_fields = ("cell", "delta")
+    grid: TableGrid = static()
+    tables: jnp.ndarray = None
+    cell: jnp.ndarray = None
+    delta: jnp.ndarray = None
+
+    def _stamps(self, x0, y0):
+        return interpolate_mixture(self.grid, self.tables, self.cell, taylor_coefficients(self.delta), x0, y0)
+
+    def linearise(self, v, size):
+        return table_linearise(v, self._stamps(v[0], v[1]))
+
+    def evaluate(self, v, size):
+        return v[2] * self._stamps(v[0], v[1])[0].ravel() + v[3]

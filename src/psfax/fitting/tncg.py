@@ -13,21 +13,17 @@ shape (one flat vector).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-
-@dataclass(frozen=True)
-class TNCGSettings:
-    cg_iterations: int = 10
-    cg_rtol: float = 1e-6
-    xtol: float = 1e-4
-    ftol: float = 1e-10
-    dchi2: float = 1e-6
-    lam0: float = 1e-3
+from psfax.fitting import damping, shared
+from psfax.fitting.analytic import Free
+from psfax.fitting.problem import Setup, Solution, StampData, each_star, fisher_covariance, star_problem
+from psfax.fitting.psf import PSF
+from psfax.fitting.settings import FitSettings
+from psfax.programs import persistent_jit
 
 
 class TNCGState(NamedTuple):
@@ -60,12 +56,11 @@ def conjugate_gradient(matvec: Callable, b, precond, iterations: int, rtol: floa
     return jax.lax.fori_loop(0, iterations, body, init)[0]
 
 
-def tncg_minimize(model_fn, data, weights_fn, diag_fn, limit_fn, x0, settings: TNCGSettings, max_iter: int,
-                  active=True):
+def tncg_minimize(model_fn, data, weights_fn, diag_fn, limit_fn, x0, settings: FitSettings, dchi2, active=True):
     """Minimise ``sum w (d - model_fn(x))^2`` over the flat vector x; returns the final state.
 
-    ``weights_fn(m)``: weights at model m; ``diag_fn(x, w)``: diagonal of
-    ``J^T W J``; ``limit_fn(p)``: the step after any trust limit.
+    ``weights_fn(m)``: weights at model m; ``diag_fn(x, w)``: diagonal of ``J^T W J``; ``limit_fn(p)``:
+    the step after any trust limit; accept, damping and stop by :func:`psfax.fitting.damping.judge`.
     """
     dtype = x0.dtype
 
@@ -92,17 +87,39 @@ def tncg_minimize(model_fn, data, weights_fn, diag_fn, limit_fn, x0, settings: T
                                settings.cg_iterations, settings.cg_rtol)
         p = limit_fn(p)
         jp = jvp(p)
-        predicted = 2.0 * p @ g - jnp.sum(w * jp * jp)
         c_new = chi2_at(model_fn(s.x + p), w)
-        rho = (c - c_new) / jnp.where(predicted > 0, predicted, 1e-300)
-        accept = jnp.isfinite(c_new) & (c_new < c)
-        small_step = jnp.max(jnp.abs(p) * jnp.sqrt(d)) < settings.xtol
-        small_drop = (c - c_new) <= settings.ftol * jnp.maximum(c, 1.0)
-        converged = (accept & (small_step | small_drop)) | (predicted < settings.dchi2)
-        lam = jnp.where(accept, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), s.lam * s.nu)
-        stuck = ~accept & (s.lam > 1e12)
-        new = TNCGState(jnp.where(accept, s.x + p, s.x), jnp.where(accept, c_new, c), lam,
-                        jnp.where(accept, 2.0, 2.0 * s.nu).astype(dtype), converged | stuck, converged, s.n_iter + 1)
+        v = damping.judge(settings, dchi2, s.lam, s.nu, c, c_new, 2.0 * p @ g - jnp.sum(w * jp * jp),
+                          jnp.max(jnp.abs(p) * jnp.sqrt(d)))
+        new = TNCGState(jnp.where(v.accept, s.x + p, s.x), jnp.where(v.accept, c_new, c), v.lam, v.nu,
+                        v.converged | v.stuck, v.converged, s.n_iter + 1)
         return jax.tree.map(lambda a, b: jnp.where(s.done, a, b), s, new)
 
-    return jax.lax.while_loop(lambda s: ~s.done & (s.n_iter < max_iter), step, state)
+    return jax.lax.while_loop(lambda s: ~s.done & (s.n_iter < settings.max_iter), step, state)
+
+
+@persistent_jit(static_argnames=("setup",))
+def solve(setup: Setup, psf: PSF, v0, stars: StampData, active) -> Solution:
+    """TNCG on every star on its own; the covariance from the Fisher matrix at the solution."""
+    settings = setup.settings
+
+    def one(v, p, star, act):
+        model_fn, weights_fn, diag_fn = star_problem(setup, p, star)
+
+        def limit(step):
+            return damping.limit_shift(step, jnp.maximum(jnp.abs(step[0]), jnp.abs(step[1])), settings.max_shift)
+
+        s = tncg_minimize(model_fn, star.data, weights_fn, diag_fn, limit, v, settings, settings.dchi2, act)
+        return s.x, s.converged, s.n_iter
+
+    v, converged, n_iter = each_star(setup, psf, one, v0, stars, active)
+    return Solution(v, *fisher_covariance(setup, psf, v, stars), converged, n_iter, None)
+
+
+@persistent_jit(static_argnames=("setup",))
+def solve_shared(setup: Setup, psf: Free, u0, coef0, basis, stars: StampData, active) -> Solution:
+    """TNCG on the shared problem as one flat vector (:func:`psfax.fitting.shared.flat_problem`)."""
+    split, model_fn, weights_fn, diag_fn, limit_fn = shared.flat_problem(setup, psf, u0, basis, stars, active)
+    x0 = jnp.concatenate([u0.ravel(), coef0])
+    s = tncg_minimize(model_fn, stars.data.ravel(), weights_fn, diag_fn, limit_fn, x0, setup.settings,
+                      setup.settings.dchi2)
+    return shared.solution(setup, psf, *split(s.x), basis, stars, active, s.converged, s.n_iter)

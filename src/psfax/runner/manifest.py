@@ -21,14 +21,9 @@ from pathlib import Path
 
 from psfax.io.atomic import atomic_path
 from psfax.runner.jobs import Outcome
+from psfax.version import psfax_version
 
 MANIFEST_NAME = "manifest.jsonl"
-
-
-def psfax_version() -> str:
-    from importlib.metadata import version
-
-    return version("psfax")
 
 
 def record_of(outcome: Outcome) -> dict:

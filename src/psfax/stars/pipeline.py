@@ -11,7 +11,9 @@
    (``reduced_chi2 > median + clip_sigma * 1.4826 MAD``, or a non-zero fit flag)
    until none is left or ``clip_iterations`` refits were done;
 6. ``photometry``: every detected source whose stamp fits in the image is
-   fitted for (x, y, flux, sky) with the PSF shape held at its local value.
+   fitted for (x, y, flux, sky) with the PSF shape held at its local value; a source
+   whose fit fails gets its flux fitted at the detection position instead
+   (:func:`psfax.stars.forced.refit_failed`, source flag ``fixed_position``).
 
 Every stage is timed (``ImageFit.timings``, seconds of wall time; JAX's compilation apart, as
 ``<stage>_compile``).
@@ -30,10 +32,14 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from psfax.errors import InputError
+from psfax.fitting import Fixed, Free, fit_stamps
+from psfax.fitting.params import shape_to_u
+from psfax.profiles import get_profile
 from psfax.stars.catalog import match_catalog, read_reference_catalog
 from psfax.stars.detect import SEP_BLENDED, Background, detect_sources, measure_background
-from psfax.stars.exposure import Exposure, read_exposure
-from psfax.stars.select import (SelectionOptions, bad_pixels_near, neighbour_count,
+from psfax.stars.exposure import Exposure, check_values, read_exposure
+from psfax.stars.forced import refit_failed
+from psfax.stars.select import (DEFAULT_EDGE, SelectionOptions, bad_pixels_near, neighbour_count,
                                 select_psf_stars)
 from psfax.stars.stamps import Stamps, cut_stamps, stamp_fits
 
@@ -46,6 +52,7 @@ SOURCE_FLAGS = {
     "saturated": 2,    # raw peak >= saturation_margin x SATURATE
     "masked": 4,       # a bad pixel within mask_radius px of the centre
     "extended": 8,     # failed the shape cut (galaxy, trail, cosmic ray)
+    "fixed_position": 16,  # the free fit failed (see its flags): flux fitted at the detection position
 }
 
 
@@ -80,9 +87,17 @@ class FitOptions:
             raise InputError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.spatial_degree not in (0, 1, 2):
             raise InputError(f"spatial_degree must be 0, 1 or 2, got {self.spatial_degree}")
-        if self.clip_sigma <= 0 or self.clip_iterations < 0:
+        if not self.clip_sigma > 0 or self.clip_iterations < 0:
             raise InputError(f"clip_sigma must be > 0 and clip_iterations >= 0, got "
                              f"{self.clip_sigma}, {self.clip_iterations}")
+        if self.stamp_size < 5 or self.stamp_size % 2 == 0:
+            raise InputError(f"stamp_size must be an odd number >= 5, got {self.stamp_size}")
+        half = self.stamp_size // 2
+        if self.selection.edge is None:  # the default edge cut follows the stamp: every stamp fits
+            object.__setattr__(self, "selection", dataclasses.replace(self.selection, edge=max(DEFAULT_EDGE, half)))
+        elif self.selection.edge < half:
+            raise InputError(f"edge must be at least half the stamp ({half} px for stamp_size "
+                             f"{self.stamp_size}), got {self.selection.edge}")
 
     @classmethod
     def from_kwargs(cls, **options) -> FitOptions:
@@ -130,7 +145,7 @@ class ImageFit:
 
     def psf_at(self, x, y) -> dict[str, np.ndarray]:
         """PSF shape parameters at image positions (x, y) [px]."""
-        return psf_shape_at(self.psf_result, self.options, np.atleast_1d(x), np.atleast_1d(y))
+        return psf_shape_at(self.psf_result, np.atleast_1d(x), np.atleast_1d(y))
 
     def psf_err_at(self, x, y) -> dict[str, np.ndarray] | None:
         """Standard errors of :meth:`psf_at` (from the spatial coefficients' covariance);
@@ -147,10 +162,14 @@ class ImageFit:
 
     def write(self, out_dir, *, plots: bool = True) -> list[Path]:
         """Write ``stars.parquet``, ``psf_stars.parquet``, ``psf.json`` and (``plots``) the
-        figures into ``out_dir``, each atomically; return the paths."""
+        figures into ``out_dir`` as one set: all into a staging folder there, then moved in, none
+        when any cannot be (:func:`psfax.outputs.commit_files`); return the paths."""
+        from psfax.outputs import commit_files, staging_folder
         from psfax.stars.report import write_outputs
 
-        return write_outputs(self, Path(out_dir), plots=plots)
+        with staging_folder(out_dir) as staging:
+            write_outputs(self, staging, plots=plots)
+            return commit_files(staging, Path(out_dir))
 
 
 def fit_image(science, mask=None, *, header=None, progress: Callable[[str], None] | None = None,
@@ -164,13 +183,22 @@ def fit_image(science, mask=None, *, header=None, progress: Callable[[str], None
     """
     read_names = ("gain", "read_noise", "saturate", "zero_point", "seeing", "pixscale", "bad_bits")
     read_options = {k: options.pop(k) for k in read_names if k in options}
-    fit_options = FitOptions.from_kwargs(**options)  # validate before the slow read
+    check_values(read_options)  # validate before the slow read
+    fit_options = FitOptions.from_kwargs(**options)
+    check_catalog(fit_options)
     start = time.perf_counter()
     exposure = read_exposure(science, mask, header=header, **read_options)
     read_time = time.perf_counter() - start
     result = fit_exposure(exposure, progress=progress, options=fit_options)
     result.timings = {"read": read_time, **result.timings}
     return result
+
+
+def check_catalog(options: FitOptions) -> None:
+    """Read the reference catalog of ``options`` (if any) once before the image, so that a missing or
+    malformed one is found before the slow read (catalogs are small; the detection stage reads it again)."""
+    if options.catalog is not None:
+        read_reference_catalog(options.catalog)
 
 
 def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None = None,
@@ -264,29 +292,28 @@ def chi2_outliers(reduced_chi2: np.ndarray, k: float) -> np.ndarray:
     return ~finite | (reduced_chi2 > med + k * mad)
 
 
-def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, shape=None, start=None, chi2_tolerance=None):
-    """One call of :func:`psfax.fit_stamps` on ``stamps`` (PSF fit, or photometry with ``shape``,
-    in ``options.photometry_dtype``); a refit starts from the previous ``start``."""
-    import psfax
-
+def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, psf=None, start=None, chi2_tolerance=None):
+    """One call of :func:`psfax.fitting.fit_stamps` on ``stamps``: the PSF fit (``psf`` None: the profile
+    of ``options``, shared when ``options.shared_shape``), or photometry with the known ``psf`` (in
+    ``options.photometry_dtype``); a refit starts from the previous ``start``."""
     positions = np.column_stack([stamps.x0 + stamps.x_init, stamps.y0 + stamps.y_init])
-    shared = shape is None and options.shared_shape
-    return psfax.fit_stamps(
-        stamps.data, variance=stamps.variance, mask=stamps.mask, model=options.model,
-        pixel_integrated=options.pixel_integrated, shared_shape=shared, shape=shape,
-        optimizer=options.optimizer, dtype=options.dtype if shape is None else options.photometry_dtype,
-        device=options.device,
+    shared = psf is None and options.shared_shape
+    return fit_stamps(
+        stamps.data, variance=stamps.variance, mask=stamps.mask,
+        psf=Free(get_profile(options.model), options.pixel_integrated) if psf is None else psf,
+        shared_shape=shared, optimizer=options.optimizer,
+        dtype=options.dtype if psf is None else options.photometry_dtype, device=options.device,
         positions=positions if shared else None,
         spatial_degree=options.spatial_degree if shared else 0, start=start, chi2_tolerance=chi2_tolerance)
 
 
-def psf_shape_at(result, options: FitOptions, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+def psf_shape_at(result, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """Shape parameters of the PSF model at image positions (x, y).
 
-    Shared mode: the fitted spatial polynomial.  Per-star mode: the median of
+    Shared mode (``result.shared``): the fitted spatial polynomial.  Per-star mode: the median of
     the stars' shapes (fits flagged bad excluded), the same everywhere.
     """
-    if options.shared_shape:
+    if result.shared is not None:
         return {k: np.asarray(v, float) for k, v in result.psf_at(x, y).items()}
     table = result.table
     good = np.asarray(table["flags"]) == 0
@@ -294,15 +321,15 @@ def psf_shape_at(result, options: FitOptions, x: np.ndarray, y: np.ndarray) -> d
     return {n: np.full(len(x), np.median(np.asarray(table[n], float)[good])) for n in names}
 
 
-def fixed_shape(shape: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Reported shape (``fwhm, beta, ellipticity, theta``) as the engine's fixed-shape input:
-    ellipticity e and angle theta become the reduced shear ``g = e / (2 - e)``,
-    ``(g1, g2) = g (cos 2 theta, sin 2 theta)``."""
-    out = {k: v for k, v in shape.items() if k in ("fwhm", "beta")}
-    if "ellipticity" in shape:
-        g = shape["ellipticity"] / (2.0 - shape["ellipticity"])
-        out["g1"], out["g2"] = g * np.cos(2 * shape["theta"]), g * np.sin(2 * shape["theta"])
-    return out
+def psf_model_at(result, x: np.ndarray, y: np.ndarray) -> Fixed:
+    """The fitted PSF at image positions (x, y) as a PSF value (:class:`psfax.fitting.Fixed`: one
+    known shape per position), for photometry."""
+    profile = get_profile(result.model)
+    if result.shared is not None:
+        shape_u = result.shared.shape_u_at(x, y)
+    else:
+        shape_u = shape_to_u(profile, psf_shape_at(result, x, y))
+    return Fixed(profile, result.pixel_integrated, shape_u=shape_u)
 
 
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
@@ -316,10 +343,12 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
     stamps = cut_stamps(exposure, background, x[usable], y[usable], options.stamp_size)
-    shape = fixed_shape(psf_shape_at(result, options, x[usable], y[usable]))
-    fit = _fit(stamps, exposure, options, shape=shape)
+    psf = psf_model_at(result, x[usable], y[usable])
+    fit = _fit(stamps, exposure, options, psf=psf)
+    refitted = refit_failed(fit.table, stamps, background, psf, exposure.gain, options)
     table = _image_table(fit.table, stamps, exposure)
-    table["source_flags"] = _source_flags(detections[usable], detections, exposure, options)
+    table["source_flags"] = (_source_flags(detections[usable], detections, exposure, options)
+                             + SOURCE_FLAGS["fixed_position"] * refitted.astype(np.int32))
     table["mag_aper"] = detections["mag_aper"][usable]
     return table
 
@@ -362,9 +391,14 @@ def _image_table(fit_table: Table, stamps: Stamps, exposure: Exposure) -> Table:
 
 
 def _is_psf_star(catalog: Table, psf_stars: Table) -> np.ndarray:
-    """True for catalog rows within 1 px of a PSF star."""
-    tree = cKDTree(np.column_stack([psf_stars["x_fit"], psf_stars["y_fit"]]))
-    dist, _ = tree.query(np.column_stack([catalog["x_fit"], catalog["y_fit"]]))
+    """True for catalog rows within 1 px of a PSF star (False for a row without a position: a source
+    whose fit had too few usable pixels has NaN x, y)."""
+    stars = np.column_stack([psf_stars["x_fit"], psf_stars["y_fit"]]).astype(float)
+    rows = np.column_stack([catalog["x_fit"], catalog["y_fit"]]).astype(float)
+    found = np.isfinite(rows).all(axis=1)
+    dist = np.full(len(rows), np.inf)
+    if found.any():
+        dist[found], _ = cKDTree(stars[np.isfinite(stars).all(axis=1)]).query(rows[found])
     return dist < 1.0
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,9 @@ import numpy as np
 from psfax.io.atomic import atomic_path
 from psfax.stars import plots
 from psfax.stars.catalog import write_catalog
+from psfax.version import psfax_version
 
 GRID_POINTS = 24  # per axis, for the FWHM/ellipticity maps and the FWHM range
-
-
-def psfax_version() -> str:
-    try:
-        return version("psfax")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _jsonable(value):

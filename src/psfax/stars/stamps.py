@@ -23,6 +23,7 @@ import dataclasses
 import numpy as np
 
 from psfax.errors import InputError
+from psfax.fitting.problem import variance_model
 from psfax.stars.detect import Background
 from psfax.stars.exposure import Exposure
 
@@ -82,4 +83,4 @@ def cut_stamps(exposure: Exposure, background: Background, x, y, size: int = 15)
 def noise_variance(data: np.ndarray, sky: np.ndarray, sky_rms: np.ndarray, gain: float) -> np.ndarray:
     """Variance [ADU^2] of pixels ``data`` over a sky ``sky`` of noise ``sky_rms`` [ADU]
     (see the module docstring)."""
-    return np.maximum(data - sky, 0.0) / gain + sky_rms ** 2
+    return variance_model(data - sky, sky_rms ** 2, gain, 0.0)
