@@ -146,8 +146,6 @@ def test_aia_prep_wrong_channel_and_not_aia(aia_variants, guarded_out, capsys):
 
 def test_aia_prep_register_needs_a_full_disk_image(aia_cutout_file, guarded_out, capsys):
     cutout = aia_cutout_file
-    if not cutout.exists():
-        pytest.skip(f"AIA cutout sample not found in {shared_data}")
     fails_cleanly(capsys, ["aia", "prep", cutout, "--register", "--out", guarded_out], "1 of 1 files failed",
                   reported=("full-disk",))
     assert_untouched(guarded_out)
