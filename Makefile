@@ -1,13 +1,16 @@
 # psfax: the two commands of the Quick start are `make demo` and `make test`.
-PYTHON ?= python3.11
+# PYTHON: any Python >= 3.11 (default python3; checked before the install), e.g. `make demo PYTHON=python3.12`.
+PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SAMPLES := ztf-sample aia-sample clusters-sample
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-all durations samples chromium bench install clean
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "psfax needs $(PYTHON) on PATH"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	    || { echo "psfax needs Python >= 3.11: set PYTHON=, e.g. make PYTHON=python3.12 ($(PYTHON) is missing or older)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,compare]'
@@ -21,12 +24,25 @@ demo: $(STAMP)
 	$(BIN)/psfax data fetch ztf-sample
 	$(BIN)/psfax stars fit $$($(BIN)/psfax data path ztf-sample science) \
 	    --mask $$($(BIN)/psfax data path ztf-sample mask) --out results/ztf-sample
-	@echo "Results: results/ztf-sample/ (stars.parquet, psf.json, figures)"
+	@echo "Results: results/ztf-sample/ (report.html, stars.parquet, psf.json, figures)"
 
-test: $(STAMP)
+# the real-data tests read the samples from the cache (or a shared-data folder): fetch what is missing
+samples: $(STAMP)
+	$(BIN)/psfax data fetch $(SAMPLES)
+
+test: samples
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-all: $(STAMP)
+# the 40 slowest fast tests (to keep `make test` under 5 minutes: move heavy ones to `slow`)
+durations: samples
+	$(BIN)/python -m pytest -m "not slow" -q --durations=40
+
+# the report-page test renders in headless Chromium: install Debian's package when missing and root
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	    && apt-get update -qq && apt-get install -y -qq chromium; } || echo "chromium not installed: its test skips"
+
+test-all: samples chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

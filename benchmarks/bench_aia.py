@@ -28,18 +28,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_time, markdown_table, write_section  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aia_171_level1.fits"
-
 
 def full_disk_map(size: int):
     """The real 171 A full-disk map resampled to size x size (float64)."""
     import astropy.units as u
 
+    from psfax.io.samples import fetch_sample
     from psfax.solar.prep import read_level1
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return read_level1(DATA).resample((size, size) * u.pixel)
+        return read_level1(fetch_sample("aia-sample")["level1"]).resample((size, size) * u.pixel)
 
 
 def max_diff(ours, ref) -> float:

@@ -15,20 +15,21 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from _common import REPO, markdown_table, write_section
-
-DATA = REPO.parent / "shared" / "data"
-SCIENCE = "ztf_20200924431759_000655_zr_c13_o_q3_sciimg.fits.gz"
-MASK = SCIENCE.replace("_sciimg", "_mskimg")
-
+from _common import markdown_table, write_section
 
 def link_quadrants(folder: Path, n: int) -> list[Path]:
-    """``n`` symlinked copies of the real quadrant and its mask, under distinct names."""
+    """``n`` symlinked copies of the real quadrant and its mask (the ztf-sample, fetched when missing),
+    under distinct names."""
+    from psfax.io.samples import fetch_sample, find_sample_file
+
+    if find_sample_file("ztf-sample", "science") is None:
+        fetch_sample("ztf-sample")
+    science_file, mask_file = (find_sample_file("ztf-sample", role) for role in ("science", "mask"))
     paths = []
     for i in range(n):
-        science = folder / SCIENCE.replace("_q3_", f"_q3_copy{i:02d}_")
-        science.symlink_to(DATA / SCIENCE)
-        Path(str(science).replace("_sciimg", "_mskimg")).symlink_to(DATA / MASK)
+        science = folder / science_file.name.replace("_q3_", f"_q3_copy{i:02d}_")
+        science.symlink_to(science_file)
+        Path(str(science).replace("_sciimg", "_mskimg")).symlink_to(mask_file)
         paths.append(science)
     return paths
 

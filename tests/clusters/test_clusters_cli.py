@@ -29,6 +29,7 @@ def test_simulate_evaluate_infer(tmp_path, capsys):
         n_true = int(pq.read_table(data / "test-000.fields.parquet")["is_cluster"].to_numpy().sum())
         assert clusters["n_clusters"] == n_true and 0 <= clusters["n_found"] <= n_true
     assert abs(report["model"]["tiles"]["f1"] - report["baseline"]["tiles"]["f1"] - report["f1_gain"]) < 1e-12
+    assert 'href="report.json"' in (tmp_path / "report.html").read_text()  # the page beside it
 
     cube = tmp_path / "cube.fits"
     fits.PrimaryHDU(np.concatenate([test.images[0], test.images[1]], axis=2)).writeto(cube)  # 256 x 512

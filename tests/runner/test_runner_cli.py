@@ -31,6 +31,7 @@ def test_run_syntax_with_job_options_between_and_after_inputs(tmp_path, smooth_r
     for image in images:
         np.testing.assert_allclose(fits.getdata(tmp_path / "out" / image.stem / "smooth.fits"),
                                    expected_smooth(image, 2.5), rtol=0, atol=ATOL)
+    assert 'href="manifest.jsonl"' in (tmp_path / "out" / "report.html").read_text()  # the run's page
 
 
 def test_exit_code_1_when_an_input_fails_and_resume_skips(tmp_path, smooth_registered):
@@ -50,7 +51,7 @@ def test_psfax_main_passes_exit_code_1_on(tmp_path, smooth_registered):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["run", "fit", "x.fits", "--out", "o"], "job must be one of stars-fit, aia-prep, clusters-infer, smooth, got 'fit'"),
+    (["run", "fit", "x.fits", "--out", "o"], "job must be one of stars-fit, stars-forced, aia-prep, clusters-infer, smooth, got 'fit'"),
     (["run", "smooth", "x.fits", "--out", "o", "--colour", "red"], "job 'smooth' has no option --colour"),
     (["run", "smooth", "x.fits", "--out", "o", "--scale", "big"], "--scale: cannot use 'big'"),
     (["run", "smooth", "x.fits", "--out", "o", "--executor", "spark"], "executor must be one of local, dask"),

@@ -17,7 +17,6 @@ from astropy.io import fits
 from psfax.runner import run_jobs
 from psfax.runner.jobs import ztf_mask_path
 
-ZTF = "ztf_20200924431759_000655_zr_c13_o_q3_sciimg.fits.gz"
 
 
 def require(module: str, *names: str):
@@ -47,12 +46,12 @@ def test_ztf_mask_is_found_beside_the_science_image(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ztf_cutout(tmp_path_factory, shared_data) -> Path:
+def ztf_cutout(tmp_path_factory, ztf_files) -> Path:
     """A 512 x 512 cut of the real ZTF quadrant, with its mask beside it under the ZTF names."""
     folder = tmp_path_factory.mktemp("ztf")
     rows, cols = slice(1200, 1712), slice(1200, 1712)
     for kind in ("sciimg", "mskimg"):
-        with fits.open(shared_data / ZTF.replace("sciimg", kind)) as hdul:
+        with fits.open(ztf_files[kind == "mskimg"]) as hdul:
             fits.PrimaryHDU(hdul[0].data[rows, cols], hdul[0].header).writeto(folder / f"cut_{kind}.fits")
     return folder / "cut_sciimg.fits"
 
@@ -83,18 +82,18 @@ def test_stars_fit_job_matches_the_pipeline_called_directly(tmp_path, ztf_cutout
 
 
 @pytest.mark.slow
-def test_stars_fit_job_on_the_full_quadrant(tmp_path, shared_data):
+def test_stars_fit_job_on_the_full_quadrant(tmp_path, ztf_files):
     require("psfax", "fit_stamps")
     require("psfax.stars.pipeline", "read_exposure", "fit_exposure")
-    summary = run_jobs("stars-fit", [shared_data / ZTF], out_dir=tmp_path, plots=False, show_progress=False)
+    summary = run_jobs("stars-fit", [ztf_files[0]], out_dir=tmp_path, plots=False, show_progress=False)
     assert summary.n_done == 1, summary.failures
     psf = json.loads(next(p for p in manifest_outputs(tmp_path) if p.name == "psf.json").read_text())
     assert psf  # the pipeline's own tests check its numbers; here: the full-size run completes and writes
 
 
-def test_aia_prep_job_matches_prep_called_directly(tmp_path, shared_data):
+def test_aia_prep_job_matches_prep_called_directly(tmp_path, aia_level1_file):
     prep = require("psfax.solar.prep", "read_level1", "prep_map", "write_level16")
-    source = shared_data / "aia_171_level1.fits"
+    source = aia_level1_file
     summary = run_jobs("aia-prep", [source], out_dir=tmp_path / "out", register=True, show_progress=False)
     assert summary.n_done == 1, summary.failures
     (ours,) = manifest_outputs(tmp_path / "out")

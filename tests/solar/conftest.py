@@ -1,4 +1,4 @@
-"""Fixtures of the solar tests: the real AIA 171 images of ../shared/data."""
+"""Fixtures of the solar tests: the real AIA 171 images of the aia-sample."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def aia_map(shared_data):
+def aia_map(aia_level1_file):
     """The real full-disk AIA 171 level-1 image, binned to 128 x 128 (float64)."""
     from psfax.solar.prep import read_level1
 
-    return read_level1(shared_data / "aia_171_level1.fits")
+    return read_level1(aia_level1_file)
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +26,8 @@ def aia_map_4096(aia_map):
 
 
 @pytest.fixture(scope="session")
-def aia_cutout(shared_data):
+def aia_cutout(aia_cutout_file):
     """A real full-resolution (0.6"/px) AIA 171 cut-out, 705 x 769."""
     from psfax.solar.prep import read_level1
 
-    return read_level1(shared_data / "aia_171_cutout.fits")
+    return read_level1(aia_cutout_file)

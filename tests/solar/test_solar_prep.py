@@ -16,17 +16,17 @@ def test_read_level1(aia_map):
     assert aia_map.processing_level == 1
 
 
-def test_read_errors_name_the_file(tmp_path, shared_data):
+def test_read_errors_name_the_file(tmp_path, aia_level1_file, ztf_files):
     bad = tmp_path / "bad.fits"
     bad.write_text("not a FITS file")
     with pytest.raises(BadFileError, match=r"bad.fits: not a readable FITS file"):
         read_level1(bad)
     truncated = tmp_path / "truncated.fits"
-    truncated.write_bytes((shared_data / "aia_171_level1.fits").read_bytes()[:40000])
+    truncated.write_bytes(aia_level1_file.read_bytes()[:40000])
     with pytest.raises(BadFileError, match=r"truncated.fits: .*truncated"):
         read_level1(truncated)
-    ztf = shared_data / "ztf_20200924431759_000655_zr_c13_o_q3_mskimg.fits.gz"
-    with pytest.raises(BadFileError, match=r"mskimg.fits.gz: not an AIA image"):
+    ztf = ztf_files[1]
+    with pytest.raises(BadFileError, match=r"mskimg.fits(.gz)?: not an AIA image"):
         read_level1(ztf)
     with pytest.raises(MissingFileError, match=r"absent.fits: no such file"):
         read_level1(tmp_path / "absent.fits")
@@ -60,12 +60,12 @@ def test_level16_full_resolution(aia_map_4096, tmp_path):
     assert fits.getheader(path)["LVL_NUM"] == 1.6
 
 
-def test_cli_skips_bad_files_and_reports(tmp_path, shared_data, capsys):
+def test_cli_skips_bad_files_and_reports(tmp_path, aia_level1_file, capsys):
     from psfax.cli import main
 
     bad = tmp_path / "bad.fits"
     bad.write_text("garbage")
-    good = shared_data / "aia_171_level1.fits"
+    good = aia_level1_file
     rc = main(["aia", "prep", str(bad), str(good), "--register", "--order", "1", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2  # a file failed: one-line psfax error, exit code 2
@@ -74,12 +74,13 @@ def test_cli_skips_bad_files_and_reports(tmp_path, shared_data, capsys):
     assert [p.name for p in written] == ["aia_lev1.5_0171a_2011-02-15T00-00-01.340.fits"]
 
 
-def test_cli_all_good(tmp_path, shared_data):
+def test_cli_all_good(tmp_path, aia_level1_file):
     from psfax.cli import main
 
-    good = shared_data / "aia_171_level1.fits"
+    good = aia_level1_file
     assert main(["aia", "prep", str(good), "--register", "--out", str(tmp_path)]) == 0
-    assert len(list(tmp_path.glob("*.fits"))) == 1
+    (written,) = tmp_path.glob("*.fits")
+    assert f'href="{written.name}"' in (tmp_path / "report.html").read_text()
 
 
 def test_cli_psf(tmp_path):

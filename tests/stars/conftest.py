@@ -1,21 +1,8 @@
-"""Fixtures of the stars tests: the real ZTF quadrant, read once per session."""
+"""Fixtures of the stars tests: the real ZTF quadrant (``ztf_files``, tests/conftest.py), read once per session."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-SCIENCE = "ztf_20200924431759_000655_zr_c13_o_q3_sciimg.fits.gz"
-MASK = "ztf_20200924431759_000655_zr_c13_o_q3_mskimg.fits.gz"
-
-
-@pytest.fixture(scope="session")
-def ztf_files(shared_data: Path) -> tuple[Path, Path]:
-    science, mask = shared_data / SCIENCE, shared_data / MASK
-    if not (science.exists() and mask.exists()):
-        pytest.skip(f"ZTF sample not found in {shared_data}")
-    return science, mask
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +19,18 @@ def galsim_field():
     from stars_synthetic import render_field
 
     return render_field(shape=(1024, 1024), n_stars=200, seed=5)
+
+
+@pytest.fixture(scope="session")
+def galsim_fit_and_progress(galsim_field):
+    """The pipeline's :class:`~psfax.stars.pipeline.ImageFit` of ``galsim_field`` (one run per session)
+    and the progress messages it gave."""
+    from psfax.stars import fit_image
+
+    messages = []
+    return fit_image(galsim_field.image, header=galsim_field.header, progress=messages.append), messages
+
+
+@pytest.fixture(scope="session")
+def galsim_fit(galsim_fit_and_progress):
+    return galsim_fit_and_progress[0]

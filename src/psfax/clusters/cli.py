@@ -109,7 +109,7 @@ def evaluate(data: Path = typer.Argument(..., help="Data-set directory written b
                                                           "(default: 2 tiles)."),
              figure: Optional[Path] = typer.Option(None, help="Write a completeness-vs-richness-and-redshift "
                                                    "figure (PNG) here."),
-             out: Optional[Path] = typer.Option(None, help="Write the report as JSON here."),
+             out: Optional[Path] = typer.Option(None, help="Write the report as JSON here (and report.html beside it)."),
              device: Optional[str] = typer.Option(None, help="cpu or gpu.")) -> None:
     """Tile scores (precision, recall, F1, PR-AUC, with bootstrap standard errors) and per-cluster completeness
     and purity of the model and the counts-in-tile baseline."""
@@ -119,6 +119,7 @@ def evaluate(data: Path = typer.Argument(..., help="Data-set directory written b
     from psfax.clusters.plots import plot_completeness
     from psfax.errors import InputError
     from psfax.io.atomic import atomic_path
+    from psfax.io.report_page import write_metrics_report
 
     seed_list = None
     if seeds is not None:
@@ -144,5 +145,6 @@ def evaluate(data: Path = typer.Argument(..., help="Data-set directory written b
     if out is not None:
         with atomic_path(out) as tmp:
             tmp.write_text(text)
+        write_metrics_report(out.parent, "psfax clusters evaluate", report, files=[out])
     if figure is not None:
         plot_completeness(reports, figure)

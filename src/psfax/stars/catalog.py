@@ -1,4 +1,5 @@
-"""Reference catalogs (e.g. a Gaia extract) matched to detections through the WCS.
+"""Reference catalogs (e.g. a Gaia extract) matched to detections through the WCS; the output
+catalogs' column units and descriptions (:data:`COLUMNS`, :func:`write_catalog`).
 
 A reference catalog is a Parquet, CSV or FITS table with right ascension,
 declination [deg] and a magnitude.  Its stars are projected to pixels with the
@@ -83,3 +84,75 @@ def match_catalog(exposure: Exposure, detections: Table, catalog: Table,
     ref = catalog[np.flatnonzero(inside)[found][unique]]
     matched["ra_ref"], matched["dec_ref"], matched["mag"] = ref["ra"], ref["dec"], ref["mag"]
     return matched
+
+
+#: Unit and one-line description of every column of ``stars.parquet`` and ``psf_stars.parquet``,
+#: written into the Parquet schema (astropy units: ``pix``, ``adu``, ``deg``, ``mag``, ``rad``; "" is
+#: dimensionless).  Positions are image pixels, (0, 0) the centre of the first pixel.
+COLUMNS = {
+    "x_fit": ("pix", "fitted x of the PSF centre in the image (column)"),
+    "y_fit": ("pix", "fitted y of the PSF centre in the image (row)"),
+    "x_err": ("pix", "standard error of x_fit (inverse Fisher matrix)"),
+    "y_err": ("pix", "standard error of y_fit (inverse Fisher matrix)"),
+    "flux_fit": ("adu", "fitted total flux of the pixel-integrated PSF model"),
+    "flux_err": ("adu", "standard error of flux_fit (inverse Fisher matrix)"),
+    "bkg_fit": ("adu", "fitted sky level per pixel under the star"),
+    "bkg_err": ("adu", "standard error of bkg_fit"),
+    "fwhm": ("pix", "FWHM of the PSF profile before pixel integration (intrinsic)"),
+    "fwhm_err": ("pix", "standard error of fwhm"),
+    "beta": ("", "Moffat beta of the PSF profile"),
+    "beta_err": ("", "standard error of beta"),
+    "ellipticity": ("", "PSF ellipticity 1 - b/a"),
+    "ellipticity_err": ("", "standard error of ellipticity"),
+    "theta": ("rad", "position angle of the PSF major axis, counter-clockwise from +x"),
+    "theta_err": ("rad", "standard error of theta"),
+    "chi2": ("", "chi2 of the fit over the stamp's usable pixels"),
+    "dof": ("", "degrees of freedom: usable pixels - free parameters"),
+    "reduced_chi2": ("", "chi2 / dof"),
+    "converged": ("", "the optimizer converged"),
+    "n_iter": ("", "optimizer iterations"),
+    "flags": ("", "fit flag bits (psfax.fitting.flags; 0 = good)"),
+    "x_stamp": ("pix", "x_fit in stamp pixels: x_fit - x0"),
+    "y_stamp": ("pix", "y_fit in stamp pixels: y_fit - y0"),
+    "x0": ("pix", "image column of the stamp's pixel (0, 0)"),
+    "y0": ("pix", "image row of the stamp's pixel (0, 0)"),
+    "ra": ("deg", "right ascension of (x_fit, y_fit) through the image WCS"),
+    "dec": ("deg", "declination of (x_fit, y_fit) through the image WCS"),
+    "mag": ("mag", "PSF magnitude MAGZP - 2.5 log10(flux_fit)"),
+    "mag_err": ("mag", "statistical error of mag (zero-point error not included)"),
+    "mag_aper": ("mag", "sep aperture magnitude through MAGZP"),
+    "source_flags": ("", "detection bits (psfax.stars.pipeline.SOURCE_FLAGS): 1 blended, 2 saturated, "
+                         "4 masked pixel near, 8 extended"),
+    "psf_star": ("", "within 1 px of a PSF star of the model"),
+    "a_moment": ("pix", "sep second-moment semi-major axis"),
+    "b_moment": ("pix", "sep second-moment semi-minor axis"),
+    "mag_select": ("mag", "magnitude the selection cut used (reference catalog, else mag_aper)"),
+}
+
+
+def write_catalog(table: Table, path: Path) -> Path:
+    """Write ``table`` to Parquet at ``path`` atomically, every float column as float64 (one type per
+    quantity whatever the fit's precision), each column's unit and description (:data:`COLUMNS`)
+    both in astropy's table metadata (``Table.read`` restores them) and in the Parquet field
+    metadata (``unit``, ``description``: pyarrow, pandas and other readers see them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from psfax.io.atomic import atomic_path
+
+    out = Table(table, copy=False)
+    for name in out.colnames:
+        column = out[name]
+        if column.dtype.kind == "f":
+            out[name] = column.astype(np.float64)  # a masked column stays masked
+        unit, description = COLUMNS.get(name, (None, None))
+        if description is not None:
+            out[name].unit = unit or None
+            out[name].description = description
+    with atomic_path(path) as tmp:
+        out.write(tmp, format="parquet", overwrite=True)
+        arrow = pq.read_table(tmp)
+        fields = [field.with_metadata({"unit": COLUMNS[field.name][0], "description": COLUMNS[field.name][1]})
+                  if field.name in COLUMNS else field for field in arrow.schema]
+        pq.write_table(arrow.cast(pa.schema(fields, metadata=arrow.schema.metadata)), tmp)
+    return path

@@ -11,9 +11,12 @@
    (``reduced_chi2 > median + clip_sigma * 1.4826 MAD``, or a non-zero fit flag)
    until none is left or ``clip_iterations`` refits were done;
 6. ``photometry``: every detected source whose stamp fits in the image is
-   fitted for (x, y, flux, sky) with the PSF shape held at its local value.
+   fitted for (x, y, flux, sky) with the PSF shape held at its local value; a source
+   whose fit fails gets its flux fitted at the detection position instead
+   (:func:`psfax.stars.forced.refit_failed`, source flag ``fixed_position``).
 
-Every stage is timed (``ImageFit.timings``, seconds of wall time).
+Every stage is timed (``ImageFit.timings``, seconds of wall time; JAX's compilation apart, as
+``<stage>_compile``).
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from psfax.fitting.params import shape_to_u
 from psfax.profiles import get_profile
 from psfax.stars.catalog import match_catalog, read_reference_catalog
 from psfax.stars.detect import SEP_BLENDED, Background, detect_sources, measure_background
-from psfax.stars.exposure import Exposure, read_exposure
-from psfax.stars.select import (SelectionOptions, bad_pixels_near, neighbour_count,
+from psfax.stars.exposure import Exposure, check_values, read_exposure
+from psfax.stars.forced import refit_failed
+from psfax.stars.select import (DEFAULT_EDGE, SelectionOptions, bad_pixels_near, neighbour_count,
                                 select_psf_stars)
 from psfax.stars.stamps import Stamps, cut_stamps, stamp_fits
 
@@ -48,6 +52,7 @@ SOURCE_FLAGS = {
     "saturated": 2,    # raw peak >= saturation_margin x SATURATE
     "masked": 4,       # a bad pixel within mask_radius px of the centre
     "extended": 8,     # failed the shape cut (galaxy, trail, cosmic ray)
+    "fixed_position": 16,  # the free fit failed (see its flags): flux fitted at the detection position
 }
 
 
@@ -82,9 +87,17 @@ class FitOptions:
             raise InputError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.spatial_degree not in (0, 1, 2):
             raise InputError(f"spatial_degree must be 0, 1 or 2, got {self.spatial_degree}")
-        if self.clip_sigma <= 0 or self.clip_iterations < 0:
+        if not self.clip_sigma > 0 or self.clip_iterations < 0:
             raise InputError(f"clip_sigma must be > 0 and clip_iterations >= 0, got "
                              f"{self.clip_sigma}, {self.clip_iterations}")
+        if self.stamp_size < 5 or self.stamp_size % 2 == 0:
+            raise InputError(f"stamp_size must be an odd number >= 5, got {self.stamp_size}")
+        half = self.stamp_size // 2
+        if self.selection.edge is None:  # the default edge cut follows the stamp: every stamp fits
+            object.__setattr__(self, "selection", dataclasses.replace(self.selection, edge=max(DEFAULT_EDGE, half)))
+        elif self.selection.edge < half:
+            raise InputError(f"edge must be at least half the stamp ({half} px for stamp_size "
+                             f"{self.stamp_size}), got {self.selection.edge}")
 
     @classmethod
     def from_kwargs(cls, **options) -> FitOptions:
@@ -111,7 +124,8 @@ class ImageFit:
 
     ``psf_result``: the :class:`psfax.FitResult` of the final PSF-star fit (its
     table has a row per selected star, the rejected ones masked and flagged);
-    ``psf_stars``: its table in image coordinates (``x, y``, plus ``x0, y0``);
+    ``psf_stars``: its table in image coordinates (``x_fit, y_fit``; ``x_stamp, y_stamp`` and the
+    corners ``x0, y0``);
     ``catalog``: PSF photometry of every usable source (``stars.parquet``);
     ``counts``: sources left after each selection cut; ``clipping``: PSF stars
     per refit; ``timings``: seconds per stage.
@@ -148,10 +162,14 @@ class ImageFit:
 
     def write(self, out_dir, *, plots: bool = True) -> list[Path]:
         """Write ``stars.parquet``, ``psf_stars.parquet``, ``psf.json`` and (``plots``) the
-        figures into ``out_dir``, each atomically; return the paths."""
+        figures into ``out_dir`` as one set: all into a staging folder there, then moved in, none
+        when any cannot be (:func:`psfax.outputs.commit_files`); return the paths."""
+        from psfax.outputs import commit_files, staging_folder
         from psfax.stars.report import write_outputs
 
-        return write_outputs(self, Path(out_dir), plots=plots)
+        with staging_folder(out_dir) as staging:
+            write_outputs(self, staging, plots=plots)
+            return commit_files(staging, Path(out_dir))
 
 
 def fit_image(science, mask=None, *, header=None, progress: Callable[[str], None] | None = None,
@@ -165,13 +183,22 @@ def fit_image(science, mask=None, *, header=None, progress: Callable[[str], None
     """
     read_names = ("gain", "read_noise", "saturate", "zero_point", "seeing", "pixscale", "bad_bits")
     read_options = {k: options.pop(k) for k in read_names if k in options}
-    fit_options = FitOptions.from_kwargs(**options)  # validate before the slow read
+    check_values(read_options)  # validate before the slow read
+    fit_options = FitOptions.from_kwargs(**options)
+    check_catalog(fit_options)
     start = time.perf_counter()
     exposure = read_exposure(science, mask, header=header, **read_options)
     read_time = time.perf_counter() - start
     result = fit_exposure(exposure, progress=progress, options=fit_options)
     result.timings = {"read": read_time, **result.timings}
     return result
+
+
+def check_catalog(options: FitOptions) -> None:
+    """Read the reference catalog of ``options`` (if any) once before the image, so that a missing or
+    malformed one is found before the slow read (catalogs are small; the detection stage reads it again)."""
+    if options.catalog is not None:
+        read_reference_catalog(options.catalog)
 
 
 def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None = None,
@@ -197,7 +224,7 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
     with timer("stamps"):
         stamps = cut_stamps(exposure, background, chosen["x"], chosen["y"], options.stamp_size)
     with timer("fit"):
-        result, kept, clipping, converged = fit_psf_stars(stamps, exposure, options)
+        result, kept, clipping, converged = fit_psf_stars(stamps, exposure, options, progress=timer.progress)
     psf_stamps = _take(stamps, kept)
     psf_stars = _image_table(result.table[kept], psf_stamps, exposure)
     psf_stars["a_moment"], psf_stars["b_moment"] = chosen["a"][kept], chosen["b"][kept]
@@ -213,7 +240,8 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
                     converged_fraction=converged, timings=timer.timings)
 
 
-def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
+def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions,
+                  progress: Callable[[str], None] | None = None):
     """Fit the PSF model to the stars, refitting after chi2-outlier rejection.
 
     The clipping fits only rank the stars by chi2: they stop once the predicted chi2 decrease is below
@@ -222,7 +250,7 @@ def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
     A rejected star stays in the batch with every pixel masked (the engine then
     leaves it out and flags it), so each refit has the same array shapes,
     reuses the compiled program and starts from the previous solution.  Returns ``(FitResult, kept indices into
-    stamps, stars per fit, converged fraction of the first fit)``.
+    stamps, stars per fit, converged fraction of the first fit)``; ``progress`` hears of each fit.
     """
     kept = np.ones(len(stamps), bool)
     clipping = []
@@ -230,6 +258,8 @@ def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions):
     result = None
     for refit in range(options.clip_iterations + 1):
         last = refit == options.clip_iterations
+        if progress is not None:
+            progress(f"fit {refit + 1} of at most {options.clip_iterations + 1}: {kept.sum()} PSF stars")
         masked = dataclasses.replace(stamps, mask=stamps.mask | ~kept[:, None, None])
         result = _fit(masked, exposure, options, start=result,
                       chi2_tolerance=None if last else CLIP_CHI2_TOLERANCE * kept.sum())
@@ -306,16 +336,19 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
                    options: FitOptions) -> Table:
     """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed.
 
-    The returned table has image ``x, y``, ``ra, dec`` (deg, from the WCS),
+    The returned table has image ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS),
     the fit columns, ``mag, mag_err`` (through MAGZP; statistical error only)
     and ``source_flags`` (:data:`SOURCE_FLAGS`).
     """
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
     stamps = cut_stamps(exposure, background, x[usable], y[usable], options.stamp_size)
-    fit = _fit(stamps, exposure, options, psf=psf_model_at(result, x[usable], y[usable]))
+    psf = psf_model_at(result, x[usable], y[usable])
+    fit = _fit(stamps, exposure, options, psf=psf)
+    refitted = refit_failed(fit.table, stamps, background, psf, exposure.gain, options)
     table = _image_table(fit.table, stamps, exposure)
-    table["source_flags"] = _source_flags(detections[usable], detections, exposure, options)
+    table["source_flags"] = (_source_flags(detections[usable], detections, exposure, options)
+                             + SOURCE_FLAGS["fixed_position"] * refitted.astype(np.int32))
     table["mag_aper"] = detections["mag_aper"][usable]
     return table
 
@@ -336,11 +369,13 @@ def _source_flags(sources: Table, detections: Table, exposure: Exposure,
 
 
 def _image_table(fit_table: Table, stamps: Stamps, exposure: Exposure) -> Table:
-    """The fit table with image coordinates, RA/Dec and magnitudes added in front."""
+    """The fit table in image coordinates, as photutils has them: ``x_fit, y_fit`` image pixels (the
+    stamp-local ones as ``x_stamp, y_stamp``), RA/Dec and magnitudes added, the stamp corners last."""
     table = fit_table.copy(copy_data=False)
-    x = stamps.x0 + np.asarray(table["x_fit"], float)
-    y = stamps.y0 + np.asarray(table["y_fit"], float)
-    front = {"x": x, "y": y}
+    table.rename_columns(["x_fit", "y_fit"], ["x_stamp", "y_stamp"])
+    x = stamps.x0 + np.asarray(table["x_stamp"], float)
+    y = stamps.y0 + np.asarray(table["y_stamp"], float)
+    front = {"x_fit": x, "y_fit": y}
     if exposure.wcs is not None:
         ra, dec = exposure.wcs.pixel_to_world_values(x, y)
         front.update(ra=np.asarray(ra), dec=np.asarray(dec))
@@ -356,9 +391,14 @@ def _image_table(fit_table: Table, stamps: Stamps, exposure: Exposure) -> Table:
 
 
 def _is_psf_star(catalog: Table, psf_stars: Table) -> np.ndarray:
-    """True for catalog rows within 1 px of a PSF star."""
-    tree = cKDTree(np.column_stack([psf_stars["x"], psf_stars["y"]]))
-    dist, _ = tree.query(np.column_stack([catalog["x"], catalog["y"]]))
+    """True for catalog rows within 1 px of a PSF star (False for a row without a position: a source
+    whose fit had too few usable pixels has NaN x, y)."""
+    stars = np.column_stack([psf_stars["x_fit"], psf_stars["y_fit"]]).astype(float)
+    rows = np.column_stack([catalog["x_fit"], catalog["y_fit"]]).astype(float)
+    found = np.isfinite(rows).all(axis=1)
+    dist = np.full(len(rows), np.inf)
+    if found.any():
+        dist[found], _ = cKDTree(stars[np.isfinite(stars).all(axis=1)]).query(rows[found])
     return dist < 1.0
 
 
@@ -367,16 +407,22 @@ def _take(stamps: Stamps, index: np.ndarray) -> Stamps:
 
 
 class _StageTimer:
-    """``with timer("name"):`` records the wall time of the stage in ``timer.timings``."""
+    """``with timer("name"):`` records the stage's seconds of compute in ``timer.timings["name"]`` and
+    those of JAX compilation, when any, in ``timings["name_compile"]``; ``progress`` hears of both."""
 
     def __init__(self, progress: Callable[[str], None] | None):
-        self.progress = progress
+        self.progress = progress or (lambda stage: None)
         self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        if self.progress is not None:
-            self.progress(name)
+        from psfax.timing import compile_watch
+
+        self.progress(name)
         start = time.perf_counter()
-        yield
-        self.timings[name] = time.perf_counter() - start
+        with compile_watch(lambda: self.progress(f"{name}: compiling (first run only; cached afterwards)"),
+                           lambda: self.progress(name)) as compiled:
+            yield
+        self.timings[name] = time.perf_counter() - start - compiled.seconds
+        if compiled.seconds:
+            self.timings[f"{name}_compile"] = compiled.seconds

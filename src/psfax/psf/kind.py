@@ -1,0 +1,52 @@
+"""The empirical PSF as an engine PSF kind: ``psfax.fit_stamps(stamps, psf=empirical_kind(model, x, y))``.
+
+:class:`Empirical` holds the model's device arrays (shared by every star) and each star's mixture weights
+(``coef`` (N, terms) and ``core_w`` (N,), :meth:`EmpiricalPSF.weights_at` at the star's image position),
+and linearises one star through :func:`psfax.psf.empirical.star_psf` (one table gather gives P, dP/dx0,
+dP/dy0).  It fits x, y, flux and bkg; fluxes are the light within ``normalisation_radius``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from psfax.fitting.psf import PSF, register_psf, static
+from psfax.fitting.table import TableGrid, table_linearise
+from psfax.psf.empirical import EmpiricalPSF, PSFArrays, star_psf
+
+
+@register_psf
+@dataclasses.dataclass(frozen=True)
+class Empirical(PSF):
+    """Engine kind of an :class:`~psfax.psf.empirical.EmpiricalPSF` (see the module docstring)."""
+
+    name = "empirical"
+    star_fields = ("coef", "core_w")
+    tables: jnp.ndarray = None
+    core: jnp.ndarray | None = None
+    coef: jnp.ndarray = None
+    core_w: jnp.ndarray = None
+    grid: TableGrid = static(None)
+    core_grid: TableGrid = static(None)
+    radius: float = static(7.0)
+
+    @property
+    def normalisation_radius(self) -> float:  # an instance's, not the class default
+        return self.radius
+
+    def linearise(self, v, size):
+        if tuple(size) != self.grid.size:
+            raise ValueError(f"the empirical PSF serves stamps of {self.grid.size}, got {tuple(size)}")
+        arrays = PSFArrays(self.tables, self.core, self.grid, self.core_grid)
+        return table_linearise(v, star_psf(arrays, self.coef, self.core_w, v[0], v[1]))
+
+
+def empirical_kind(psf: EmpiricalPSF, x_image, y_image, dtype=np.float64) -> Empirical:
+    """The kind for stars at image positions ``(x_image, y_image)`` (each (N,)): their mixture weights."""
+    coef, core_w = psf.weights_at(x_image, y_image)
+    arrays = psf.arrays(dtype)
+    return Empirical(arrays.tables, arrays.core, jnp.asarray(coef, dtype), jnp.asarray(core_w, dtype),
+                     arrays.grid, arrays.core_grid, float(psf.norm_radius))
