@@ -102,14 +102,19 @@ def test_single_window_equals_whole_field_prediction(tmp_path):
 
 
 def test_find_candidates_groups_connected_tiles():
-    probs = np.zeros((6, 6))
+    probs = np.zeros((8, 8))
     probs[1, 1:3] = [0.9, 0.7]
-    probs[4, 4] = 0.6
+    probs[4, 4] = 0.6   # 2 empty rows and 1 empty column from the first group: linked by the 1-tile dilation
+    probs[5, 0] = 0.8   # 3 empty rows or columns from either: its own candidate
     table = find_candidates(probs, 32, 0.5).to_pandas()
-    assert list(table["n_tiles"]) == [2, 1]
-    # probability-weighted centroid of tiles (1,1) and (1,2) -> tile x = 1 + 0.7/1.6, in pixels * 32 + 15.5
-    assert table["x"][0] == pytest.approx((1 + 0.7 / 1.6) * 32 + 15.5, abs=1e-9)
-    assert table["prob_max"][1] == pytest.approx(0.6, abs=1e-12)
+    assert sorted(table["n_tiles"]) == [1, 3]
+    merged = table[table["n_tiles"] == 3].iloc[0]
+    # probability-weighted centroid of tiles (1,1), (1,2), (4,4): tile x = (0.9 + 1.4 + 2.4) / 2.2
+    assert merged["x"] == pytest.approx((0.9 * 1 + 0.7 * 2 + 0.6 * 4) / 2.2 * 32 + 15.5, abs=1e-9)
+    assert merged["prob_sum"] == pytest.approx(2.2, abs=1e-12)
+    assert table[table["n_tiles"] == 1]["prob_max"].iloc[0] == pytest.approx(0.8, abs=1e-12)
+    # without linking, the 4-connected groups stay apart
+    assert sorted(find_candidates(probs, 32, 0.5, link=0).to_pandas()["n_tiles"]) == [1, 1, 2]
 
 
 def test_bad_files_raise_naming_the_file(tmp_path):

@@ -56,3 +56,54 @@ def test_counts_in_tile_counts_sources():
     counts = counts_in_tile(images, 32)
     # noise peaks need > 5 sigma of the 3x3 mean: expected ~1e-4 false peaks in the image
     np.testing.assert_array_equal(counts[0], [[3, 0], [0, 1]])
+
+
+def test_bootstrap_se_of_a_mean_matches_the_textbook_value():
+    from psfax.clusters.metrics import bootstrap_se
+
+    x = np.random.default_rng(1).normal(size=400)
+    se = bootstrap_se(len(x), lambda idx: {"mean": float(np.mean(x[idx]))}, n_boot=400)["mean"]
+    # the bootstrap SE of a mean is std/sqrt(n) (x (n-1)/n); 400 resamples estimate it to ~3.5% (1/sqrt(2*400))
+    assert se == pytest.approx(np.std(x) / np.sqrt(len(x)), rel=0.12)
+
+
+def test_score_tiles_with_se_resamples_whole_fields():
+    from psfax.clusters.metrics import score_tiles_with_se
+
+    labels = np.zeros((10, 2, 2), np.uint8)
+    labels[:, 0, 0] = 1  # every field holds positives, so no resample leaves F1 undefined
+    perfect = score_tiles_with_se(labels, labels.astype(float), 0.5)
+    # a perfect classifier on every field scores 1 in every resample: zero spread
+    assert perfect["f1"] == 1.0 and perfect["se"]["f1"] == 0.0
+    noisy = labels.astype(float).copy()
+    noisy[0] = 0.0  # one field entirely missed
+    s = score_tiles_with_se(labels, noisy, 0.5)
+    # one field in ten missed: recall 0.9; its resampled count is binomial, SE ~ sqrt(0.9 * 0.1 / 10) = 0.095
+    assert s["recall"] == pytest.approx(0.9, abs=1e-12) and 0.06 < s["se"]["recall"] < 0.13
+
+
+def _truth(is_cluster, x, y, richness, redshift):
+    return {"is_cluster": np.asarray(is_cluster, bool), "x_center": np.asarray(x, float),
+            "y_center": np.asarray(y, float), "richness": np.asarray(richness), "redshift": np.asarray(redshift)}
+
+
+def test_match_clusters_and_cluster_scores_by_hand():
+    from psfax.clusters.metrics import cluster_scores, match_clusters
+
+    truth = _truth([1, 1, 0, 1], [100, 50, 0, 10], [100, 50, 0, 10], [60, 25, 0, 40], [0.15, 0.35, 0, 0.55])
+    cands = [np.array([[110.0, 100.0], [200.0, 200.0]]),   # field 0: one within 10 px, one far
+             np.array([[50.0, 120.0]]),                     # field 1: 70 px away, beyond a 64-px radius
+             np.array([[30.0, 30.0]]),                      # field 2: no cluster, so a false candidate
+             np.zeros((0, 2))]                              # field 3: nothing found
+    m = match_clusters(truth, cands, 64.0)
+    assert list(m.found) == [True, False, False]
+    assert list(m.cand_matched) == [True, False, False, False]
+    s = cluster_scores(m, 4, n_boot=50)
+    assert s["completeness"] == pytest.approx(1 / 3, abs=1e-12)
+    assert s["purity"] == pytest.approx(1 / 4, abs=1e-12)
+    assert s["completeness_rich50"] == 1.0 and s["n_clusters_rich50"] == 1
+    assert s["completeness_richness_20_30"] == 0.0 and np.isnan(s["completeness_z_0.2_0.3"])
+    assert s["bins"]["redshift"][0] == {"lo": 0.1, "hi": 0.2, "n": 1, "found": 1}
+    assert s["se"]["completeness"] > 0
+    with pytest.raises(InputError, match="match radius 0.0 must be a positive"):
+        match_clusters(truth, cands, 0.0)

@@ -50,7 +50,7 @@ def test_psfax_main_passes_exit_code_1_on(tmp_path, smooth_registered):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["run", "fit", "x.fits", "--out", "o"], "job must be one of stars-fit, aia-prep, clusters-infer, smooth, got 'fit'"),
+    (["run", "fit", "x.fits", "--out", "o"], "job must be one of stars-fit, stars-forced, aia-prep, clusters-infer, smooth, got 'fit'"),
     (["run", "smooth", "x.fits", "--out", "o", "--colour", "red"], "job 'smooth' has no option --colour"),
     (["run", "smooth", "x.fits", "--out", "o", "--scale", "big"], "--scale: cannot use 'big'"),
     (["run", "smooth", "x.fits", "--out", "o", "--executor", "spark"], "executor must be one of local, dask"),

@@ -211,7 +211,7 @@ def test_bad_inputs_argument_is_named(tmp_path):
         run_jobs(SMOOTH_JOB, [str(tmp_path / "nothing*.fits")], out_dir=tmp_path / "out", show_progress=False)
     with pytest.raises(FileNotFoundError, match="inputs.lst: input list not found"):
         run_jobs(SMOOTH_JOB, [tmp_path / "inputs.lst"], out_dir=tmp_path / "out", show_progress=False)
-    with pytest.raises(InputError, match="job must be one of stars-fit, aia-prep, clusters-infer, got 'fit'"):
+    with pytest.raises(InputError, match="job must be one of stars-fit, stars-forced, aia-prep, clusters-infer, got 'fit'"):
         run_jobs("fit", [tmp_path / "x.fits"], out_dir=tmp_path / "out", show_progress=False)
 
 

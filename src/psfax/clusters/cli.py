@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -40,23 +41,37 @@ def train(data: Path = typer.Argument(..., help="Data-set directory written by `
           out: Path = typer.Option(..., help="Model path stem (writes <stem>.npz and <stem>.json)."),
           seed: int = typer.Option(0, help="Seed of the initial weights and batch order."),
           max_epochs: Optional[int] = typer.Option(None, help="Override train.max_epochs."),
+          patience: Optional[int] = typer.Option(None, help="Override train.patience (epochs without a better val loss)."),
+          learning_rate: Optional[float] = typer.Option(None, help="Override train.learning_rate (start of the "
+                                                        "cosine decay)."),
+          init: Optional[Path] = typer.Option(None, help="Start from this model's weights (stem; same architecture) "
+                                              "instead of fresh ones."),
           device: Optional[str] = typer.Option(None, help="cpu or gpu.")) -> None:
     """Train the tile encoder on the train split, early-stopped on the val split; score it on test."""
     import dataclasses
 
     from psfax.clusters.dataset import load_split, read_dataset_config
-    from psfax.clusters.encoder import save_model
-    from psfax.clusters.evaluate import evaluate_model
+    from psfax.clusters.encoder import load_model, save_model
+    from psfax.clusters.evaluate import evaluate_model, json_ready
 
+    t0 = time.perf_counter()
+    start = None if init is None else load_model(init)
     cfg = read_dataset_config(data)
+    if learning_rate is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate=learning_rate))
     train_set, val_set = load_split(data, "train"), load_split(data, "val")
     from psfax.clusters.train import train_encoder
 
-    result = train_encoder(cfg, train_set, val_set, seed=seed, max_epochs=max_epochs, device=device)
+    result = train_encoder(cfg, train_set, val_set, seed=seed, max_epochs=max_epochs,
+                          patience=patience, init=None if start is None else start[:2], device=device)
     record = {"data": str(data), "config": cfg.to_dict(), "seed": seed, "best_epoch": result.best_epoch,
+              "max_epochs": cfg.train.max_epochs if max_epochs is None else max_epochs,
+              "patience": cfg.train.patience if patience is None else patience,
+              "n_train": len(train_set), "n_val": len(val_set), "wall_s": round(time.perf_counter() - t0, 1),
+              "init": None if start is None else {"model": str(init), "record": start[2]},
               "history": [dataclasses.asdict(h) for h in result.history]}
     if list(Path(data).glob("test-*.images.npy")):
-        record["test"] = evaluate_model(result.model, result.spec, data, device=device)
+        record["test"] = json_ready(evaluate_model(result.model, result.spec, data, device=device))
     paths = save_model(result.model, result.spec, out, record)
     typer.echo(json.dumps(record.get("test", {}), indent=2))
     typer.echo(f"wrote {', '.join(map(str, paths))}")
@@ -68,7 +83,8 @@ def infer(image: Path = typer.Argument(..., help="FITS file: a (4, ny, nx) g,r,i
           model: Optional[Path] = typer.Option(None, help="Model stem (default: the shipped model)."),
           batch_size: int = typer.Option(8, help="Windows per batch."),
           window: Optional[int] = typer.Option(None, help="Window side in pixels (default: the training field size)."),
-          threshold: float = typer.Option(0.5, help="Tile probability threshold for candidates."),
+          threshold: Optional[float] = typer.Option(None, help="Tile probability threshold for candidates "
+                                                    "(default: the model's calibrated threshold)."),
           device: Optional[str] = typer.Option(None, help="cpu or gpu."),
           dtype: Optional[str] = typer.Option(None, help="float32 or float64 (default: float64 on CPU).")) -> None:
     """Stream the encoder over a large image: tile probability map (FITS) and candidates (Parquet)."""
@@ -80,20 +96,53 @@ def infer(image: Path = typer.Argument(..., help="FITS file: a (4, ny, nx) g,r,i
 
 
 @app.command()
-def evaluate(data: Path = typer.Argument(..., help="Data-set directory written by `simulate`."),
+def evaluate(data: Path = typer.Argument(..., help="Data-set directory written by `simulate`; with --seeds, the "
+                                         "directory where the fresh fields are simulated (seed-<S>/, reused)."),
              model: Optional[Path] = typer.Option(None, help="Model stem (default: the shipped model)."),
              split: str = typer.Option("test", help="Split to score."),
+             seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds: simulate and score one fresh "
+                                                 "data set per seed (mean and standard error across seeds)."),
+             n_fields: int = typer.Option(64, help="With --seeds: test fields per seed (val: a quarter, >= 16)."),
+             config: Optional[str] = typer.Option(None, help="With --seeds: " + CONFIG_HELP +
+                                                  " (default: the model's training config)."),
+             match_radius: Optional[float] = typer.Option(None, help="Cluster match radius, pixels "
+                                                          "(default: 2 tiles)."),
+             figure: Optional[Path] = typer.Option(None, help="Write a completeness-vs-richness-and-redshift "
+                                                   "figure (PNG) here."),
              out: Optional[Path] = typer.Option(None, help="Write the report as JSON here."),
              device: Optional[str] = typer.Option(None, help="cpu or gpu.")) -> None:
-    """Tile-level accuracy, precision, recall, F1 and PR-AUC of the model and the counts-in-tile baseline."""
+    """Tile scores (precision, recall, F1, PR-AUC, with bootstrap standard errors) and per-cluster completeness
+    and purity of the model and the counts-in-tile baseline."""
+    from psfax.clusters.config import config_from_dict, load_config
     from psfax.clusters.encoder import default_model_stem, load_model
-    from psfax.clusters.evaluate import evaluate_model
+    from psfax.clusters.evaluate import evaluate_model, evaluate_seeds, json_ready
+    from psfax.clusters.plots import plot_completeness
+    from psfax.errors import InputError
     from psfax.io.atomic import atomic_path
 
-    net, spec, _ = load_model(model or default_model_stem())
-    report = evaluate_model(net, spec, data, split=split, device=device)
-    text = json.dumps(report, indent=2)
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise InputError(f"--seeds {seeds!r}: expected comma-separated integers") from None
+    net, spec, record = load_model(model or default_model_stem())
+    if seed_list is None:
+        report = evaluate_model(net, spec, data, split=split, match_radius=match_radius, device=device)
+        reports = [report]
+    else:
+        if config is not None:
+            cfg = load_config(config)
+        elif "config" in record:
+            cfg = config_from_dict(record["config"], f"model {model or default_model_stem()}")
+        else:
+            raise InputError("--seeds: the model records no training config; pass --config")
+        report = evaluate_seeds(net, spec, cfg, seed_list, n_fields, data, match_radius=match_radius, device=device)
+        reports = list(report["per_seed"].values())
+    text = json.dumps(json_ready(report), indent=2)
     typer.echo(text)
     if out is not None:
         with atomic_path(out) as tmp:
             tmp.write_text(text)
+    if figure is not None:
+        plot_completeness(reports, figure)

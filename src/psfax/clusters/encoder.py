@@ -43,6 +43,7 @@ class EncoderSpec:
     groups: int
     field_size: int           # size of the training fields (the default inference window)
     bands: tuple[str, ...] = ("g", "r", "i", "z")
+    threshold: float = 0.5    # tile probability called positive: the best-F1 threshold on the val split
 
 
 class ConvBlock(eqx.Module):
@@ -113,9 +114,57 @@ def save_model(model: TileEncoder, spec: EncoderSpec, path_stem: str | Path, rec
     with atomic_path(npz) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **{f"leaf_{i:03d}": np.asarray(a, np.float32) for i, a in enumerate(leaves)})
     with atomic_path(meta) as tmp:
-        tmp.write_text(json.dumps({"format": "psfax-cluster-encoder/1", "spec": dataclasses.asdict(spec),
+        tmp.write_text(json.dumps({"format": FORMAT, "spec": dataclasses.asdict(spec),
                                    "record": record or {}}, indent=2))
     return [npz, meta]
+
+
+FORMAT = "psfax-cluster-encoder/1"
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def spec_from_description(info, where) -> EncoderSpec:
+    """The :class:`EncoderSpec` of a model's JSON description, every field checked (BadFileError naming
+    ``where`` and the field otherwise); the description must also hold a ``record`` object."""
+    def bad(why):
+        return BadFileError(f"model {where}: {why}")
+
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise bad(f"not a psfax cluster-encoder description (no \"format\": \"{FORMAT}\")")
+    for key in ("spec", "record"):
+        if not isinstance(info.get(key), dict):
+            raise bad(f"'{key}' is missing or not an object")
+    raw = dict(info["spec"])
+    names = {f.name for f in dataclasses.fields(EncoderSpec)}
+    unknown = sorted(set(raw) - names)
+    missing = sorted(n for n in ("tile", "widths", "context_layers", "groups", "field_size", "bands")
+                     if n not in raw)
+    if unknown or missing:
+        raise bad(f"spec has unknown keys {unknown} or lacks {missing}")
+    tile, widths, groups = raw["tile"], raw["widths"], raw["groups"]
+    if not _positive_int(tile) or tile < 2 or tile & (tile - 1):
+        raise bad(f"spec.tile={tile!r} must be a power of two >= 2")
+    n_down = int(math.log2(tile))
+    if not isinstance(widths, list) or len(widths) != n_down or not all(map(_positive_int, widths)):
+        raise bad(f"spec.widths={widths!r} must be {n_down} positive integers (log2 of tile={tile})")
+    if not _positive_int(groups) or any(w % groups for w in widths):
+        raise bad(f"spec.groups={groups!r} must be a positive integer dividing every width {widths}")
+    ctx = raw["context_layers"]
+    if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 0:
+        raise bad(f"spec.context_layers={ctx!r} must be an integer >= 0")
+    if not _positive_int(raw["field_size"]) or raw["field_size"] % tile:
+        raise bad(f"spec.field_size={raw['field_size']!r} must be a positive multiple of tile={tile}")
+    bands = raw["bands"]
+    if not isinstance(bands, list) or not bands or not all(isinstance(b, str) for b in bands):
+        raise bad(f"spec.bands={bands!r} must be a non-empty list of band names")
+    threshold = raw.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise bad(f"spec.threshold={threshold!r} must be a probability in (0, 1)")
+    return EncoderSpec(tile=tile, widths=tuple(widths), context_layers=ctx, groups=groups,
+                       field_size=raw["field_size"], bands=tuple(bands), threshold=float(threshold))
 
 
 def load_model(path_stem: str | Path) -> tuple[TileEncoder, EncoderSpec, dict]:
@@ -129,10 +178,9 @@ def load_model(path_stem: str | Path) -> tuple[TileEncoder, EncoderSpec, dict]:
             raise MissingFileError(f"model {p}: no such file")
     try:
         info = json.loads(meta.read_text())
-        raw = info["spec"]
-        spec = EncoderSpec(**{**raw, "widths": tuple(raw["widths"]), "bands": tuple(raw["bands"])})
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadFileError(f"model {meta}: not a psfax cluster-encoder description ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BadFileError(f"model {meta}: not JSON ({exc})") from None
+    spec = spec_from_description(info, meta)
     nb = len(spec.bands)
     skeleton = TileEncoder(spec, np.zeros(nb), np.ones(nb), jax.random.PRNGKey(0))
     params, static = eqx.partition(skeleton, eqx.is_array)
@@ -146,6 +194,8 @@ def load_model(path_stem: str | Path) -> tuple[TileEncoder, EncoderSpec, dict]:
     for i, (got, want) in enumerate(zip(leaves, expected)):
         if got.shape != want.shape:
             raise BadFileError(f"model {npz}: leaf {i} has shape {got.shape}, the spec needs {want.shape}")
+        if not bool(jnp.all(jnp.isfinite(got))):
+            raise BadFileError(f"model {npz}: leaf {i} holds NaN or infinite weights")
     return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static), spec, info["record"]
 
 

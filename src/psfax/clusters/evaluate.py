@@ -1,23 +1,41 @@
 """Scoring a model and the counts-in-tile baseline on the same simulated fields.
 
-The model predicts a tile positive when its probability is >= 0.5.  The baseline
+The model predicts a tile positive when its probability is >= its calibrated
+threshold (``EncoderSpec.threshold``, the best-F1 threshold on its val split;
+0.5 for models made before calibration).  The baseline
 (:func:`psfax.clusters.metrics.counts_in_tile`) predicts positive when the
 number of i-band sources in the tile is >= a count threshold chosen for the best
 F1 on the ``val`` split (fields the scored split never sees).
+
+Both are scored per tile (with bootstrap-over-fields standard errors) and per
+cluster: the candidates of a field are the 4-connected groups of positive tiles
+(:func:`psfax.clusters.infer.find_candidates`, centre weighted by probability or
+count), matched to the true cluster centre within ``match_radius`` pixels
+(default :data:`MATCH_RADIUS_TILES` tiles).
+
+:func:`evaluate_seeds` simulates fresh data sets (one per seed: a val split for
+the baseline's threshold, a test split scored) and reports the mean and the
+standard error of each score across seeds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
-from psfax.clusters.dataset import load_split
+from psfax.clusters.config import ClusterFieldConfig
+from psfax.clusters.dataset import load_split, read_dataset_config, simulate_split
 from psfax.clusters.encoder import EncoderSpec, TileEncoder
-from psfax.clusters.infer import predict_fields
-from psfax.clusters.metrics import best_f1_threshold, counts_in_tile, score_tiles
+from psfax.clusters.infer import find_candidates, predict_fields
+from psfax.clusters.metrics import (RICH, TILE_KEYS, best_f1_threshold, cluster_scores, counts_in_tile, match_clusters,
+                                    score_tiles_with_se)
+from psfax.errors import InputError, MissingFileError
 
-MODEL_THRESHOLD = 0.5
+MATCH_RADIUS_TILES = 2.0
+"""Default match radius of the per-cluster scores, in tiles (64 px = 16.8" at the CI size)."""
 
 
 def baseline_threshold(images: np.ndarray, labels: np.ndarray, tile: int) -> float:
@@ -25,24 +43,192 @@ def baseline_threshold(images: np.ndarray, labels: np.ndarray, tile: int) -> flo
     return best_f1_threshold(labels, counts_in_tile(images, tile))
 
 
+def candidate_table(scores: np.ndarray, tile: int, threshold: float) -> list[np.ndarray]:
+    """Per field of (n, T, T) tile scores, the (m, 3) rows (x, y, score) of its candidates at ``threshold``
+    (score: the sum of the group's tile scores, ``prob_sum``)."""
+    out = []
+    for s in scores:
+        t = find_candidates(np.asarray(s, float), tile, threshold)
+        out.append(np.stack([t["x"].to_numpy(), t["y"].to_numpy(), t["prob_sum"].to_numpy()], axis=1))
+    return out
+
+
+def _cut(cands: list[np.ndarray], min_score: float) -> list[np.ndarray]:
+    return [c[c[:, 2] >= min_score, :2] for c in cands]
+
+
+def best_candidate_cut(truth, cands: list[np.ndarray], radius: float) -> float:
+    """The candidate score cut with the best per-cluster F1 = 2 C P / (C + P) (C completeness, P purity)."""
+    best, best_f1 = 0.0, -1.0
+    for cut in np.unique(np.concatenate([c[:, 2] for c in cands] + [np.zeros(1)])):
+        m = match_clusters(truth, _cut(cands, cut), radius)
+        c = m.found.mean() if len(m.found) else 0.0
+        p = m.cand_matched.mean() if len(m.cand_matched) else 0.0
+        f1 = 2 * c * p / (c + p) if c + p else 0.0
+        if f1 > best_f1:
+            best, best_f1 = float(cut), f1
+    return best
+
+
+OTHER_RADII_TILES = (1.0, 2.0, 3.0, 4.0)
+"""Match radii (tiles) of the ``by_radius`` table: how completeness and purity depend on the radius."""
+
+
+def _by_radius(truth, cands, tile) -> list[dict]:
+    rows = []
+    for r in OTHER_RADII_TILES:
+        m = match_clusters(truth, cands, r * tile)
+        rich = m.richness >= RICH
+        rows.append({"radius_px": r * tile, "completeness": float(np.mean(m.found)) if len(m.found) else None,
+                     f"completeness_rich{RICH}": float(np.mean(m.found[rich])) if rich.any() else None,
+                     "purity": float(np.mean(m.cand_matched)) if len(m.cand_matched) else None})
+    return rows
+
+
+def _scores(labels, scores, threshold, tile, truth, radius, min_score) -> dict:
+    out = {"tiles": score_tiles_with_se(labels, scores, threshold)}
+    if truth is not None:
+        cands = _cut(candidate_table(scores, tile, threshold), min_score)
+        match = match_clusters(truth, cands, radius)
+        out["clusters"] = {**cluster_scores(match, len(labels)), "min_candidate_score": min_score,
+                           "by_radius": _by_radius(truth, cands, tile)}
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """What the scored split never sees, chosen on val: the baseline's count threshold and the candidate
+    score cuts of the model and the baseline (best per-cluster F1)."""
+
+    baseline_count: float
+    model_min_score: float = 0.0
+    baseline_min_score: float = 0.0
+
+
+def calibrate(model: TileEncoder, spec: EncoderSpec, images, labels, truth, radius: float, *, device=None):
+    """:class:`Calibration` from val fields (images, labels, truth table)."""
+    counts = counts_in_tile(images, spec.tile)
+    count_thr = best_f1_threshold(labels, counts)
+    probs = predict_fields(model, images, device=device)
+    return Calibration(count_thr,
+                       best_candidate_cut(truth, candidate_table(probs, spec.tile, spec.threshold), radius),
+                       best_candidate_cut(truth, candidate_table(counts, spec.tile, count_thr), radius))
+
+
+def match_radius_px(spec: EncoderSpec, match_radius: float | None) -> float:
+    return MATCH_RADIUS_TILES * spec.tile if match_radius is None else float(match_radius)
+
+
 def evaluate_fields(model: TileEncoder, spec: EncoderSpec, images: np.ndarray, labels: np.ndarray,
-                    baseline_count: float, *, device=None) -> dict:
-    """Scores of the model (probability >= 0.5) and of the baseline (count >= baseline_count)."""
+                    calibration: Calibration | float, *, truth=None, match_radius: float | None = None,
+                    device=None) -> dict:
+    """Scores of the model (probability >= spec.threshold) and of the baseline (count >= the calibrated
+    count; a float is taken as that count with no candidate cuts).
+
+    ``truth`` (the fields table of the data set) adds the per-cluster scores.
+    """
+    cal = calibration if isinstance(calibration, Calibration) else Calibration(float(calibration))
+    radius = match_radius_px(spec, match_radius)
     probs = predict_fields(model, images, device=device)
     counts = counts_in_tile(images, spec.tile)
-    model_scores = score_tiles(labels, probs, MODEL_THRESHOLD)
-    base_scores = score_tiles(labels, counts, baseline_count)
+    model_scores = _scores(labels, probs, spec.threshold, spec.tile, truth, radius, cal.model_min_score)
+    base_scores = _scores(labels, counts, cal.baseline_count, spec.tile, truth, radius, cal.baseline_min_score)
     return {"n_fields": int(len(images)), "n_tiles": int(labels.size), "positive_fraction": float(labels.mean()),
             "model": model_scores, "baseline": base_scores,
-            "f1_gain": model_scores["f1"] - base_scores["f1"]}
+            "f1_gain": model_scores["tiles"]["f1"] - base_scores["tiles"]["f1"]}
+
+
+def load_truth(data_dir: str | Path, split: str):
+    """The field-level truth table of ``split`` (one row per field, shards concatenated)."""
+    import pyarrow as pa
+
+    paths = sorted(Path(data_dir).glob(f"{split}-*.fields.parquet"))
+    if not paths:
+        raise MissingFileError(f"{data_dir}: no '{split}' truth ({split}-*.fields.parquet)")
+    return pa.concat_tables([pq.read_table(p) for p in paths])
 
 
 def evaluate_model(model: TileEncoder, spec: EncoderSpec, data_dir: str | Path, *, split: str = "test",
-                   device=None) -> dict:
+                   match_radius: float | None = None, device=None) -> dict:
     """Score ``split`` of a simulated data set; the baseline's threshold comes from its ``val`` split."""
     fields = load_split(data_dir, split)
     val = load_split(data_dir, "val")
-    report = evaluate_fields(model, spec, fields.images, fields.labels,
-                             baseline_threshold(val.images, val.labels, spec.tile), device=device)
+    cal = calibrate(model, spec, val.images, val.labels, load_truth(data_dir, "val"),
+                    match_radius_px(spec, match_radius), device=device)
+    report = evaluate_fields(model, spec, fields.images, fields.labels, cal,
+                             truth=load_truth(data_dir, split), match_radius=match_radius, device=device)
     report["split"] = split
+    report["calibration"] = {"split": "val", "n_fields": len(val), **dataclasses.asdict(cal)}
     return report
+
+
+def _simulation_settings(cfg: ClusterFieldConfig) -> dict:
+    """The parts of a config that make the fields (all but the training settings)."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "train"}
+
+
+def _has_fields(data_dir: Path, cfg: ClusterFieldConfig, split: str, n: int) -> bool:
+    """Whether ``data_dir`` already holds ``n`` fields of ``split`` simulated with ``cfg``'s prior and seed."""
+    try:
+        same = _simulation_settings(read_dataset_config(data_dir)) == _simulation_settings(cfg)
+        return same and len(load_truth(data_dir, split)) == n
+    except MissingFileError:
+        return False
+
+
+def fresh_fields(cfg: ClusterFieldConfig, seed: int, n_fields: int, out_dir: str | Path, *, device=None) -> Path:
+    """Simulate (or reuse) ``n_fields`` test fields and ``max(16, n_fields // 4)`` val fields of ``seed``."""
+    n_val = max(16, n_fields // 4)
+    cfg = dataclasses.replace(cfg, seed=int(seed), dataset=dataclasses.replace(
+        cfg.dataset, n_train=0, n_val=n_val, n_test=n_fields))
+    out_dir = Path(out_dir) / f"seed-{seed}"
+    for split, n in (("val", n_val), ("test", n_fields)):
+        if not _has_fields(out_dir, cfg, split, n):
+            for old in out_dir.glob(f"{split}-*"):
+                old.unlink()
+            simulate_split(cfg, out_dir, split, n, device=device)
+    return out_dir
+
+
+SUMMARY_KEYS = {"tiles": TILE_KEYS, "clusters": ("completeness", "completeness_rich50", "purity")}
+
+
+def json_ready(value):
+    """``value`` with NaN and infinities (empty bins, undefined SEs) replaced by None, for strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def summarise(reports: list[dict]) -> dict:
+    """Mean, standard error (std / sqrt(k), ddof 1) and minimum over k reports of the headline scores."""
+    out = {}
+    for who in ("model", "baseline"):
+        for level, keys in SUMMARY_KEYS.items():
+            for key in keys:
+                v = np.asarray([r[who][level][key] for r in reports if level in r[who]], float)
+                if len(v):
+                    se = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+                    out[f"{who}.{level}.{key}"] = {"mean": float(np.mean(v)), "se": se, "min": float(np.min(v))}
+    return out
+
+
+def evaluate_seeds(model: TileEncoder, spec: EncoderSpec, cfg: ClusterFieldConfig, seeds, n_fields: int,
+                   work_dir: str | Path, *, match_radius: float | None = None, device=None) -> dict:
+    """Simulate and score one fresh data set per seed; the per-seed reports and their summary."""
+    seeds = [int(s) for s in seeds]
+    if not seeds or n_fields < 1:
+        raise InputError(f"need at least one seed and n_fields >= 1 (got seeds={seeds}, n_fields={n_fields})")
+    if cfg.field.tile != spec.tile or cfg.field.size % spec.tile:
+        raise InputError(f"config '{cfg.name}' has {cfg.field.tile}-px tiles, the model {spec.tile}-px tiles")
+    reports = {}
+    for s in seeds:
+        data = fresh_fields(cfg, s, n_fields, work_dir, device=device)
+        reports[str(s)] = {**evaluate_model(model, spec, data, match_radius=match_radius, device=device),
+                           "data": str(data)}
+    return {"config": cfg.name, "seeds": seeds, "n_fields_per_seed": n_fields,
+            "summary": summarise(list(reports.values())), "per_seed": reports}

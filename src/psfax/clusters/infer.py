@@ -11,8 +11,9 @@ the tile are zero-padded up to the next tile.
 
 Outputs (written atomically): ``<stem>.clusterprob.fits``, the per-tile
 probability map with the input's celestial WCS resampled to tiles, and
-``<stem>.candidates.parquet``, one row per connected group of tiles with
-probability >= threshold.
+``<stem>.candidates.parquet``, one row per group of tiles with probability >=
+threshold (groups less than ``link`` + 1 empty tiles apart are one candidate),
+with ``prob_sum`` (the expected number of member tiles) as its score.
 """
 
 from __future__ import annotations
@@ -182,16 +183,26 @@ def _tile_wcs(header, tile: int):
     return wcs.slice((slice(None, None, tile), slice(None, None, tile)))
 
 
-def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None):
-    """One row per 4-connected group of tiles with probability >= threshold (pyarrow Table).
+LINK_TILES = 1
+"""Candidates: tiles >= threshold are grouped after a dilation by this many tiles (gaps of up to
+2 * LINK_TILES empty tiles are bridged), so the fragments of one cluster make one candidate."""
 
-    Columns: candidate, x, y (probability-weighted centroid, image pixels), n_tiles, prob_max,
-    prob_mean, and ra, dec (degrees) when a tile WCS is given.
+
+def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None, *, link: int = LINK_TILES):
+    """One row per group of tiles with probability >= threshold (pyarrow Table).
+
+    A group is a 4-connected component of the selected tiles dilated by ``link`` tiles (3x3
+    structuring element), restricted back to the selected tiles.
+    Columns: candidate, x, y (probability-weighted centroid, image pixels), n_tiles, prob_sum
+    (the candidate's score), prob_max, prob_mean, and ra, dec (degrees) when a tile WCS is given.
     """
     import pyarrow as pa
     from scipy import ndimage
 
-    labels, n = ndimage.label(probs >= threshold)
+    selected = probs >= threshold
+    grown = ndimage.binary_dilation(selected, np.ones((3, 3), bool), iterations=link) if link else selected
+    labels, n = ndimage.label(grown)
+    labels = np.where(selected, labels, 0)
     ids = np.arange(1, n + 1)
     rows, cols = np.indices(probs.shape)
 
@@ -201,7 +212,7 @@ def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None):
     total = per_group(ndimage.sum, probs)
     tx, ty = per_group(ndimage.sum, probs * cols) / total, per_group(ndimage.sum, probs * rows) / total
     data = {"candidate": ids.astype(np.int32), "x": tx * tile + (tile - 1) / 2, "y": ty * tile + (tile - 1) / 2,
-            "n_tiles": per_group(ndimage.sum, np.ones_like(probs)).astype(np.int32),
+            "n_tiles": per_group(ndimage.sum, np.ones_like(probs)).astype(np.int32), "prob_sum": total,
             "prob_max": per_group(ndimage.maximum, probs), "prob_mean": per_group(ndimage.mean, probs)}
     if wcs is not None:
         sky = wcs.pixel_to_world(tx, ty)
@@ -210,13 +221,14 @@ def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None):
 
 
 def infer_file(path, model=None, *, out_dir, batch_size: int = 8, window: int | None = None,
-               margin: int | None = None, threshold: float = 0.5, device=None, dtype=None,
+               margin: int | None = None, threshold: float | None = None, device=None, dtype=None,
                progress: bool = False) -> list[Path]:
     """Run the encoder over one FITS cube; write the probability map and candidates; return their paths.
 
     ``model``: ``None`` (the shipped default), a model path stem, or ``(model, spec)``.
     ``window``: window side in pixels (default: the training field size), a multiple of the tile;
-    ``margin``: context kept around each core, pixels (default: one tile).
+    ``margin``: context kept around each core, pixels (default: one tile);
+    ``threshold``: tile probability of the candidates (default: the model's calibrated threshold).
     """
     import pyarrow.parquet as pq
     from astropy.io import fits
@@ -254,5 +266,5 @@ def infer_file(path, model=None, *, out_dir, batch_size: int = 8, window: int | 
     with atomic_path(prob_path) as tmp:
         fits.PrimaryHDU(probs, header=header).writeto(tmp, overwrite=True)
     with atomic_path(cand_path) as tmp:
-        pq.write_table(find_candidates(probs, t, threshold, wcs), tmp)
+        pq.write_table(find_candidates(probs, t, spec.threshold if threshold is None else threshold, wcs), tmp)
     return [prob_path, cand_path]

@@ -6,6 +6,8 @@ cosine decay from ``learning_rate`` to 5% of it over ``max_epochs``.  Each epoch
 fields once in a seeded random order (random flips and quarter turns when
 ``augment``); the model with the lowest validation loss is kept, and training
 stops after ``patience`` epochs without improvement or ``max_epochs``.
+The kept model's decision threshold is calibrated on the validation fields: the
+tile probability with the best F1 there (stored as ``EncoderSpec.threshold``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import optax
 from psfax.clusters.config import ClusterFieldConfig
 from psfax.clusters.dataset import FieldSet
 from psfax.clusters.encoder import EncoderSpec, TileEncoder, band_normalisation, cast_model
-from psfax.clusters.metrics import confusion
+from psfax.clusters.metrics import best_f1_threshold, confusion
 from psfax.device import compute_context, resolve_device
 from psfax.errors import InputError
 
@@ -90,20 +92,27 @@ def _augment(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray):
 
 
 def _evaluate(eval_step, model, data: FieldSet, batch: int, dtype):
-    losses, preds = [], []
+    """Mean loss, F1 at probability 0.5, and the (n, T, T) logits of ``data``."""
+    losses, logits_all = [], []
     for start in range(0, len(data), batch):
         idx = np.arange(start, start + batch) % len(data)  # static batch shape; wrapped rows dropped below
         loss, logits = eval_step(model, jnp.asarray(data.images[idx], dtype), jnp.asarray(data.labels[idx], dtype))
         n = min(batch, len(data) - start)
         losses.append(float(loss) * n)
-        preds.append(np.asarray(logits)[:n] > 0)
-    f1 = confusion(data.labels, np.concatenate(preds)).scores()["f1"]
-    return sum(losses) / len(data), f1
+        logits_all.append(np.asarray(logits)[:n])
+    logits_all = np.concatenate(logits_all)
+    f1 = confusion(data.labels, logits_all > 0).scores()["f1"]
+    return sum(losses) / len(data), f1, logits_all
 
 
 def train_encoder(cfg: ClusterFieldConfig, train: FieldSet, val: FieldSet, *, seed: int = 0,
-                  max_epochs: int | None = None, device=None, progress: bool = True) -> TrainResult:
-    """Train an encoder on ``train``, early-stopped on ``val``; return the best model and the history."""
+                  max_epochs: int | None = None, patience: int | None = None, init=None, device=None,
+                  progress: bool = True) -> TrainResult:
+    """Train an encoder on ``train``, early-stopped on ``val``; return the best model and the history.
+
+    ``init``: an already trained ``(model, spec)`` to start from (its weights and band normalisation;
+    its architecture must be the config's), instead of fresh weights.
+    """
     from rich.progress import Progress
 
     t = cfg.train
@@ -112,16 +121,22 @@ def train_encoder(cfg: ClusterFieldConfig, train: FieldSet, val: FieldSet, *, se
     dev = resolve_device(device)
     dtype = np.dtype(t.dtype)
     epochs = t.max_epochs if max_epochs is None else max_epochs
+    patience = t.patience if patience is None else patience
     rng = np.random.default_rng(seed)
     with compute_context(dtype, dev):
-        model, spec = init_model(cfg, train, seed)
+        if init is None:
+            model, spec = init_model(cfg, train, seed)
+        else:
+            model, spec = init[0], spec_from_config(cfg)
+            if dataclasses.replace(init[1], threshold=spec.threshold) != spec:
+                raise InputError(f"the initial model's architecture {init[1]} is not the config's {spec}")
         model = cast_model(model, dtype)
         steps = len(train) // t.batch_size
         schedule = optax.cosine_decay_schedule(t.learning_rate, decay_steps=epochs * steps, alpha=0.05)
         optimiser = optax.adam(schedule)
         opt_state = optimiser.init(eqx.filter(model, eqx.is_array))
         train_step, eval_step = _make_steps(optimiser, t.pos_weight)
-        best, best_loss, best_epoch, history = model, np.inf, 0, []
+        best, best_loss, best_epoch, best_logits, history = model, np.inf, 0, None, []
         with Progress(disable=not progress) as bar:
             task = bar.add_task("training", total=epochs * steps)
             for epoch in range(1, epochs + 1):
@@ -137,13 +152,15 @@ def train_encoder(cfg: ClusterFieldConfig, train: FieldSet, val: FieldSet, *, se
                                                         jnp.asarray(labels, dtype))
                     losses.append(float(loss))
                     bar.advance(task)
-                val_loss, val_f1 = _evaluate(eval_step, model, val, t.batch_size, dtype)
+                val_loss, val_f1, val_logits = _evaluate(eval_step, model, val, t.batch_size, dtype)
                 history.append(EpochRecord(epoch, float(np.mean(losses)), val_loss, val_f1,
                                            time.perf_counter() - t0))
                 bar.console.log(f"epoch {epoch}: train loss {np.mean(losses):.4f}, "
                                 f"val loss {val_loss:.4f}, val F1 {val_f1:.3f}")
                 if val_loss < best_loss:
-                    best, best_loss, best_epoch = model, val_loss, epoch
-                elif epoch - best_epoch >= t.patience:
+                    best, best_loss, best_epoch, best_logits = model, val_loss, epoch, val_logits
+                elif epoch - best_epoch >= patience:
                     break
+    threshold = best_f1_threshold(val.labels, 1.0 / (1.0 + np.exp(-best_logits.astype(np.float64))))
+    spec = dataclasses.replace(spec, threshold=threshold)
     return TrainResult(cast_model(best, np.float32), spec, history, best_epoch)

@@ -286,15 +286,24 @@ def clusters_infer_job() -> Job:
     return Job("clusters-infer", pass_path, infer_file, None, options, compute_writes=True)
 
 
+def stars_forced_job() -> Job:
+    """``stars-forced``: forced photometry of ``--targets TABLE`` on one science image (:mod:`psfax.stars.forced`)."""
+    from psfax.stars.forced import forced_job
+
+    return forced_job()
+
+
 JOBS: dict[str, Callable[[], Job]] = {
     "stars-fit": stars_fit_job,
+    "stars-forced": stars_forced_job,
     "aia-prep": aia_prep_job,
     "clusters-infer": clusters_infer_job,
 }
 
 
 def get_job(job: str | Job) -> Job:
-    """The :class:`Job` of a registered name (``stars-fit``, ``aia-prep``, ``clusters-infer``) or ``job`` itself."""
+    """The :class:`Job` of a registered name (``stars-fit``, ``stars-forced``, ``aia-prep``, ``clusters-infer``) or
+    ``job`` itself."""
     if isinstance(job, Job):
         return job
     if job not in JOBS:

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import typer
 
+from psfax.stars import forced_cli
+
 app = typer.Typer(no_args_is_help=True, help="Stars: PSF model and PSF photometry of CCD images.")
+forced_cli.register(app)  # psfax stars forced, psfax stars lightcurves
 
 
 @app.command()

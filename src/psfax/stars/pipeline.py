@@ -11,7 +11,9 @@
    (``reduced_chi2 > median + clip_sigma * 1.4826 MAD``, or a non-zero fit flag)
    until none is left or ``clip_iterations`` refits were done;
 6. ``photometry``: every detected source whose stamp fits in the image is
-   fitted for (x, y, flux, sky) with the PSF shape held at its local value.
+   fitted for (x, y, flux, sky) with the PSF shape held at its local value; a source
+   whose fit fails gets its flux fitted at the detection position instead
+   (:func:`psfax.stars.forced.refit_failed`, source flag ``fixed_position``).
 
 Every stage is timed (``ImageFit.timings``, seconds of wall time).
 """
@@ -35,6 +37,7 @@ from psfax.profiles import get_profile
 from psfax.stars.catalog import match_catalog, read_reference_catalog
 from psfax.stars.detect import SEP_BLENDED, Background, detect_sources, measure_background
 from psfax.stars.exposure import Exposure, read_exposure
+from psfax.stars.forced import refit_failed
 from psfax.stars.select import (SelectionOptions, bad_pixels_near, neighbour_count,
                                 select_psf_stars)
 from psfax.stars.stamps import Stamps, cut_stamps, stamp_fits
@@ -48,6 +51,7 @@ SOURCE_FLAGS = {
     "saturated": 2,    # raw peak >= saturation_margin x SATURATE
     "masked": 4,       # a bad pixel within mask_radius px of the centre
     "extended": 8,     # failed the shape cut (galaxy, trail, cosmic ray)
+    "fixed_position": 16,  # the free fit failed (see its flags): flux fitted at the detection position
 }
 
 
@@ -313,9 +317,12 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
     stamps = cut_stamps(exposure, background, x[usable], y[usable], options.stamp_size)
-    fit = _fit(stamps, exposure, options, psf=psf_model_at(result, x[usable], y[usable]))
+    psf = psf_model_at(result, x[usable], y[usable])
+    fit = _fit(stamps, exposure, options, psf=psf)
+    refitted = refit_failed(fit.table, stamps, background, psf, exposure.gain, options)
     table = _image_table(fit.table, stamps, exposure)
-    table["source_flags"] = _source_flags(detections[usable], detections, exposure, options)
+    table["source_flags"] = (_source_flags(detections[usable], detections, exposure, options)
+                             + SOURCE_FLAGS["fixed_position"] * refitted.astype(np.int32))
     table["mag_aper"] = detections["mag_aper"][usable]
     return table
 
