@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -10,11 +12,12 @@ import numpy as np
 import pytest
 
 from psfax import device
-from psfax.programs import persistent_jit
+from psfax.programs import ProgramStoreWarning, entry_bytes, persistent_jit, register_output_type
 
 TRACES = []
 
 
+@register_output_type  # a NamedTuple outside psfax: the store rebuilds only types it is told of
 class Pair(NamedTuple):
     a: jnp.ndarray
     b: jnp.ndarray
@@ -95,3 +98,63 @@ def test_outputs_typed_alike_when_exported_and_when_loaded(cache_on):
     loaded = persistent_jit(count_from_zero)(x)  # a fresh wrapper loads from the file
     assert [jax.typeof(a) for a in exported] == [jax.typeof(a) for a in loaded]
     assert not jax.typeof(loaded[1]).weak_type
+
+
+def _only_entry(folder, before):
+    (path,) = set(folder.iterdir()) - before
+    return path
+
+
+def test_corrupted_entry_is_ignored_and_recompiled_with_a_warning(cache_on):
+    before = set(cache_on.iterdir())
+    x = jnp.arange(5.0)  # a shape no other test uses: a fresh entry
+    persistent_jit(count_from_zero)(x)
+    path = _only_entry(cache_on, before)
+    blob = bytearray(path.read_bytes())
+    blob[-10] ^= 0xFF  # one flipped byte in the serialized program
+    path.write_bytes(bytes(blob))
+    with pytest.warns(ProgramStoreWarning, match="SHA-256 does not match"):
+        out = persistent_jit(count_from_zero)(x)
+    np.testing.assert_array_equal(out[0], x + 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProgramStoreWarning)  # the rewritten entry is whole again
+        persistent_jit(count_from_zero)(x)
+
+
+def test_tampered_entry_naming_subprocess_popen_never_executes_anything(cache_on, monkeypatch):
+    """An entry edited to name ``subprocess:Popen`` as an output type, with a digest recomputed so that the
+    integrity check passes (as an attacker would): the type is refused, nothing is imported or called."""
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: calls.append(a))
+    before = set(cache_on.iterdir())
+    pair = Pair(jnp.ones((2, 5)), jnp.ones(2))
+    persistent_jit(scaled_sum, static_argnames=("scale",))(pair, 1.0, scale=2.0)
+    path = _only_entry(cache_on, before)
+    blob = path.read_bytes()
+    body = blob[len(b"PSFAXPRG") + 2 + 32:]
+    size = int.from_bytes(body[:8], "little")
+    header = json.loads(body[8:8 + size])
+    header["structure"]["dict"][0][1]["namedtuple"] = "subprocess:Popen"
+    path.write_bytes(entry_bytes(header["key"], header["structure"], body[8 + size:]))
+    with pytest.warns(ProgramStoreWarning, match="'subprocess:Popen' is not one psfax defines"):
+        out = persistent_jit(scaled_sum, static_argnames=("scale",))(pair, 1.0, scale=2.0)
+    assert calls == []
+    assert isinstance(out["pair"], Pair)
+
+
+def test_foreign_entry_under_another_name_is_refused(cache_on):
+    """An entry copied over another function's file (same layout, valid digest) is not used for it."""
+    before = set(cache_on.iterdir())
+    x = jnp.arange(7.0)
+    persistent_jit(count_from_zero)(x)
+    mine = _only_entry(cache_on, before)
+    pair = Pair(jnp.ones((2, 7)), jnp.ones(2))
+    before = set(cache_on.iterdir())
+    persistent_jit(scaled_sum, static_argnames=("scale",))(pair, 1.0, scale=4.0)
+    other = _only_entry(cache_on, before)
+    mine.write_bytes(other.read_bytes())
+    with pytest.warns(ProgramStoreWarning, match="another function"):
+        out = persistent_jit(count_from_zero)(x)
+    np.testing.assert_array_equal(out[0], x + 1.0)

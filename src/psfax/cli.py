@@ -14,13 +14,28 @@ import typer
 from psfax.errors import PsfaxError
 
 app = typer.Typer(help="psfax: fast, statistically exact PSF work on survey images.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from psfax import __version__
+
+        typer.echo(f"psfax {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the psfax version and exit.")) -> None:
+    """psfax: fast, statistically exact PSF work on survey images."""
 
 
 def _add_subapps() -> None:
     from psfax.clusters.cli import app as clusters_app
     from psfax.io.cli import app as data_app
-    from psfax.runner.cli import app as run_app
+    from psfax.runner.cli import CONTEXT_SETTINGS
+    from psfax.runner.cli import run as run_command
     from psfax.solar.cli import app as aia_app
     from psfax.stars.cli import app as stars_app
 
@@ -28,7 +43,13 @@ def _add_subapps() -> None:
     app.add_typer(aia_app, name="aia", help="SDO/AIA: PSF, deconvolution, registration.")
     app.add_typer(clusters_app, name="clusters", help="Galaxy-cluster fields: simulate, train, infer, evaluate.")
     app.add_typer(data_app, name="data", help="Sample data: fetch and locate.")
-    app.add_typer(run_app, name="run", help="Run a job over many files, locally or on Dask.")
+    app.command("run", context_settings=CONTEXT_SETTINGS, no_args_is_help=True,
+                help="Run a job over many files, locally or on Dask.")(run_command)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of the message of ``exc`` (the CLI's errors are one line)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = app(args=argv, standalone_mode=False)
     except PsfaxError as exc:
-        print(f"psfax: error: {exc}", file=sys.stderr)
+        print(f"psfax: error: {first_line(exc)}", file=sys.stderr)
         return 2
     except typer.Exit as exc:
         return exc.exit_code

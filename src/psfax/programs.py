@@ -13,7 +13,20 @@ lowered program on disk (``jax.export``, serialized StableHLO) under
   (any edit to psfax starts a fresh set of programs),
 
 so a new process deserializes the program and goes straight to the
-compilation cache.  It is on when the compilation cache is on
+compilation cache.
+
+The store trusts nothing it reads.  An entry is ``MAGIC``, the format
+version, the SHA-256 of the rest, and the rest: a JSON header (the entry's
+full key and the output structure) and the serialized program.  The digest
+and the key catch a corrupted, truncated or foreign entry (one written by
+another psfax, or copied under another name); such an entry is ignored,
+exported afresh and rewritten, with a :class:`ProgramStoreWarning`.  Nothing a
+file names is ever imported or called: output structures are rebuilt from
+tuples, lists, dicts and the NamedTuple classes psfax's own (already
+imported) modules define or :func:`register_output_type` adds.  A digest is
+no signature: whoever can write the cache folder can still hand psfax a
+program that computes wrong numbers, so keep the cache private
+(``PSFAX_CACHE_DIR``).  It is on when the compilation cache is on
 (``PSFAX_NO_COMPILATION_CACHE`` turns both off) and the arguments live on the
 CPU; otherwise (and inside another trace, which inlines the function) it is
 plain ``jax.jit``.  GPUs are left out for now: exporting for them has not been
@@ -25,14 +38,34 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import importlib
 import json
+import sys
+import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from psfax import device
+
+MAGIC = b"PSFAXPRG"
+FORMAT_VERSION = 2
+_DIGEST_SIZE = 32
+_OUTPUT_TYPES: dict[str, type] = {}
+
+
+class ProgramStoreWarning(UserWarning):
+    """A program-store entry was unusable (corrupted, foreign, or naming an unknown type) and is rebuilt."""
+
+
+class BadEntry(Exception):
+    """Why a program-store entry cannot be used (turned into a :class:`ProgramStoreWarning`)."""
+
+
+def register_output_type(cls: type) -> type:
+    """Allow the NamedTuple ``cls`` (defined outside psfax) in the outputs of a persistent_jit function."""
+    _OUTPUT_TYPES[_type_name(cls)] = cls
+    return cls
 
 
 @functools.cache
@@ -98,37 +131,93 @@ def persistent_jit(fun=None, *, static_argnames: tuple[str, ...] = ()):
 
 def _load_or_export(fun, static, names, tree, leaves, folder: Path):
     """(jitted call of the exported program, its output structure) from ``folder``, exporting it on a
-    miss.  File: 8-byte length, the output structure as JSON, the serialized ``jax.export`` program."""
+    miss or when the stored entry is unusable (see the module docstring for the file layout)."""
     name = f"{fun.__module__}.{fun.__qualname__}"
     key = (tuple((k, _static_key(v)) for k, v in static.items()), str(tree),
            tuple(str(jax.typeof(x)) for x in leaves), "cpu")
     text = repr((name, key, jax.__version__, source_digest()))
     path = folder / f"{fun.__qualname__}-{hashlib.sha256(text.encode()).hexdigest()[:32]}.bin"
     if path.exists():
-        blob = path.read_bytes()
-    else:
-        holder = {}
+        try:
+            return read_entry(path.read_bytes(), text)
+        except BadEntry as exc:
+            warnings.warn(f"program store: ignoring {path} ({exc}); compiling it again",
+                          ProgramStoreWarning, stacklevel=4)
+    holder = {}
 
-        def flat(*flat_args):
-            out = fun(**dict(zip(names, jax.tree.unflatten(tree, flat_args))), **static)
-            holder["structure"] = describe(out)
-            return jax.tree.leaves(out)
+    def flat(*flat_args):
+        out = fun(**dict(zip(names, jax.tree.unflatten(tree, flat_args))), **static)
+        holder["structure"] = describe(out)
+        return jax.tree.leaves(out)
 
-        exported = jax.export.export(jax.jit(flat), platforms=[key[-1]])(
-            *(jax.ShapeDtypeStruct(np.shape(x), jax.typeof(x).dtype, weak_type=jax.typeof(x).weak_type)
-              for x in leaves))
-        header = json.dumps(holder["structure"]).encode()
-        blob = len(header).to_bytes(8, "little") + header + bytes(exported.serialize())
-        tmp = path.with_suffix(f".tmp{np.random.default_rng().integers(1 << 30)}")
-        tmp.write_bytes(blob)
-        tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
+    exported = jax.export.export(jax.jit(flat), platforms=[key[-1]])(
+        *(jax.ShapeDtypeStruct(np.shape(x), jax.typeof(x).dtype, weak_type=jax.typeof(x).weak_type)
+          for x in leaves))
+    blob = entry_bytes(text, holder["structure"], bytes(exported.serialize()))
+    tmp = path.with_suffix(f".tmp{np.random.default_rng().integers(1 << 30)}")
+    tmp.write_bytes(blob)
+    tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
     # a fresh export also runs from its serialized form, as every later process will: serializing drops the
     # outputs' weak types, and outputs typed differently in the first process would key different programs
     # downstream (seen: the second ZTF run exported and compiled four more)
-    size = int.from_bytes(blob[:8], "little")
-    structure = json.loads(blob[8:8 + size])
-    exported = jax.export.deserialize(bytearray(blob[8 + size:]))
+    return read_entry(blob, text)
+
+
+def entry_bytes(key_text: str, structure, program: bytes) -> bytes:
+    """One store entry: ``MAGIC``, version (2 bytes), SHA-256 of the body, body = header length (8 bytes),
+    JSON header ``{"key", "structure"}``, serialized program."""
+    header = json.dumps({"key": key_text, "structure": structure}).encode()
+    body = len(header).to_bytes(8, "little") + header + program
+    return MAGIC + FORMAT_VERSION.to_bytes(2, "little") + hashlib.sha256(body).digest() + body
+
+
+def read_entry(blob: bytes, key_text: str):
+    """(jitted call, output structure) of an entry written by :func:`entry_bytes` for ``key_text``;
+    raises :class:`BadEntry` when it is not one (wrong magic or version, digest, key, structure)."""
+    start = len(MAGIC) + 2 + _DIGEST_SIZE
+    version = int.from_bytes(blob[len(MAGIC):len(MAGIC) + 2], "little")
+    if blob[:len(MAGIC)] != MAGIC or version != FORMAT_VERSION:
+        raise BadEntry(f"not a psfax program entry of format version {FORMAT_VERSION}")
+    body = blob[start:]
+    if hashlib.sha256(body).digest() != blob[start - _DIGEST_SIZE:start]:
+        raise BadEntry("its SHA-256 does not match its content (corrupted or truncated)")
+    size = int.from_bytes(body[:8], "little")
+    try:
+        header = json.loads(body[8:8 + size])
+        stored_key, structure = header["key"], header["structure"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BadEntry(f"unreadable header ({exc})") from None
+    if stored_key != key_text:
+        raise BadEntry("it was written for another function or argument signature")
+    n_leaves = count_leaves(structure)
+    try:
+        exported = jax.export.deserialize(bytearray(body[8 + size:]))
+    except Exception as exc:  # noqa: BLE001 - the deserializer raises many kinds on bad bytes
+        raise BadEntry(f"unreadable program ({type(exc).__name__})") from None
+    if len(exported.out_avals) != n_leaves:
+        raise BadEntry(f"the structure has {n_leaves} outputs, the program {len(exported.out_avals)}")
     return jax.jit(exported.call), structure
+
+
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def output_type(name) -> type:
+    """The NamedTuple class named ``"module:qualname"``, if it is one psfax allows; else BadEntry.
+
+    Allowed: :func:`register_output_type`'s classes, and NamedTuples defined in a psfax module that is
+    already imported (looked up in ``sys.modules``: nothing is imported, nothing but the class is touched).
+    """
+    if name in _OUTPUT_TYPES:
+        return _OUTPUT_TYPES[name]
+    module, _, qualname = str(name).partition(":")
+    if module == "psfax" or module.startswith("psfax."):
+        cls = sys.modules[module].__dict__.get(qualname) if module in sys.modules else None
+        if isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields") \
+                and _type_name(cls) == name:
+            return cls
+    raise BadEntry(f"its output type {name!r} is not one psfax defines")
 
 
 def describe(tree):
@@ -137,8 +226,9 @@ def describe(tree):
     if tree is None:
         return None
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return {"namedtuple": f"{type(tree).__module__}:{type(tree).__qualname__}",
-                "items": [describe(x) for x in tree]}
+        name = _type_name(type(tree))
+        output_type(name)  # fails here, at export, for a type a later process could not rebuild
+        return {"namedtuple": name, "items": [describe(x) for x in tree]}
     if isinstance(tree, (tuple, list)):
         return {type(tree).__name__: [describe(x) for x in tree]}
     if isinstance(tree, dict):
@@ -148,16 +238,36 @@ def describe(tree):
     raise TypeError(f"persistent_jit: cannot describe an output of type {type(tree).__name__}")
 
 
+def count_leaves(structure) -> int:
+    """Number of leaves of a :func:`describe` structure; BadEntry when it is not one."""
+    if structure is None:
+        return 0
+    if structure == "leaf":
+        return 1
+    if isinstance(structure, dict) and set(structure) == {"namedtuple", "items"}:
+        cls = output_type(structure["namedtuple"])
+        if not isinstance(structure["items"], list) or len(structure["items"]) != len(cls._fields):
+            raise BadEntry(f"{structure['namedtuple']} with the wrong number of fields")
+        return sum(count_leaves(x) for x in structure["items"])
+    if isinstance(structure, dict) and len(structure) == 1:
+        (kind, items), = structure.items()
+        if kind in ("tuple", "list") and isinstance(items, list):
+            return sum(count_leaves(x) for x in items)
+        if kind == "dict" and isinstance(items, list) and all(
+                isinstance(i, list) and len(i) == 2 and isinstance(i[0], str) for i in items):
+            return sum(count_leaves(x) for _, x in items)
+    raise BadEntry("its output structure is not one psfax writes")
+
+
 def rebuild(structure, leaves):
-    """The pytree of :func:`describe`'s ``structure`` filled from the iterator ``leaves`` (flatten order)."""
+    """The pytree of :func:`describe`'s ``structure`` (checked by :func:`count_leaves`) filled from the
+    iterator ``leaves`` (flatten order)."""
     if structure is None:
         return None
     if structure == "leaf":
         return next(leaves)
     if "namedtuple" in structure:
-        module, qualname = structure["namedtuple"].split(":")
-        cls = functools.reduce(getattr, qualname.split("."), importlib.import_module(module))
-        return cls(*(rebuild(x, leaves) for x in structure["items"]))
+        return output_type(structure["namedtuple"])(*(rebuild(x, leaves) for x in structure["items"]))
     (kind, items), = structure.items()
     if kind == "dict":
         return {k: rebuild(x, leaves) for k, x in items}

@@ -135,7 +135,7 @@ def test_targets_without_radec_and_image_without_wcs_raise(faint_field):
     exposure = exposure_of(faint_field)
     with pytest.raises(InputError, match="needs ra and dec columns"):
         forced_exposure(exposure, Table({"x": [1.0], "y": [2.0]}), psf=true_psf())
-    bare = read_exposure(faint_field.image, header=fits.Header({"GAIN": 6.0, "MAGZP": 26.0}))
+    bare = read_exposure(faint_field.image, header=fits.Header({"GAIN": 6.0, "READNOI": 9.0, "MAGZP": 26.0}))
     with pytest.raises(InputError, match="needs a celestial WCS"):
         forced_exposure(bare, targets_at(exposure, [10.0], [10.0]), psf=true_psf())
     with pytest.raises(InputError, match="a moffat needs fwhm, beta"):

@@ -87,3 +87,32 @@ def test_bad_model_name(image_files, tmp_path, capsys):
     science, _, _ = image_files
     _fails_with(["stars", "fit", str(science), "--model", "airy", "--out", str(tmp_path / "o")], capsys,
                 "model must be one of moffat, gaussian, elliptical_moffat, elliptical_gaussian, got 'airy'")
+
+
+def test_one_option_vocabulary_with_run_stars_fit_and_fit_image():
+    """#21.5: every option of ``stars fit`` (first name) is an option of ``run stars-fit`` by that name,
+    and so a keyword of ``fit_image``; ``--degree`` is kept as a second name of ``--spatial-degree``."""
+    import typer
+
+    from psfax.runner.jobs import stars_fit_job
+    from psfax.stars.cli import app
+
+    command = typer.main.get_command(app)
+    fit = command.commands["fit"] if hasattr(command, "commands") else command
+    names = {p.name for p in fit.params} - {"science", "out", "mask", "install_completion", "show_completion"}
+    job_names = {o.name for o in stars_fit_job().options}
+    assert names <= job_names, names - job_names
+    degree = next(p for p in fit.params if p.name == "spatial_degree")
+    assert degree.opts == ["--spatial-degree", "--degree"]
+
+
+@pytest.mark.slow
+def test_fit_with_stamp_size_41(image_files, tmp_path, capsys):
+    """#20.5: a valid odd stamp size larger than twice the 15-px edge cut."""
+    science, mask, _ = image_files
+    out = tmp_path / "out"
+    assert main(["stars", "fit", str(science), "--mask", str(mask), "--stamp-size", "41",
+                 "--out", str(out), "--no-plots"]) == 0
+    info = json.loads((out / "psf.json").read_text())
+    assert info["options"]["selection"]["edge"] == 20
+    capsys.readouterr()

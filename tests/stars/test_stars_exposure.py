@@ -49,11 +49,20 @@ def test_bad_mask_bits_from_header_words():
 
 def test_missing_keywords_fall_back_with_warning():
     data = np.ones((20, 30), np.float32)
-    with pytest.warns(HeaderDefaultWarning, match="GAIN missing") as record:
-        exp = read_exposure(data)
-    # every documented keyword missing -> one warning each
-    assert len([w for w in record if issubclass(w.category, HeaderDefaultWarning)]) == 7
-    assert exp.gain == 1.0 and exp.zero_point == 25.0 and np.isinf(exp.saturate)
+    with pytest.warns(HeaderDefaultWarning, match="SATURATE missing") as record:
+        exp = read_exposure(data, gain=2.0, read_noise=5.0)
+    # every documented keyword but the two given missing -> one warning each
+    assert len([w for w in record if issubclass(w.category, HeaderDefaultWarning)]) == 5
+    assert exp.gain == 2.0 and exp.zero_point == 25.0 and np.isinf(exp.saturate)
+
+
+@pytest.mark.parametrize("missing", ["GAIN", "READNOI"])
+def test_missing_gain_or_read_noise_without_option_is_an_error(missing, quiet_header):
+    del quiet_header[missing]
+    field = {"GAIN": "gain", "READNOI": "read_noise"}[missing]
+    with pytest.raises(InputError, match=f"{missing} missing or not a number, and no {field} given"):
+        read_exposure(np.ones((8, 8), np.float32), header=quiet_header)
+    assert getattr(read_exposure(np.ones((8, 8), np.float32), header=quiet_header, **{field: 3.0}), field) == 3.0
 
 
 def test_override_beats_header():

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from psfax.errors import InputError
+from psfax.outputs import check_output_dir
 from psfax.runner.dask_executor import run_dask
 from psfax.runner.inputs import output_names, resolve_inputs
 from psfax.runner.jobs import Job, Outcome, Task, Timings, get_job, split_options
@@ -101,7 +102,8 @@ def run_jobs(job: str | Job, inputs: str | os.PathLike | Iterable[str | os.PathL
 
     ``job`` is ``"stars-fit"``, ``"aia-prep"``, ``"clusters-infer"`` or a :class:`Job`;
     ``inputs`` are paths, globs or text files of paths; ``options`` go to the
-    job's stages by name.  ``executor="local"`` reads ahead in a thread;
+    job's stages by name, checked (with ``out_dir``) before the first input is
+    read.  ``executor="local"`` reads ahead in a thread;
     ``"dask"`` runs on a LocalCluster of ``workers`` processes or on the
     cluster at ``scheduler``.  With ``resume=True`` inputs whose last record
     is ``done`` and whose outputs all exist are skipped.  ``profile_dir``
@@ -111,6 +113,9 @@ def run_jobs(job: str | Job, inputs: str | os.PathLike | Iterable[str | os.PathL
     check_run_arguments(executor, scheduler, workers, profile_dir)
     job = get_job(job)
     stage_options = split_options(job, options)
+    if job.check is not None:
+        job.check(stage_options)  # once, before any input is read
+    check_output_dir(out_dir, "out_dir")
     paths = resolve_inputs(inputs)
     out_dir = Path(out_dir).absolute()  # Dask workers may run in another folder
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,11 @@ class JobOption:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """A per-file job as three stages plus the options each stage accepts."""
+    """A per-file job as three stages plus the options each stage accepts.
+
+    ``check(options)`` (``{"read": {...}, "compute": {...}, "write": {...}}``) raises InputError for an
+    option value the job cannot use; the run calls it once, before the first input.
+    """
 
     name: str
     read: Callable[..., Any]
@@ -57,6 +61,7 @@ class Job:
     write: Callable[..., list] | None
     options: tuple[JobOption, ...] = ()
     compute_writes: bool = False
+    check: Callable[[Mapping[str, Mapping[str, Any]]], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,22 +182,26 @@ def staging_dir(out_dir: Path, name: str) -> Path:
 
 
 def commit(staging: Path, final: Path, written: list[Path]) -> list[Path]:
-    """Move every file of ``staging`` into ``final`` by atomic rename; return the final paths.
+    """Make ``staging`` the folder ``final``, replacing the outputs of any earlier attempt as a set;
+    return the final paths of its files.
 
-    ``written`` (the paths the job returned) must lie in ``staging``: a job
-    that writes elsewhere would escape the all-or-nothing guarantee.
+    The old ``final`` is renamed aside, ``staging`` renamed to ``final``, then the old one removed:
+    a crash between the renames leaves no ``final`` (the input is not done), never a mix of two runs'
+    files.  ``written`` (the paths the job returned) must lie in ``staging``: a job that writes
+    elsewhere would escape the all-or-nothing guarantee.
     """
     root = staging.resolve()
     outside = [p for p in written if not p.resolve().is_relative_to(root)]
     if outside:
         raise RuntimeError(f"the job wrote {outside[0]} outside its output folder {staging}")
-    outputs = []
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-        target = final / path.relative_to(staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
-        outputs.append(target)
-    return outputs
+    files = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
+    old = staging.with_name(staging.name + ".replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return [final / p for p in files]
 
 
 def outcome_of(task: Task, worker: str, outputs=(), timings=Timings(), error: BaseException | None = None) -> Outcome:
@@ -261,7 +270,16 @@ def stars_fit_job() -> Job:
                + options_from_dataclass(FitOptions, "compute", skip=("selection",))
                + options_from_dataclass(SelectionOptions, "compute")
                + options_from_signature(write_image_fit, "write"))
-    return Job("stars-fit", read_ztf_exposure, fit_exposure, write_image_fit, options)
+    return Job("stars-fit", read_ztf_exposure, fit_exposure, write_image_fit, options, check=check_stars_fit)
+
+
+def check_stars_fit(options: Mapping[str, Mapping[str, Any]]) -> None:
+    """The header overrides in range, a valid ``FitOptions`` (model, degree, stamp ...) and catalog."""
+    from psfax.stars.exposure import check_values
+    from psfax.stars.pipeline import FitOptions, check_catalog
+
+    check_values(dict(options["read"]))
+    check_catalog(FitOptions.from_kwargs(**options["compute"]))
 
 
 def write_level16_list(smap, out_dir) -> list[Path]:
@@ -275,7 +293,15 @@ def aia_prep_job() -> Job:
     """``aia-prep``: AIA level 1 -> level 1.6 (optional deconvolution, registration)."""
     from psfax.solar.prep import prep_map, read_level1
 
-    return Job("aia-prep", read_level1, prep_map, write_level16_list, options_from_signature(prep_map, "compute"))
+    return Job("aia-prep", read_level1, prep_map, write_level16_list, options_from_signature(prep_map, "compute"),
+               check=check_aia_prep)
+
+
+def check_aia_prep(options: Mapping[str, Mapping[str, Any]]) -> None:
+    """``iterations``, ``order``, ``dtype`` in range and a ``pointing`` path that exists."""
+    from psfax.solar.prep import check_prep_options
+
+    check_prep_options(**options["compute"])
 
 
 def clusters_infer_job() -> Job:

@@ -88,7 +88,8 @@ def read_pointing_table(path):
     try:
         return QTable.read(path, format="ascii.ecsv" if path.suffix == ".ecsv" else None)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
-        raise BadFileError(f"pointing table {path} cannot be read: {exc}") from None
+        reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise BadFileError(f"pointing table {path} cannot be read: {reason.strip()}") from None
 
 
 def _value(cell, unit: str) -> float:

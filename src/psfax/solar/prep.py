@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from psfax.errors import BadFileError, MissingFileError, PsfaxError
+from psfax.errors import BadFileError, InputError, MissingFileError, PsfaxError
 from psfax.io.atomic import atomic_path
 from psfax.version import psfax_version
 
@@ -62,7 +62,32 @@ def _aia_map(data, header, path):
         raise BadFileError(f"{path}: header is not a valid AIA map ({exc})") from None
     if not isinstance(smap, AIAMap):
         raise BadFileError(f"{path}: sunpy does not recognise an AIA map in this file")
+    wavelength = header.get("WAVELNTH")
+    if not isinstance(wavelength, (int, float)) or wavelength not in AIA_CHANNELS:
+        raise BadFileError(f"{path}: WAVELNTH={wavelength!r} is not an AIA channel "
+                           f"({', '.join(map(str, AIA_CHANNELS))} Angstrom)")
     return smap
+
+
+#: Wavelengths [Angstrom] of AIA's channels: the seven EUV ones, then the UV and visible ones.
+AIA_CHANNELS = (94, 131, 171, 193, 211, 304, 335, 1600, 1700, 4500)
+
+
+def check_prep_options(*, pointing=None, iterations: int = 25, order: int = 3, dtype=None, **flags) -> None:
+    """Raise InputError (MissingFileError for an absent ``pointing`` path) for a :func:`prep_map`
+    option out of range, before any file is read; ``flags`` (``deconvolve``, ``register``) are yes/no."""
+    if isinstance(pointing, (str, Path)) and not Path(pointing).is_file():
+        raise MissingFileError(f"pointing table {pointing} does not exist")
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
+        raise InputError(f"iterations must be a non-negative integer, got {iterations!r}")
+    if order not in (1, 3):
+        raise InputError(f"order must be 1 or 3, got {order!r}")
+    try:
+        float_dtype = dtype is None or np.dtype(dtype) in (np.float32, np.float64)
+    except TypeError:
+        float_dtype = False
+    if not float_dtype:
+        raise InputError(f"dtype must be float32 or float64, got {dtype!r}")
 
 
 def prep_map(smap, *, deconvolve: bool = False, register: bool = False, pointing=None,
@@ -76,6 +101,7 @@ def prep_map(smap, *, deconvolve: bool = False, register: bool = False, pointing
     from psfax.solar.pointing import update_pointing
     from psfax.solar.register import register as register_map
 
+    check_prep_options(iterations=iterations, order=order, dtype=dtype)
     out = smap
     if pointing is not None:
         out = update_pointing(out, pointing)
@@ -104,11 +130,7 @@ def write_level16(smap, out_dir) -> Path:
     """
     from astropy.io import fits
 
-    out_dir = Path(out_dir)
-    level = smap.meta.get("lvl_num", 1)
-    channel = int(round(smap.wavelength.to_value("angstrom")))
-    stamp = smap.reference_date.isot.replace(":", "-")
-    path = out_dir / f"aia_lev{level}_{channel:04d}a_{stamp}.fits"
+    path = level16_path(smap, out_dir)
     header = smap.fits_header
     for key in ("BLANK", "BSCALE", "BZERO"):  # integer-storage keywords do not apply to float data
         header.remove(key, ignore_missing=True, remove_all=True)
@@ -116,3 +138,11 @@ def write_level16(smap, out_dir) -> Path:
     with atomic_path(path) as tmp:
         hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
     return path
+
+
+def level16_path(smap, out_dir) -> Path:
+    """``out_dir / aia_lev<level>_<channel>a_<T_OBS>.fits``, the name :func:`write_level16` writes."""
+    level = smap.meta.get("lvl_num", 1)
+    channel = int(round(smap.wavelength.to_value("angstrom")))
+    stamp = smap.reference_date.isot.replace(":", "-")
+    return Path(out_dir) / f"aia_lev{level}_{channel:04d}a_{stamp}.fits"

@@ -14,37 +14,52 @@ forced_cli.register(app)  # psfax stars forced, psfax stars lightcurves
 
 
 @app.command()
-def fit(science: Path = typer.Argument(..., help="science image (FITS, may be gzipped)"),
+def fit(science: Path = typer.Argument(..., metavar="SCIENCE", help="science image (FITS, may be gzipped)"),
         out: Path = typer.Option(..., "--out", help="output folder"),
         mask: Path = typer.Option(None, "--mask", help="mask image of bit flags (FITS)"),
         model: str = typer.Option("moffat", help="moffat, gaussian, elliptical_moffat, elliptical_gaussian"),
         optimizer: str = typer.Option("lm", help="optimizer of the fit engine"),
-        degree: int = typer.Option(1, "--degree", help="degree 0-2 of the PSF shape polynomial in (x, y)"),
-        per_star: bool = typer.Option(False, "--per-star", help="fit each star's shape independently"),
+        spatial_degree: int = typer.Option(1, "--spatial-degree", "--degree",
+                                           help="degree 0-2 of the PSF shape polynomial in (x, y)"),
+        shared_shape: bool = typer.Option(True, "--shared-shape/--per-star",
+                                          help="one shape varying over the image, or each star's own"),
         catalog: Path = typer.Option(None, "--catalog",
                                      help="reference catalog (Parquet/CSV/FITS: ra, dec, mag) for PSF stars"),
         mag_min: float = typer.Option(14.0, help="brightest magnitude of a PSF star"),
         mag_max: float = typer.Option(18.0, help="faintest magnitude of a PSF star"),
         isolation: float = typer.Option(20.0, help="no other detection within this many arcsec"),
-        stamp_size: int = typer.Option(15, help="stamp side [px], odd"),
+        edge: float = typer.Option(None, help="PSF stars at least this many px from the border "
+                                   "(default: 15 or half the stamp, whichever is more)"),
+        stamp_size: int = typer.Option(15, help="stamp side in px, odd"),
+        gain: float = typer.Option(None, help="e-/ADU (default: header GAIN; required without it)"),
+        read_noise: float = typer.Option(None, help="read noise in e- (default: header READNOI; "
+                                         "required without it)"),
+        saturate: float = typer.Option(None, help="saturation level in ADU (default: header SATURATE)"),
+        zero_point: float = typer.Option(None, help="magnitude zero point (default: header MAGZP)"),
         device: str = typer.Option(None, help="cpu or gpu (default: JAX's default backend)"),
-        dtype: str = typer.Option(None, help="float32 or float64 for the PSF fit and the photometry "
-                                  "(default: PSF fit in float64 on CPU, float32 on GPU; photometry in float32)"),
+        dtype: str = typer.Option(None, help="float32 or float64 for the PSF fit "
+                                  "(default: float64 on CPU, float32 on GPU)"),
+        photometry_dtype: str = typer.Option("float32", help="float32 or float64 for the photometry"),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="write the figures")):
-    """Fit the PSF of SCIENCE and write stars.parquet, psf_stars.parquet, psf.json and figures to OUT."""
+    """Fit the PSF of SCIENCE and write stars.parquet, psf_stars.parquet, psf.json and figures to OUT.
+
+    The options are those of `psfax run stars-fit` and of `psfax.stars.fit_image`, by the same names.
+    """
     from rich.console import Console
 
+    from psfax.outputs import check_output_dir
     from psfax.stars.pipeline import fit_image
 
+    check_output_dir(out, files=("stars.parquet", "psf_stars.parquet", "psf.json"))
     console = Console(stderr=True)
     start = time.perf_counter()
+    options = dict(model=model, optimizer=optimizer, spatial_degree=spatial_degree, shared_shape=shared_shape,
+                   catalog=None if catalog is None else str(catalog), mag_min=mag_min, mag_max=mag_max,
+                   isolation=isolation, stamp_size=stamp_size, device=device, dtype=dtype,
+                   photometry_dtype=photometry_dtype, gain=gain, read_noise=read_noise, saturate=saturate,
+                   zero_point=zero_point, **({} if edge is None else {"edge": edge}))
     with console.status("read") as status:
-        result = fit_image(science, mask, progress=lambda stage: status.update(f"[bold]{stage}"),
-                           model=model, optimizer=optimizer, spatial_degree=degree,
-                           shared_shape=not per_star, catalog=None if catalog is None else str(catalog),
-                           mag_min=mag_min, mag_max=mag_max, isolation=isolation,
-                           stamp_size=stamp_size, device=device, dtype=dtype,
-                           **({} if dtype is None else {"photometry_dtype": dtype}))
+        result = fit_image(science, mask, progress=lambda stage: status.update(f"[bold]{stage}"), **options)
         status.update("[bold]write")
         paths = result.write(out, plots=plots)
     total = time.perf_counter() - start

@@ -6,8 +6,8 @@ Header keywords follow the ZTF science-image convention:
 =========  =======================================  ===================
 keyword    meaning                                  default if missing
 =========  =======================================  ===================
-GAIN       electrons per ADU                        1.0
-READNOI    read noise [e-]                          0.0
+GAIN       electrons per ADU                        none: an error
+READNOI    read noise [e-]                          none: an error
 SATURATE   saturation level [ADU]                   +inf (no cut)
 MAGZP      zero point: m = MAGZP - 2.5 log10(ADU)   25.0
 MAGZPUNC   zero-point uncertainty [mag]             0.0
@@ -16,7 +16,9 @@ PIXSCALE   pixel scale [arcsec/px]                  1.0 (or the WCS's)
 =========  =======================================  ===================
 
 Each default is used with a :class:`HeaderDefaultWarning`; an explicit
-keyword argument of :func:`read_exposure` overrides the header.
+keyword argument of :func:`read_exposure` overrides the header.  GAIN and
+READNOI have no default (they set every pixel's weight): without them in the
+header or as ``gain=`` / ``read_noise=`` the read is an :class:`InputError`.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from psfax.errors import BadFileError, InputError, InputTypeError, MissingFileEr
 
 #: header keyword -> (Exposure field, default, unit for messages)
 HEADER_KEYWORDS = {
-    "GAIN": ("gain", 1.0, "e-/ADU"),
-    "READNOI": ("read_noise", 0.0, "e-"),
+    "GAIN": ("gain", None, "e-/ADU"),
+    "READNOI": ("read_noise", None, "e-"),
     "SATURATE": ("saturate", np.inf, "ADU"),
     "MAGZP": ("zero_point", 25.0, "mag"),
     "MAGZPUNC": ("zero_point_err", 0.0, "mag"),
@@ -118,17 +120,46 @@ def _read_fits_image(path: Path, what: str) -> tuple[np.ndarray, fits.Header]:
 def _header_value(header: fits.Header, key: str, override, name: str):
     field, default, unit = HEADER_KEYWORDS[key]
     if override is not None:
-        return float(override)
+        try:
+            return float(override)
+        except (TypeError, ValueError):
+            raise InputError(f"{field} must be a number, got {override!r}") from None
     value = header.get(key)
     try:
         value = float(value)
     except (TypeError, ValueError):
         value = None
+    if (value is None or not np.isfinite(value)) and default is None:
+        raise InputError(f"{name}: header keyword {key} missing or not a number, and no {field} given "
+                         f"(--{field.replace('_', '-')} [{unit}]): it sets the weight of every pixel")
     if value is None or not np.isfinite(value):
         warnings.warn(f"{name}: header keyword {key} missing or not a number; using {field}="
                       f"{default} {unit}", HeaderDefaultWarning, stacklevel=3)
         return float(default)
     return value
+
+
+def check_values(values: dict, name: str = "options") -> None:
+    """Raise InputError for a noise-model or calibration value (``gain``, ``read_noise``, ``saturate``,
+    ``zero_point``, ``zero_point_err``, ``seeing``, ``pixscale``; None = not given) out of its range."""
+    for field, value in values.items():
+        if value is None or field not in VALUE_RANGES:
+            continue
+        low, strict = VALUE_RANGES[field]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{name}: {field} must be a number, got {value!r}") from None
+        ok = number > low if strict else number >= low
+        if not ok or (field != "saturate" and not np.isfinite(number)):
+            bound = "finite" if low == -np.inf else f"finite and {'>' if strict else '>='} {low:g}"
+            raise InputError(f"{name}: {field} must be {bound}, got {value}")
+
+
+#: field -> (lower bound, strict): ``saturate`` may be +inf (no cut), the others must be finite
+VALUE_RANGES = {"gain": (0.0, True), "read_noise": (0.0, False), "saturate": (0.0, True),
+                "zero_point": (-np.inf, True), "zero_point_err": (0.0, False), "seeing": (0.0, True),
+                "pixscale": (0.0, True)}
 
 
 def _read_wcs(header: fits.Header, name: str) -> WCS | None:
@@ -181,9 +212,7 @@ def read_exposure(science, mask=None, *, header: fits.Header | None = None,
     values = {HEADER_KEYWORDS[k][0]: _header_value(header, k, v, name) for k, v in {
         "GAIN": gain, "READNOI": read_noise, "SATURATE": saturate, "MAGZP": zero_point,
         "MAGZPUNC": None, "SEEING": seeing, "PIXSCALE": pixscale}.items()}
-    for field in ("gain", "pixscale", "seeing"):
-        if values[field] <= 0:
-            raise InputError(f"{name}: {field} must be > 0, got {values[field]}")
+    check_values(values, name)
     bad = ~finite | (data >= values["saturate"])
     if mask_bits is not None:
         bad |= (mask_bits & bad_bits) != 0

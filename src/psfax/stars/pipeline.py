@@ -36,9 +36,9 @@ from psfax.fitting.params import shape_to_u
 from psfax.profiles import get_profile
 from psfax.stars.catalog import match_catalog, read_reference_catalog
 from psfax.stars.detect import SEP_BLENDED, Background, detect_sources, measure_background
-from psfax.stars.exposure import Exposure, read_exposure
+from psfax.stars.exposure import Exposure, check_values, read_exposure
 from psfax.stars.forced import refit_failed
-from psfax.stars.select import (SelectionOptions, bad_pixels_near, neighbour_count,
+from psfax.stars.select import (DEFAULT_EDGE, SelectionOptions, bad_pixels_near, neighbour_count,
                                 select_psf_stars)
 from psfax.stars.stamps import Stamps, cut_stamps, stamp_fits
 
@@ -86,9 +86,17 @@ class FitOptions:
             raise InputError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.spatial_degree not in (0, 1, 2):
             raise InputError(f"spatial_degree must be 0, 1 or 2, got {self.spatial_degree}")
-        if self.clip_sigma <= 0 or self.clip_iterations < 0:
+        if not self.clip_sigma > 0 or self.clip_iterations < 0:
             raise InputError(f"clip_sigma must be > 0 and clip_iterations >= 0, got "
                              f"{self.clip_sigma}, {self.clip_iterations}")
+        if self.stamp_size < 5 or self.stamp_size % 2 == 0:
+            raise InputError(f"stamp_size must be an odd number >= 5, got {self.stamp_size}")
+        half = self.stamp_size // 2
+        if self.selection.edge is None:  # the default edge cut follows the stamp: every stamp fits
+            object.__setattr__(self, "selection", dataclasses.replace(self.selection, edge=max(DEFAULT_EDGE, half)))
+        elif self.selection.edge < half:
+            raise InputError(f"edge must be at least half the stamp ({half} px for stamp_size "
+                             f"{self.stamp_size}), got {self.selection.edge}")
 
     @classmethod
     def from_kwargs(cls, **options) -> FitOptions:
@@ -152,10 +160,14 @@ class ImageFit:
 
     def write(self, out_dir, *, plots: bool = True) -> list[Path]:
         """Write ``stars.parquet``, ``psf_stars.parquet``, ``psf.json`` and (``plots``) the
-        figures into ``out_dir``, each atomically; return the paths."""
+        figures into ``out_dir`` as one set: all into a staging folder there, then moved in, none
+        when any cannot be (:func:`psfax.outputs.commit_files`); return the paths."""
+        from psfax.outputs import commit_files, staging_folder
         from psfax.stars.report import write_outputs
 
-        return write_outputs(self, Path(out_dir), plots=plots)
+        with staging_folder(out_dir) as staging:
+            write_outputs(self, staging, plots=plots)
+            return commit_files(staging, Path(out_dir))
 
 
 def fit_image(science, mask=None, *, header=None, progress: Callable[[str], None] | None = None,
@@ -169,13 +181,22 @@ def fit_image(science, mask=None, *, header=None, progress: Callable[[str], None
     """
     read_names = ("gain", "read_noise", "saturate", "zero_point", "seeing", "pixscale", "bad_bits")
     read_options = {k: options.pop(k) for k in read_names if k in options}
-    fit_options = FitOptions.from_kwargs(**options)  # validate before the slow read
+    check_values(read_options)  # validate before the slow read
+    fit_options = FitOptions.from_kwargs(**options)
+    check_catalog(fit_options)
     start = time.perf_counter()
     exposure = read_exposure(science, mask, header=header, **read_options)
     read_time = time.perf_counter() - start
     result = fit_exposure(exposure, progress=progress, options=fit_options)
     result.timings = {"read": read_time, **result.timings}
     return result
+
+
+def check_catalog(options: FitOptions) -> None:
+    """Read the reference catalog of ``options`` (if any) once before the image, so that a missing or
+    malformed one is found before the slow read (catalogs are small; the detection stage reads it again)."""
+    if options.catalog is not None:
+        read_reference_catalog(options.catalog)
 
 
 def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None = None,
@@ -363,9 +384,14 @@ def _image_table(fit_table: Table, stamps: Stamps, exposure: Exposure) -> Table:
 
 
 def _is_psf_star(catalog: Table, psf_stars: Table) -> np.ndarray:
-    """True for catalog rows within 1 px of a PSF star."""
-    tree = cKDTree(np.column_stack([psf_stars["x"], psf_stars["y"]]))
-    dist, _ = tree.query(np.column_stack([catalog["x"], catalog["y"]]))
+    """True for catalog rows within 1 px of a PSF star (False for a row without a position: a source
+    whose fit had too few usable pixels has NaN x, y)."""
+    stars = np.column_stack([psf_stars["x"], psf_stars["y"]]).astype(float)
+    rows = np.column_stack([catalog["x"], catalog["y"]]).astype(float)
+    found = np.isfinite(rows).all(axis=1)
+    dist = np.full(len(rows), np.inf)
+    if found.any():
+        dist[found], _ = cKDTree(stars[np.isfinite(stars).all(axis=1)]).query(rows[found])
     return dist < 1.0
 
 

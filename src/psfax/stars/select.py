@@ -2,7 +2,8 @@
 
 The cuts, in order (each keeps a source only if it passed the previous ones):
 
-``edge``        the centre is at least ``edge`` px from every image border;
+``edge``        the centre is at least ``edge`` px from every image border (default: 15 px
+                or half the stamp, whichever is more, so that every stamp fits);
 ``mask``        no bad pixel (mask bits, NaN, saturated) within ``mask_radius`` px
                 (a square box) of the centre;
 ``saturation``  the raw 3x3 peak is below ``saturation_margin`` x SATURATE
@@ -29,11 +30,15 @@ from psfax.stars.detect import SEP_BLENDED
 from psfax.stars.exposure import Exposure
 
 
+DEFAULT_EDGE = 15.0
+
+
 @dataclasses.dataclass(frozen=True)
 class SelectionOptions:
-    """Thresholds of the PSF-star cuts (see the module docstring)."""
+    """Thresholds of the PSF-star cuts (see the module docstring); ``edge=None`` is the default edge
+    (``FitOptions`` makes it half its stamp when that is more than :data:`DEFAULT_EDGE`)."""
 
-    edge: float = 15.0
+    edge: float | None = None
     mask_radius: int = 3
     saturation_margin: float = 0.8
     isolation: float = 20.0
@@ -43,14 +48,14 @@ class SelectionOptions:
     size_range: tuple[float, float] = (0.7, 1.4)
 
     def __post_init__(self):
-        if self.edge < 0 or self.mask_radius < 0 or self.isolation < 0:
+        if (self.edge is not None and not self.edge >= 0) or self.mask_radius < 0 or not self.isolation >= 0:
             raise InputError("edge, mask_radius and isolation must be >= 0, got "
                              f"{self.edge}, {self.mask_radius}, {self.isolation}")
         if not 0 < self.saturation_margin <= 1:
             raise InputError(f"saturation_margin must be in (0, 1], got {self.saturation_margin}")
         if not self.mag_min < self.mag_max:
             raise InputError(f"mag_min must be < mag_max, got {self.mag_min} >= {self.mag_max}")
-        if self.max_elongation < 1 or not 0 < self.size_range[0] < 1 < self.size_range[1]:
+        if not self.max_elongation >= 1 or not 0 < self.size_range[0] < 1 < self.size_range[1]:
             raise InputError(f"max_elongation must be >= 1 and size_range (lo < 1 < hi), got "
                              f"{self.max_elongation}, {self.size_range}")
 
@@ -111,7 +116,8 @@ def select_psf_stars(sources: Table, exposure: Exposure, options: SelectionOptio
 
     if len(sources) == 0:
         raise NoStarsError(f"{exposure.name}: no source detected")
-    cut("edge", distance_to_edge(x, y, exposure.shape) >= options.edge)
+    edge = DEFAULT_EDGE if options.edge is None else options.edge
+    cut("edge", distance_to_edge(x, y, exposure.shape) >= edge)
     cut("mask", bad_pixels_near(exposure, x, y, options.mask_radius) == 0)
     cut("saturation", np.asarray(sources["raw_peak"]) < options.saturation_margin * exposure.saturate)
     isolation_px = options.isolation / exposure.pixscale
