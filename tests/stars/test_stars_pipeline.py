@@ -13,7 +13,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from psfax.stars import fit_image
-from psfax.stars.pipeline import chi2_outliers, fixed_shape
+from psfax.stars.pipeline import chi2_outliers
 from stars_synthetic import BETA
 
 
@@ -113,8 +113,18 @@ def test_chi2_outliers_rule():
     assert chi2_outliers(values, 4.0).tolist() == [False] * 5 + [True, True]
 
 
-def test_fixed_shape_converts_ellipticity_to_shear():
+def test_photometry_shape_converts_ellipticity_to_shear():
+    # the photometry PSF (psf_model_at) takes the reported shape through shape_to_u, the one conversion:
     # e = 2g / (1 + g): e = 0.2 -> g = 1/9; theta = pi/8 -> (g1, g2) = g (cos, sin)(pi/4)
-    out = fixed_shape({"fwhm": np.array([1.0]), "ellipticity": np.array([0.2]), "theta": np.array([np.pi / 8])})
-    assert out["g1"][0] == pytest.approx(np.sqrt(0.5) / 9, rel=1e-12)
-    assert out["g2"][0] == pytest.approx(np.sqrt(0.5) / 9, rel=1e-12)
+    import jax
+
+    from psfax.fitting.params import shape_from_u, shape_to_u
+    from psfax.profiles import get_profile
+
+    profile = get_profile("elliptical_moffat")
+    u = shape_to_u(profile, {"fwhm": np.array([1.0]), "beta": np.array([2.5]), "ellipticity": np.array([0.2]),
+                             "theta": np.array([np.pi / 8])})
+    with jax.enable_x64(True):
+        out = shape_from_u(profile, u)
+    assert float(out["g1"][0]) == pytest.approx(np.sqrt(0.5) / 9, rel=1e-12)
+    assert float(out["g2"][0]) == pytest.approx(np.sqrt(0.5) / 9, rel=1e-12)

@@ -127,8 +127,8 @@ def _held(psf, free, shape, n, dt):
 def _with_max_iter(settings, max_iter):
     import dataclasses
 
-    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
-        raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 0):
+        raise InputError(f"max_iter must be a non-negative integer (0: the start only), got {max_iter!r}")
     return dataclasses.replace(settings, max_iter=int(max_iter))
 
 
