@@ -56,8 +56,8 @@ def test_is_psf_star_with_a_nan_row_from_a_saturated_source():
     """#20.1: a source with too few usable pixels has a NaN row; it must not reach the KD-tree."""
     from psfax.stars.pipeline import _is_psf_star
 
-    catalog = Table({"x": [10.0, np.nan, 50.2], "y": [10.0, np.nan, 49.9]})
-    psf_stars = Table({"x": [10.3, 50.0], "y": [10.0, 50.0]})
+    catalog = Table({"x_fit": [10.0, np.nan, 50.2], "y_fit": [10.0, np.nan, 49.9]})
+    psf_stars = Table({"x_fit": [10.3, 50.0], "y_fit": [10.0, 50.0]})
     np.testing.assert_array_equal(_is_psf_star(catalog, psf_stars), [True, False, True])
 
 

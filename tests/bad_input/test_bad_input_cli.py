@@ -155,7 +155,8 @@ def test_aia_prep_same_channel_and_time_written_once(aia_file, aia_variants, tmp
     out = tmp_path / "out"
     fails_cleanly(capsys, ["aia", "prep", aia_file, aia_variants["copy"], "--out", out],
                   "1 of 2 files failed", aia_variants["copy"])
-    (written,) = out.iterdir()  # the first input's result, not overwritten by the second
+    # the first input's result, not overwritten by the second, beside the run's report page
+    (written,) = [p for p in out.iterdir() if p.name != "report.html"]
     assert written.name.startswith("aia_lev1.0_0171a_")
 
 
@@ -201,7 +202,7 @@ def test_run_bad_inputs_fail_per_input_with_exit_1(files, tmp_path, capsys):
                  "--out", str(out)]) == 1
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "3 failed" in captured.err
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl", "manifest.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl", "manifest.parquet", "report.html"]
 
 
 # --- psfax data --------------------------------------------------------------------------------------

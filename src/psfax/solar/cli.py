@@ -57,7 +57,8 @@ def prep(files: list[Path] = typer.Argument(..., metavar="FILES", help="AIA leve
                 typer.echo(str(outcome))
             progress.update(task, advance=1, description=Path(path).name)
     done = len(files) - len(failures)
-    write_files_report(out, "psfax aia prep", outcomes, {**options, "pointing": pointing}, time.perf_counter() - start)
+    if done:  # nothing written: the output folder stays as it was
+        write_files_report(out, "psfax aia prep", outcomes, {**options, "pointing": pointing}, time.perf_counter() - start)
     console.print(f"aia prep: {done} written, {len(failures)} failed, "
                   f"{time.perf_counter() - start:.1f} s, output in {out}")
     if failures:

@@ -620,7 +620,7 @@ def stack_epochs(table: Table) -> Table:
 def write_forced(table: Table, out_dir, *, curves: bool = True) -> list[Path]:
     """Write ``epochs.parquet`` (every row), ``stack.parquet`` (a row per target) and, with ``curves``,
     ``lightcurves/<target_id>.parquet`` (one per target) into ``out_dir``, each atomically; return the paths."""
-    from psfax.stars.report import write_table
+    from psfax.stars.catalog import write_catalog as write_table
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -695,7 +695,7 @@ def _cached_targets(path: str, mtime: float) -> Table:
 
 def write_epoch(table: Table, out_dir: Path) -> list[Path]:
     """Write stage of ``stars-forced``: ``forced.parquet`` (gather with ``psfax stars lightcurves``)."""
-    from psfax.stars.report import write_table
+    from psfax.stars.catalog import write_catalog as write_table
 
     return [write_table(table, Path(out_dir) / "forced.parquet")]
 

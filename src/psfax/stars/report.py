@@ -106,16 +106,15 @@ def pixel_convolved_fwhm(model: str, shape: dict) -> float:
     import jax
     import jax.numpy as jnp
 
-    from psfax.profiles import get_profile, pixel_values
-    from psfax.stars.pipeline import fixed_shape
+    from psfax.profiles import ellipticity_to_shear, get_profile, pixel_values
 
     step = 1.0 / 200
     d = np.arange(0.0, 3.0 * shape["fwhm"] + 2.0, step)
     widths = []
     with jax.enable_x64(True):
         given = {k: np.asarray(v, float) for k, v in shape.items()}
-        if "g1" not in given:
-            given = fixed_shape(given)  # ellipticity and theta -> g1, g2
+        if "g1" not in given and "ellipticity" in given:
+            given["g1"], given["g2"] = ellipticity_to_shear(given["ellipticity"], given.get("theta", 0.0))
         params = {k: jnp.asarray(v) for k, v in given.items() if k in ("fwhm", "beta", "g1", "g2")}
         for dx, dy in ((d, 0.0 * d), (0.0 * d, d)):
             cut = np.asarray(pixel_values(get_profile(model), jnp.asarray(dx), jnp.asarray(dy), params))
