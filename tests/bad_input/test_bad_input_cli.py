@@ -209,3 +209,20 @@ def test_run_bad_inputs_fail_per_input_with_exit_1(files, tmp_path, capsys):
 
 def test_data_fetch_unknown_sample(capsys):
     fails_cleanly(capsys, ["data", "fetch", "no-such-sample"], "no-such-sample")
+
+
+# --- psfax clusters ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["clusters", "simulate", "{file}", "--n-train", "1", "--n-val", "1", "--n-test", "1"],
+    ["clusters", "train", "{folder}", "--out", "{file}/model"],
+    ["clusters", "infer", "{folder}/cube.fits", "--out-dir", "{file}"],
+    ["clusters", "evaluate", "{folder}", "--out", "{folder}"],
+], ids=["simulate", "train", "infer", "evaluate"])
+def test_clusters_output_location_checked_before_work(tmp_path, capsys, argv):
+    """An output path that is an existing file (or a folder where a file goes) is one line, exit 2,
+    before any simulation, training or reading."""
+    (tmp_path / "a_file").write_text("keep\n")
+    argv = [a.format(file=tmp_path / "a_file", folder=tmp_path) for a in argv]
+    fails_cleanly(capsys, argv, tmp_path)
+    assert (tmp_path / "a_file").read_text() == "keep\n"

@@ -27,7 +27,9 @@ def simulate(out: Path = typer.Argument(..., help="Output data-set directory."),
 
     from psfax.clusters.config import load_config
     from psfax.clusters.dataset import simulate_dataset
+    from psfax.outputs import check_output_dir
 
+    check_output_dir(out, "data-set directory")
     cfg = load_config(config)
     sizes = {k: v for k, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)) if v is not None}
     cfg = dataclasses.replace(cfg, seed=cfg.seed if seed is None else seed,
@@ -54,6 +56,9 @@ def train(data: Path = typer.Argument(..., help="Data-set directory written by `
     from psfax.clusters.encoder import load_model, save_model
     from psfax.clusters.evaluate import evaluate_model, json_ready
 
+    from psfax.outputs import check_output_file
+
+    check_output_file(out.with_suffix(".npz"))
     t0 = time.perf_counter()
     start = None if init is None else load_model(init)
     cfg = read_dataset_config(data)
@@ -89,7 +94,9 @@ def infer(image: Path = typer.Argument(..., help="FITS file: a (4, ny, nx) g,r,i
           dtype: Optional[str] = typer.Option(None, help="float32 or float64 (default: float64 on CPU).")) -> None:
     """Stream the encoder over a large image: tile probability map (FITS) and candidates (Parquet)."""
     from psfax.clusters.infer import infer_file
+    from psfax.outputs import check_output_dir
 
+    check_output_dir(out_dir, "--out-dir")
     paths = infer_file(image, model, out_dir=out_dir, batch_size=batch_size, window=window,
                        threshold=threshold, device=device, dtype=dtype, progress=True)
     typer.echo("wrote " + ", ".join(map(str, paths)))
@@ -120,7 +127,11 @@ def evaluate(data: Path = typer.Argument(..., help="Data-set directory written b
     from psfax.errors import InputError
     from psfax.io.atomic import atomic_path
     from psfax.io.report_page import write_metrics_report
+    from psfax.outputs import check_output_file
 
+    for path, what in ((out, "--out"), (figure, "--figure")):
+        if path is not None:
+            check_output_file(path, what)
     seed_list = None
     if seeds is not None:
         try:
