@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -261,14 +262,14 @@ def footprint_side(k: int, radius: float, stamp_size: int) -> int:
 
 
 def fit_groups(image: GroupImage, model_all, psf_value, x, y, flux, x_det, y_det, group_id, free=None, *,
-               radius: float, stamp_size: int, max_shift: float = DEFAULT_SETTINGS.max_shift, dtype=None,
+               radius: float, stamp_size: int, max_shift: float = DEFAULT_SETTINGS.max_shift, skip=None, dtype=None,
                device=None) -> dict:
     """Fit every group (:func:`fit_group_batch`, batched by member count and footprint side).
 
     ``model_all``: :func:`render_model` of the start; per source: ``psf_value`` rows, start ``x, y, flux``
     (NaN: the detection position, flux 0), detection ``x_det, y_det`` [image px], ``group_id`` and ``free``
     (False: position held at the start; default all free); ``radius``: the grouping's linking length [px]
-    (sets the footprints, :func:`footprint_side`).  Returns per-source numpy arrays ``x_fit, y_fit,
+    (sets the footprints, :func:`footprint_side`); ``skip``: sources not to fit (their rows stay NaN).  Returns per-source numpy arrays ``x_fit, y_fit,
     x_err, y_err, flux_fit, flux_err, bkg_fit, bkg_err, chi2, dof, reduced_chi2, converged, n_iter, flags``
     (``bkg_fit``: the group's offset from the sky map).
     """
@@ -286,6 +287,8 @@ def fit_groups(image: GroupImage, model_all, psf_value, x, y, flux, x_det, y_det
              "flux": np.where(np.isfinite(flux), flux, 0.0), "x_det": x_det, "y_det": y_det,
              "free": np.ones(n, bool) if free is None else np.asarray(free, bool)}
     order = np.argsort(group_id, kind="stable")
+    if skip is not None:
+        order = order[~np.asarray(skip, bool)[order]]
     _, starts, sizes = np.unique(group_id[order], return_index=True, return_counts=True)
     members = [order[s:s + c] for s, c in zip(starts, sizes)]
     buckets = np.array([members_bucket(s) for s in sizes])
@@ -365,6 +368,12 @@ def _fit_bucket(groups, k, side, image: GroupImage, model_all, psf_value, start,
 
 # --- the passes of the stars pipeline's photometry ---------------------------------------------
 
+RENDER_MARGIN = 8
+"""px: each source's model is drawn on a window of ``stamp_size + RENDER_MARGIN`` px (23 for 15 px stamps) to
+be subtracted from its neighbours' data.  On the real ZTF quadrant (Moffat FWHM 0.81 px before the pixel,
+beta 1.64) the profile beyond 11 px from a star holds ~2e-5 of its flux per pixel: 2 ADU for a 14 mag star,
+below the sky noise (~5 ADU)."""
+
 FAILED = NOT_CONVERGED | OFF_STAMP | SINGULAR
 """Fit flags after which a member is refitted with its position held at its detection."""
 
@@ -395,8 +404,6 @@ class GroupedPhotometry:
         """The fit as a table in stamp coordinates (``x_fit - x0`` ...) of ``stamp_size`` stamps centred on each
         detection, and those corners (``.x0, .y0``); ``bkg_fit`` is the sky map at the detection plus the
         group's offset; ``shape_at(x, y)``: PSF shape columns (``fwhm, beta`` ...) to add."""
-        from types import SimpleNamespace
-
         from astropy.table import Table
 
         fit = self.fit
@@ -418,7 +425,7 @@ def grouped_photometry(exposure, background, detections, start, psf_at, fwhm: fl
     """PSF photometry of every source with blends fitted together, in ``options.passes`` passes.
 
     ``detections``: the sep table of the sources (``x, y`` ... as :func:`~psfax.stars.detect.detect_sources`);
-    ``start``: their first estimates ``x, y, flux`` [image px, ADU] (e.g. the per-star fit; NaN: none);
+    ``start``: their first estimates ``x, y, flux`` [image px, ADU] (e.g. the detections' and aperture fluxes);
     ``psf_at(x, y)``: the image's PSF value at positions; ``fwhm`` [px] scales ``options.group_radius``.
     Each pass groups the sources by their detections (:func:`group_sources`, linking length
     ``group_radius * fwhm``), fits
@@ -429,7 +436,7 @@ def grouped_photometry(exposure, background, detections, start, psf_at, fwhm: fl
     from astropy.table import vstack
 
     image = GroupImage.of(exposure, background)
-    render_size = 2 * options.stamp_size + 1
+    render_size = options.stamp_size + RENDER_MARGIN
     radius = options.group_radius * fwhm
     sources = detections
     x, y, flux = (np.asarray(start[k], float) for k in ("x", "y", "flux"))
@@ -444,27 +451,42 @@ def grouped_photometry(exposure, background, detections, start, psf_at, fwhm: fl
             if not len(new):
                 break
             sources = vstack([sources, new], metadata_conflicts="silent")
-            x, y = np.append(x, new["x"]), np.append(y, new["y"])
-            flux = np.append(flux, np.maximum(np.asarray(new["aper_flux"], float), 0.0))
+            new_flux = np.maximum(np.asarray(new["aper_flux"], float), 0.0)
+            new_x, new_y = np.asarray(new["x"], float), np.asarray(new["y"], float)
+            model = model + render_model(psf_at(new_x, new_y), new_x, new_y, new_flux, exposure.shape, render_size)
+            x, y, flux = np.append(x, new_x), np.append(y, new_y), np.append(flux, new_flux)
         x_det, y_det = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
         psf = psf_at(x_det, y_det)
         group_id, group_size = group_sources(x_det, y_det, radius)
-        fit = _fit_with_fallback(image, psf, x, y, flux, x_det, y_det, group_id, radius, render_size, options)
+        if model is None:
+            model = render_model(psf, x, y, flux, exposure.shape, render_size)
+        fit = _fit_with_fallback(image, model, psf, x, y, flux, x_det, y_det, group_id, group_size, radius,
+                                 render_size, options)
         x, y, flux = fit["x_fit"], fit["y_fit"], fit["flux_fit"]
         model = render_model(psf, x, y, flux, exposure.shape, render_size)
     residual = np.where(image.usable, image.sky_subtracted - model, np.nan).astype(np.float32)
     return GroupedPhotometry(sources, fit, group_id, group_size, added, residual)
 
 
-def _fit_with_fallback(image, psf, x, y, flux, x_det, y_det, group_id, radius, render_size, options) -> dict:
-    """:func:`fit_groups` from the start ``x, y, flux``; then the groups holding a failed member refitted from
-    that fit with those members' positions held at their detection (``fit["fixed_position"]``)."""
+def _fit_with_fallback(image, model, psf, x, y, flux, x_det, y_det, group_id, group_size, radius, render_size,
+                       options) -> dict:
+    """Every source fitted from the start ``x, y, flux`` (whose :func:`render_model` is ``model``) with the others'
+    models subtracted: isolated ones by
+    the engine's per-star fit (:func:`fit_isolated`), groups by :func:`fit_groups`; then the members of a group
+    whose fit failed refitted from there with their positions held at their detection
+    (``fit["fixed_position"]``; isolated ones: :func:`psfax.stars.forced.refit_failed`)."""
     kwargs = dict(radius=radius, stamp_size=options.stamp_size, dtype=options.photometry_dtype,
                   device=options.device)
-    model = render_model(psf, x, y, flux, image.usable.shape, render_size)
-    fit = fit_groups(image, model, psf, x, y, flux, x_det, y_det, group_id, **kwargs)
-    failed = ((fit["flags"] & FAILED) != 0) | ~np.isfinite(fit["flux_fit"]) | ~np.isfinite(fit["flux_err"])
+    alone = group_size == 1
+    fit = fit_groups(image, model, psf, x, y, flux, x_det, y_det, np.where(alone, 0, group_id), **kwargs,
+                     skip=alone)
     fit["fixed_position"] = np.zeros(len(x), bool)
+    index = np.flatnonzero(alone)
+    for name, values in fit_isolated(image, model, psf.rows(index), x[index], y[index], flux[index], x_det[index],
+                                     y_det[index], render_size, options).items():
+        fit[name][index] = values
+    failed = ((fit["flags"] & FAILED) != 0) | ~np.isfinite(fit["flux_fit"]) | ~np.isfinite(fit["flux_err"])
+    failed &= ~alone
     if failed.any():
         first_flags = fit["flags"].copy()
         px, py = np.where(failed, x_det, fit["x_fit"]), np.where(failed, y_det, fit["y_fit"])
@@ -481,6 +503,36 @@ def _fit_with_fallback(image, psf, x, y, flux, x_det, y_det, group_id, radius, r
     return fit
 
 
+def fit_isolated(image: GroupImage, model_all, psf, x, y, flux, x_det, y_det, render_size, options) -> dict:
+    """Sources alone in their group: the engine's per-star fit (:func:`psfax.fitting.fit_stamps`, its tabulated
+    PSF) of ``stamp_size`` stamps around the detections, the others' models subtracted (their Poisson noise
+    kept: the variance is ``sky_rms^2 + max(image - sky, 0) / gain`` of the data, as the pipeline's stamps);
+    a failed fit gets its flux fitted at the detection (:func:`psfax.stars.forced.refit_failed`,
+    ``fixed_position``).  Returns the columns of :func:`fit_groups` in image pixels."""
+    from psfax.fitting import fit_stamps
+    from psfax.stars.forced import refit_failed
+    from psfax.stars.stamps import Stamps
+
+    size = options.stamp_size
+    half = size // 2
+    x0, y0 = np.rint(x_det).astype(int) - half, np.rint(y_det).astype(int) - half
+    (data, model, good, sky_var), _ = _cut([image.sky_subtracted, model_all, image.usable, image.sky_var], x0, y0, size)
+    start = np.where(np.isfinite(flux), flux, 0.0)[:, None, None] * np.asarray(_unit_windows(
+        psf, np.where(np.isfinite(x), x, x_det) - x0, np.where(np.isfinite(y), y, y_det) - y0, size=size), float)
+    data = np.where(good, data - (model - start), 0.0)
+    variance = sky_var + np.maximum(np.where(good, data + (model - start), 0.0), 0.0) / image.gain
+    stamps = Stamps(data=data, variance=variance, mask=~good, x0=x0, y0=y0, x_init=x_det - x0, y_init=y_det - y0)
+    table = fit_stamps(data, variance=variance, mask=~good, psf=psf, dtype=options.photometry_dtype,
+                       device=options.device).table
+    sky = SimpleNamespace(rms_map=np.sqrt(image.sky_var))
+    fixed = refit_failed(table, stamps, sky, psf, image.gain, options)
+    out = {name: np.asarray(table[name]) for name in ("x_err", "y_err", "flux_fit", "flux_err", "bkg_fit", "bkg_err",
+                                                     "chi2", "dof", "reduced_chi2", "converged", "n_iter", "flags")}
+    out["x_fit"], out["y_fit"] = np.asarray(table["x_fit"], float) + x0, np.asarray(table["y_fit"], float) + y0
+    out["fixed_position"] = fixed
+    return out
+
+
 MIN_NEW_SEPARATION = 1.0
 """FWHM: a source found in the residual closer than this to a known one is not added (two sources closer
 than one FWHM are not resolved; such a residual is the known source's PSF mismatch)."""
@@ -489,7 +541,7 @@ than one FWHM are not resolved; such a residual is the known source's PSF mismat
 def residual_sources(exposure, background, model, sources, fwhm: float, options):
     """Sources detected in the residual image (``model`` subtracted, :func:`~psfax.stars.detect.detect_sources`
     with the first detection's threshold, the models' Poisson noise in the noise), kept where their stamp fits
-    in the image, no known source is within :data:`MIN_NEW_SEPARATION` FWHM, and no saturated or extended known
+    in the image, they pass the selection's elongation cut (a residual of a PSF mismatch is an arc), no known source is within :data:`MIN_NEW_SEPARATION` FWHM, and no saturated or extended known
     source (the selection's cuts) within half a stamp: the models of those are not the star (masked core, or
     not a point source), so what is left around them is not a new source."""
     from psfax.stars.detect import detect_sources
@@ -497,11 +549,12 @@ def residual_sources(exposure, background, model, sources, fwhm: float, options)
 
     found = detect_sources(exposure, background, threshold=options.detect_threshold, model=model)
     x, y = np.asarray(found["x"], float), np.asarray(found["y"], float)
+    sel = options.selection
     keep = stamp_fits(x, y, exposure.shape, options.stamp_size)
+    keep &= np.asarray(found["a"], float) < sel.max_elongation * np.asarray(found["b"], float)  # point-like
     known = np.column_stack([np.asarray(sources["x"], float), np.asarray(sources["y"], float)])
     if len(known) and len(x):
         keep &= cKDTree(known).query(np.column_stack([x, y]))[0] >= MIN_NEW_SEPARATION * fwhm
-        sel = options.selection
         poor = ((np.asarray(sources["raw_peak"]) >= sel.saturation_margin * exposure.saturate)
                 | (np.asarray(sources["a"], float) >= sel.max_elongation * np.asarray(sources["b"], float)))
         if poor.any():

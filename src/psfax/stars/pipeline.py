@@ -351,8 +351,9 @@ def psf_model_at(result, x: np.ndarray, y: np.ndarray) -> Fixed:
 
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
                    options: FitOptions, progress: Callable[[str], None] | None = None):
-    """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed: each on its own
-    (the start), then in groups over ``options.passes`` passes (:func:`psfax.stars.groups.grouped_photometry`).
+    """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed, in groups over
+    ``options.passes`` passes from the detections' positions and aperture fluxes
+    (:func:`psfax.stars.groups.grouped_photometry`).
 
     Returns the catalog and the :class:`~psfax.stars.groups.GroupedPhotometry`.  The catalog has image
     ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS), the fit columns, ``mag, mag_err`` (through MAGZP;
@@ -362,13 +363,10 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
 
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
-    stamps = cut_stamps(exposure, background, x[usable], y[usable], options.stamp_size)
-    first = _image_table(_fit(stamps, exposure, options, psf=psf_model_at(result, x[usable], y[usable])).table,
-                         stamps, exposure)
     fwhm = pixel_convolved_fwhm(result.model, {k: v[0] for k, v in psf_shape_at(
         result, np.array([exposure.shape[1] / 2]), np.array([exposure.shape[0] / 2])).items()})
-    grouped = grouped_photometry(exposure, background, detections[usable],
-                                 {"x": first["x_fit"], "y": first["y_fit"], "flux": first["flux_fit"]},
+    start = {"x": x[usable], "y": y[usable], "flux": np.asarray(detections["aper_flux"], float)[usable]}
+    grouped = grouped_photometry(exposure, background, detections[usable], start,
                                  lambda xs, ys: psf_model_at(result, xs, ys), fwhm, options, progress)
     sources = grouped.sources
     table = _image_table(*grouped.stamp_table(background, options.stamp_size,
