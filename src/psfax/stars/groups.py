@@ -276,13 +276,13 @@ def fit_groups(image: GroupImage, model_all, psf_value, x, y, flux, x_det, y_det
     from psfax.device import resolve_device, resolve_dtype
 
     n = len(x)
-    out = {name: np.full(n, np.nan) for name in ("x_fit", "y_fit", "x_err", "y_err", "flux_fit", "flux_err",
-                                                  "bkg_fit", "bkg_err", "chi2", "dof", "reduced_chi2")}
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    out = {name: np.full(n, np.nan, dt) for name in ("x_fit", "y_fit", "x_err", "y_err", "flux_fit", "flux_err",
+                                                      "bkg_fit", "bkg_err", "chi2", "dof", "reduced_chi2")}
     out.update(converged=np.zeros(n, bool), n_iter=np.zeros(n, np.int32), flags=np.zeros(n, np.int32))
     if n == 0:
         return out
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
     start = {"x": np.where(np.isfinite(x), x, x_det), "y": np.where(np.isfinite(y), y, y_det),
              "flux": np.where(np.isfinite(flux), flux, 0.0), "x_det": x_det, "y_det": y_det,
              "free": np.ones(n, bool) if free is None else np.asarray(free, bool)}
@@ -410,9 +410,11 @@ class GroupedPhotometry:
         x_det, y_det = np.asarray(self.sources["x"], float), np.asarray(self.sources["y"], float)
         col, row = np.rint(x_det).astype(int), np.rint(y_det).astype(int)
         corners = SimpleNamespace(x0=col - stamp_size // 2, y0=row - stamp_size // 2)
-        columns = {"x_fit": fit["x_fit"] - corners.x0, "x_err": fit["x_err"], "y_fit": fit["y_fit"] - corners.y0,
+        dt = fit["flux_fit"].dtype
+        columns = {"x_fit": (fit["x_fit"] - corners.x0).astype(dt), "x_err": fit["x_err"],
+                   "y_fit": (fit["y_fit"] - corners.y0).astype(dt),
                    "y_err": fit["y_err"], "flux_fit": fit["flux_fit"], "flux_err": fit["flux_err"],
-                   "bkg_fit": fit["bkg_fit"] + background.level[row, col], "bkg_err": fit["bkg_err"]}
+                   "bkg_fit": (fit["bkg_fit"] + background.level[row, col]).astype(dt), "bkg_err": fit["bkg_err"]}
         if shape_at is not None:
             columns.update(shape_at(x_det, y_det))
         columns.update({name: fit[name] for name in ("chi2", "dof", "reduced_chi2", "converged", "n_iter", "flags")})
