@@ -11,8 +11,8 @@
    (``reduced_chi2 > median + clip_sigma * 1.4826 MAD``, or a non-zero fit flag)
    until none is left or ``clip_iterations`` refits were done;
 6. ``photometry``: every detected source whose stamp fits in the image is
-   fitted for (x, y, flux, sky) with the PSF shape held at its local value, first on its own, then with
-   its neighbours within ``group_radius`` FWHM fitted together and the others' models subtracted, in
+   fitted for (x, y, flux, sky) with the PSF shape held at its local value, its neighbours within
+   ``group_radius`` FWHM fitted together and the other sources' models subtracted, in
    ``passes`` passes, each after the first adding the sources found in the residual image
    (:mod:`psfax.stars.groups`); a source whose fit fails gets its flux fitted at the detection position
    (source flag ``fixed_position``).
@@ -245,7 +245,7 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
     psf_stars = _image_table(result.table[kept], psf_stamps, exposure)
     psf_stars["a_moment"], psf_stars["b_moment"] = chosen["a"][kept], chosen["b"][kept]
     psf_stars["mag_select"] = (chosen["mag"] if "mag" in chosen.colnames else chosen["mag_aper"])[kept]
-    catalog = None
+    catalog = grouped = None
     if options.photometry:
         with timer("photometry"):
             catalog, grouped = psf_photometry(exposure, background, detections, result, options, timer.progress)
@@ -254,7 +254,7 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
                     psf_stamps=psf_stamps, psf_result=result, psf_stars=psf_stars,
                     catalog=catalog, counts=selection.counts, clipping=clipping,
                     converged_fraction=converged, timings=timer.timings,
-                    photometry_passes=grouped if options.photometry else None)
+                    photometry_passes=grouped)
 
 
 def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions,
