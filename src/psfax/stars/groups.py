@@ -177,8 +177,9 @@ def fit_group_batch(psf, data, model_all, usable, sky_var, v0, bound_x, bound_y,
     re-rendered at ``v0`` and put back); ``usable`` 0/1; ``sky_var`` [ADU^2]; ``v0`` (G, 3K + 1) the start
     ``[x(K), y(K), flux(K), bkg]`` in footprint pixels; ``bound_x, bound_y`` (G, K) the detection positions;
     ``chunk``: groups per ``vmap`` (``lax.map`` over the chunks: a batched loop waits for its slowest group;
-    0: all at once); ``active`` (G, K) real members; ``free`` (G, K) False: that member's position is held at ``v0``; ``half``: half the stamp (the per-source chi2 window).  Returns a dict:
-    ``v, err`` (G, 3K + 1), ``chi2, n_pix`` (G, K), ``converged, n_iter`` (G,).
+    0: all at once); ``active`` (G, K) real members; ``free`` (G, K) False: that member's position is held at
+    ``v0``; ``half``: half the stamp (the per-source chi2 window).  Returns a dict: ``v, err`` (G, 3K + 1), ``chi2,
+    n_pix`` (G, K), ``converged, n_iter`` (G,).
     """
     g, s, _ = data.shape
     size = (s, s)
@@ -269,9 +270,9 @@ def fit_groups(image: GroupImage, model_all, psf_value, x, y, flux, x_det, y_det
     ``model_all``: :func:`render_model` of the start; per source: ``psf_value`` rows, start ``x, y, flux``
     (NaN: the detection position, flux 0), detection ``x_det, y_det`` [image px], ``group_id`` and ``free``
     (False: position held at the start; default all free); ``radius``: the grouping's linking length [px]
-    (sets the footprints, :func:`footprint_side`); ``skip``: sources not to fit (their rows stay NaN).  Returns per-source numpy arrays ``x_fit, y_fit,
-    x_err, y_err, flux_fit, flux_err, bkg_fit, bkg_err, chi2, dof, reduced_chi2, converged, n_iter, flags``
-    (``bkg_fit``: the group's offset from the sky map).
+    (sets the footprints, :func:`footprint_side`); ``skip``: sources not to fit (their rows stay NaN).  Returns
+    per-source numpy arrays ``x_fit, y_fit, x_err, y_err, flux_fit, flux_err, bkg_fit, bkg_err, chi2, dof,
+    reduced_chi2, converged, n_iter, flags`` (``bkg_fit``: the group's offset from the sky map).
     """
     from psfax.device import resolve_device, resolve_dtype
 
@@ -543,9 +544,10 @@ than one FWHM are not resolved; such a residual is the known source's PSF mismat
 def residual_sources(exposure, background, model, sources, fwhm: float, options):
     """Sources detected in the residual image (``model`` subtracted, :func:`~psfax.stars.detect.detect_sources`
     with the first detection's threshold, the models' Poisson noise in the noise), kept where their stamp fits
-    in the image, they pass the selection's elongation cut (a residual of a PSF mismatch is an arc), no known source is within :data:`MIN_NEW_SEPARATION` FWHM, and no saturated or extended known
-    source (the selection's cuts) within half a stamp: the models of those are not the star (masked core, or
-    not a point source), so what is left around them is not a new source."""
+    in the image, they pass the selection's elongation cut (a residual of a PSF mismatch is an arc), no known source
+    is within :data:`MIN_NEW_SEPARATION` FWHM, and no saturated or extended known source (the selection's cuts)
+    within half a stamp: the models of those are not the star (masked core, or not a point source), so what is left
+    around them is not a new source."""
     from psfax.stars.detect import detect_sources
     from psfax.stars.stamps import stamp_fits
 
