@@ -207,8 +207,21 @@ def _cut(images, x0, y0, side):
 
 
 @persistent_jit(static_argnames=("size",))
-def _unit_windows(psf, x, y, *, size: int):
+def _unit_windows_jit(psf, x, y, *, size: int):
     return unit_stamps(psf, x, y, (size, size))
+
+
+def unit_windows(psf_value, index, x, y, size: int) -> np.ndarray:
+    """Unit-flux PSF windows (N, size, size) of the sources ``index`` (rows of ``psf_value``) centred at window
+    pixels ``(x, y)``; padded to :func:`~psfax.fitting.problem.bucket_size` rows so that calls share programs."""
+    index = np.asarray(index, int)
+    if not len(index):
+        return np.zeros((0, size, size))
+    pad = bucket_size(len(index)) - len(index)
+    padded = np.concatenate([index, np.full(pad, index[0])])
+    local_x = np.concatenate([np.asarray(x, float), np.full(pad, size / 2)])
+    local_y = np.concatenate([np.asarray(y, float), np.full(pad, size / 2)])
+    return np.asarray(_unit_windows_jit(psf_value.rows(padded), local_x, local_y, size=size), float)[:len(index)]
 
 
 def render_model(psf_value, x, y, flux, shape, size: int) -> np.ndarray:
@@ -223,10 +236,7 @@ def render_model(psf_value, x, y, flux, shape, size: int) -> np.ndarray:
     half = size // 2
     x0 = np.rint(x[index]).astype(int) - half
     y0 = np.rint(y[index]).astype(int) - half
-    padded = np.concatenate([index, np.full(bucket_size(len(index)) - len(index), index[0])])
-    local_x = np.concatenate([x[index] - x0, np.full(len(padded) - len(index), float(half))])
-    local_y = np.concatenate([y[index] - y0, np.full(len(padded) - len(index), float(half))])
-    unit = np.asarray(_unit_windows(psf_value.rows(padded), local_x, local_y, size=size), float)[:len(index)]
+    unit = unit_windows(psf_value, index, x[index] - x0, y[index] - y0, size)
     ny, nx = shape
     rows = y0[:, None, None] + np.arange(size)[None, :, None]
     cols = x0[:, None, None] + np.arange(size)[None, None, :]
@@ -234,6 +244,16 @@ def render_model(psf_value, x, y, flux, shape, size: int) -> np.ndarray:
     values = flux[index, None, None] * unit
     image += np.bincount((rows * nx + cols)[inside], values[inside], minlength=ny * nx).reshape(shape)
     return image
+
+
+def moved_model(model, psf_value, before, after, size: int) -> np.ndarray:
+    """``model`` with the sources of ``psf_value``'s rows moved from ``before`` to ``after`` (each ``(x, y, flux)``
+    arrays): ``model - render(before) + render(after)`` (:func:`render_model`) in one rendering."""
+    both = [np.concatenate([a, b]) for a, b in zip(after, before)]
+    both[2] = np.concatenate([after[2], -np.asarray(before[2], float)])
+    n = len(after[0])
+    twice = psf_value.rows(np.concatenate([np.arange(n), np.arange(n)]))
+    return model + render_model(twice, *both, model.shape, size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,13 +322,18 @@ def fit_groups(image: GroupImage, model_all, psf_value, x, y, flux, x_det, y_det
     return out
 
 
+GROUP_CHUNK = 8
+"""Groups per ``vmap`` on the CPU (``lax.map`` over the chunks): a batched loop runs until its slowest group
+stops, and the groups' iteration counts spread widely (pairs on the real ZTF quadrant: median 7, 90 % 14,
+max 33), so small chunks waste few iterations; 8 halved the pairs' time against 32 there."""
+
+
 def _chunk(n_groups: int, dev) -> int:
-    """Groups per ``vmap`` on the CPU: the largest of 128, 64 ... 8 dividing ``n_groups`` (the bucket sizes
-    of :func:`~psfax.fitting.problem.bucket_size` above 16 are multiples of 8), as the engine's
-    ``cpu_chunk``; all at once on an accelerator."""
-    if dev.platform != "cpu":
+    """:data:`GROUP_CHUNK` on the CPU where it divides ``n_groups`` (the bucket sizes of
+    :func:`~psfax.fitting.problem.bucket_size` above 16 are multiples of 8); all at once on an accelerator."""
+    if dev.platform != "cpu" or n_groups <= GROUP_CHUNK or n_groups % GROUP_CHUNK:
         return 0
-    return next((c for c in (DEFAULT_SETTINGS.cpu_chunk, 64, 32, 16, 8) if n_groups > c and n_groups % c == 0), 0)
+    return GROUP_CHUNK
 
 
 def _fit_bucket(groups, k, side, image: GroupImage, model_all, psf_value, start, half, max_shift, dt, dev):
@@ -435,6 +460,8 @@ def grouped_photometry(exposure, background, detections, start, psf_at, fwhm: fl
     every group with the others' models subtracted (:func:`fit_groups`), refits the members whose fit
     failed (:data:`FAILED`, or a non-finite flux) with their position held at the detection, and, before
     every pass but the first, detects sources in the residual image (:func:`residual_sources`) and adds them.
+    A later pass refits only the groups that hold a new source or whose neighbours' models changed in their
+    stamps by more than :data:`REFIT_CHANGE` (:func:`neighbour_change`); the others keep their fit.
     """
     from astropy.table import vstack
 
@@ -443,41 +470,93 @@ def grouped_photometry(exposure, background, detections, start, psf_at, fwhm: fl
     radius = options.group_radius * fwhm
     sources = detections
     x, y, flux = (np.asarray(start[k], float) for k in ("x", "y", "flux"))
+    x_det, y_det = x, y
+    psf = psf_at(x_det, y_det)
+    group_id, group_size = group_sources(x_det, y_det, radius)
+    model = render_model(psf, x, y, flux, exposure.shape, render_size)
     added = [len(detections)]
-    model = None
-    for number in range(options.passes):
-        if number > 0:
-            new = residual_sources(exposure, background, model, sources, fwhm, options)
-            added.append(len(new))
-            if progress is not None:
-                progress(f"photometry pass {number + 1}: {len(new)} sources found in the residual")
-            if not len(new):
-                break
-            sources = vstack([sources, new], metadata_conflicts="silent")
-            new_flux = np.maximum(np.asarray(new["aper_flux"], float), 0.0)
-            new_x, new_y = np.asarray(new["x"], float), np.asarray(new["y"], float)
-            model = model + render_model(psf_at(new_x, new_y), new_x, new_y, new_flux, exposure.shape, render_size)
-            x, y, flux = np.append(x, new_x), np.append(y, new_y), np.append(flux, new_flux)
-        x_det, y_det = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
+    fit, end_model = _fit_with_fallback(image, model, psf, x, y, flux, x_det, y_det, group_id, group_size, radius,
+                                        render_size, options, everyone=True)
+    drift = np.zeros(len(x))  # neighbour_change since each source's last fit, summed over the passes
+    for number in range(1, options.passes):
+        new = residual_sources(exposure, background, end_model, sources, fwhm, options)
+        added.append(len(new))
+        if progress is not None:
+            progress(f"photometry pass {number + 1}: {len(new)} sources found in the residual")
+        if not len(new):
+            break
+        sources = vstack([sources, new], metadata_conflicts="silent")
+        new_x, new_y = np.asarray(new["x"], float), np.asarray(new["y"], float)
+        new_flux = np.maximum(np.asarray(new["aper_flux"], float), 0.0)
+        before = (x, y, flux)
+        x, y = np.append(fit["x_fit"], new_x), np.append(fit["y_fit"], new_y)
+        flux = np.append(fit["flux_fit"], new_flux)
+        x_det, y_det = np.append(x_det, new_x), np.append(y_det, new_y)
         psf = psf_at(x_det, y_det)
+        now = end_model + render_model(psf.rows(np.arange(len(fit["x_fit"]), len(x))), new_x, new_y, new_flux,
+                                       exposure.shape, render_size)
         group_id, group_size = group_sources(x_det, y_det, radius)
-        if model is None:
-            model = render_model(psf, x, y, flux, exposure.shape, render_size)
-        fit = _fit_with_fallback(image, model, psf, x, y, flux, x_det, y_det, group_id, group_size, radius,
-                                 render_size, options)
-        x, y, flux = fit["x_fit"], fit["y_fit"], fit["flux_fit"]
-        model = render_model(psf, x, y, flux, exposure.shape, render_size)
-    residual = np.where(image.usable, image.sky_subtracted - model, np.nan).astype(np.float32)
+        fit = {name: np.append(values, np.full(len(new), values.dtype.type(np.nan) if values.dtype.kind == "f"
+                                                else 0, values.dtype)) for name, values in fit.items()}
+        drift = np.append(drift + neighbour_change(image, model, now, psf, before, (x, y, flux), x_det, y_det,
+                                                   group_id, options.stamp_size), np.full(len(new), np.inf))
+        refit = np.isin(group_id, group_id[(drift > REFIT_CHANGE) | (fit["fixed_position"] & (group_size > 1))])
+        drift[refit] = 0.0
+        if progress is not None:
+            progress(f"photometry pass {number + 1}: {refit.sum()} of {len(x)} sources refitted")
+        index = np.flatnonzero(refit)
+        again, end_model = _fit_with_fallback(image, now, psf.rows(index), x[index], y[index], flux[index],
+                                              x_det[index], y_det[index], group_id[index], group_size[index],
+                                              radius, render_size, options)
+        for name, values in again.items():
+            fit[name][index] = values
+        model = now
+    residual = np.where(image.usable, image.sky_subtracted - end_model, np.nan).astype(np.float32)
     return GroupedPhotometry(sources, fit, group_id, group_size, added, residual)
 
 
+REFIT_CHANGE = 0.1
+"""A later photometry pass refits a group when, on some member's stamp, the models of the sources outside the
+group changed since its last fit by ``dm`` with ``sqrt(sum(dm^2 / var)) > REFIT_CHANGE`` (summed over the passes
+it was kept, an upper bound by the triangle inequality): by Cauchy-Schwarz that bounds the first-order change of
+every fitted parameter of the stamp's fit to ``REFIT_CHANGE`` times its error, so a group kept is within
+0.1 sigma of what refitting it would give (beside the fit's own stop rule)."""
+
+
+def neighbour_change(image: GroupImage, model_before, model_now, psf, before, now, x_det, y_det, group_id,
+                     size: int) -> np.ndarray:
+    """``sqrt(sum(dm^2 / var))`` over each of the first ``len(before[0])`` sources' ``size`` stamp, ``dm`` the change
+    of the models of the sources outside its group from ``model_before`` (each source at ``before`` = ``(x, y,
+    flux)``) to ``model_now`` (at ``now``, new sources last): the image difference minus the group's own
+    ``sum_j flux_j P_j`` (now - before); ``var = sky_rms^2 + max(image - sky, 0) / gain`` as the stamps' fit."""
+    n_old = len(before[0])
+    half = size // 2
+    x0, y0 = np.rint(x_det[:n_old]).astype(int) - half, np.rint(y_det[:n_old]).astype(int) - half
+    (diff, data, good, sky_var), _ = _cut([model_now - model_before, image.sky_subtracted, image.usable,
+                                           image.sky_var], x0, y0, size)
+    order = np.argsort(group_id[:n_old], kind="stable")
+    _, starts, counts = np.unique(group_id[:n_old][order], return_index=True, return_counts=True)
+    groups = [order[s:s + c] for s, c in zip(starts, counts)]
+    stamp = np.concatenate([np.repeat(m, len(m)) for m in groups])  # pairs (stamp, member) of each group
+    member = np.concatenate([np.tile(m, len(m)) for m in groups])
+    for values, sign in ((before, 1.0), (now, -1.0)):
+        xs, ys, fs = (np.asarray(v[:n_old], float)[member] for v in values)
+        ok = np.isfinite(xs) & np.isfinite(ys) & np.isfinite(fs)
+        unit = unit_windows(psf, member[ok], xs[ok] - x0[stamp[ok]], ys[ok] - y0[stamp[ok]], size)
+        np.add.at(diff, stamp[ok], sign * fs[ok, None, None] * unit)
+    var = sky_var + np.maximum(data, 0.0) / image.gain
+    return np.sqrt(np.sum(np.where(good, diff ** 2 / var, 0.0), axis=(1, 2)))
+
+
 def _fit_with_fallback(image, model, psf, x, y, flux, x_det, y_det, group_id, group_size, radius, render_size,
-                       options) -> dict:
-    """Every source fitted from the start ``x, y, flux`` (whose :func:`render_model` is ``model``) with the others'
-    models subtracted: isolated ones by
+                       options, everyone=False) -> tuple[dict, np.ndarray]:
+    """These sources (whole groups) fitted from the start ``x, y, flux`` with the others' models subtracted
+    (``model``: every source's, these at their start): isolated ones by
     the engine's per-star fit (:func:`fit_isolated`), groups by :func:`fit_groups`; then the members of a group
     whose fit failed refitted from there with their positions held at their detection
-    (``fit["fixed_position"]``; isolated ones: :func:`psfax.stars.forced.refit_failed`)."""
+    (``fit["fixed_position"]``; isolated ones: :func:`psfax.stars.forced.refit_failed`).  Returns the fit and
+    ``model`` with these sources moved to their fit (:func:`moved_model`; ``everyone``: these are all the
+    sources of ``model``, so it is rendered afresh, half the work)."""
     kwargs = dict(radius=radius, stamp_size=options.stamp_size, dtype=options.photometry_dtype,
                   device=options.device)
     alone = group_size == 1
@@ -490,20 +569,25 @@ def _fit_with_fallback(image, model, psf, x, y, flux, x_det, y_det, group_id, gr
         fit[name][index] = values
     failed = ((fit["flags"] & FAILED) != 0) | ~np.isfinite(fit["flux_fit"]) | ~np.isfinite(fit["flux_err"])
     failed &= ~alone
+    first = (np.where(failed, x_det, fit["x_fit"]), np.where(failed, y_det, fit["y_fit"]),
+             np.where(np.isfinite(fit["flux_fit"]), fit["flux_fit"], 0.0))
+    if everyone:
+        model = render_model(psf, *first, model.shape, render_size)
+    else:
+        model = moved_model(model, psf, (x, y, flux), first, render_size)
     if failed.any():
         first_flags = fit["flags"].copy()
-        px, py = np.where(failed, x_det, fit["x_fit"]), np.where(failed, y_det, fit["y_fit"])
-        pf = np.where(np.isfinite(fit["flux_fit"]), fit["flux_fit"], 0.0)
-        model = render_model(psf, px, py, pf, image.usable.shape, render_size)
         index = np.flatnonzero(np.isin(group_id, group_id[failed]))
         held = failed[index]
-        again = fit_groups(image, model, psf.rows(index), px[index], py[index], pf[index], x_det[index],
-                           y_det[index], group_id[index], ~held, **kwargs)
+        again = fit_groups(image, model, psf.rows(index), first[0][index], first[1][index], first[2][index],
+                           x_det[index], y_det[index], group_id[index], ~held, **kwargs)
         for name, values in again.items():
             fit[name][index] = values
         fit["flags"][index] |= np.where(held, first_flags[index], 0)  # they say why the position is held
         fit["fixed_position"][index] = held
-    return fit
+        model = moved_model(model, psf.rows(index), tuple(a[index] for a in first),
+                            (fit["x_fit"][index], fit["y_fit"][index], fit["flux_fit"][index]), render_size)
+    return fit, model
 
 
 def fit_isolated(image: GroupImage, model_all, psf, x, y, flux, x_det, y_det, render_size, options) -> dict:
@@ -520,8 +604,8 @@ def fit_isolated(image: GroupImage, model_all, psf, x, y, flux, x_det, y_det, re
     half = size // 2
     x0, y0 = np.rint(x_det).astype(int) - half, np.rint(y_det).astype(int) - half
     (data, model, good, sky_var), _ = _cut([image.sky_subtracted, model_all, image.usable, image.sky_var], x0, y0, size)
-    start = np.where(np.isfinite(flux), flux, 0.0)[:, None, None] * np.asarray(_unit_windows(
-        psf, np.where(np.isfinite(x), x, x_det) - x0, np.where(np.isfinite(y), y, y_det) - y0, size=size), float)
+    start = np.where(np.isfinite(flux), flux, 0.0)[:, None, None] * unit_windows(
+        psf, np.arange(len(x)), np.where(np.isfinite(x), x, x_det) - x0, np.where(np.isfinite(y), y, y_det) - y0, size)
     data = np.where(good, data - (model - start), 0.0)
     variance = sky_var + np.maximum(np.where(good, data + (model - start), 0.0), 0.0) / image.gain
     stamps = Stamps(data=data, variance=variance, mask=~good, x0=x0, y0=y0, x_init=x_det - x0, y_init=y_det - y0)
