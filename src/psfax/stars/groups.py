@@ -564,9 +564,10 @@ def _fit_with_fallback(image, model, psf, x, y, flux, x_det, y_det, group_id, gr
                      skip=alone)
     fit["fixed_position"] = np.zeros(len(x), bool)
     index = np.flatnonzero(alone)
-    for name, values in fit_isolated(image, model, psf.rows(index), x[index], y[index], flux[index], x_det[index],
-                                     y_det[index], render_size, options).items():
-        fit[name][index] = values
+    if len(index):
+        for name, values in fit_isolated(image, model, psf.rows(index), x[index], y[index], flux[index],
+                                         x_det[index], y_det[index], render_size, options).items():
+            fit[name][index] = values
     failed = ((fit["flags"] & FAILED) != 0) | ~np.isfinite(fit["flux_fit"]) | ~np.isfinite(fit["flux_err"])
     failed &= ~alone
     first = (np.where(failed, x_det, fit["x_fit"]), np.where(failed, y_det, fit["y_fit"]),
