@@ -7,6 +7,7 @@ the :class:`FitResult`; nothing below it calls back.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -137,6 +138,9 @@ def _solve_independent(setup, optimizer, psf, held, stars, active, dt, known, to
     order = None
     if held is not None:
         psf, order = known_psf(setup, psf, held, dt)
+    elif psf.star_fields:  # a kind with per-star fields (e.g. the empirical PSF's weights): pad them with the stars
+        psf = psf.with_star({f: jax.tree.map(lambda a: jnp.asarray(inputs.pad(np.asarray(a), mode="edge")), part)
+                             for f, part in psf.star_part().items()})
     n_known = psf.n_params
     k = np.full((len(active), n_known), np.nan)
     if known is not None:
