@@ -63,6 +63,9 @@ def fit_stamps(stamps, *, variance=None, mask=None, psf: PSF | None = None, mode
     b = inputs.batch(stamps, variance, mask, positions, gain, read_noise, model_variance)
     n = len(b.n_usable)
     held, psf = _held(psf, free, shape, n, dt), (None if isinstance(psf, Analytic) else psf)
+    if psf is not None and psf.star_fields:  # per-star fields (e.g. the empirical PSF's weights): padded as the stars
+        psf = psf.with_star({f: jax.tree.map(lambda a: jnp.asarray(inputs.pad(np.asarray(a), mode="edge")), part)
+                             for f, part in psf.star_part().items()})
     n_free = psf.n_params if psf is not None else N_STAR + (0 if held is not None or shared_shape else len(free.free_names))
     too_few = inputs.too_few_pixels(b.n_usable, n_free)
     settings = settings if max_iter is None else _with_max_iter(settings, max_iter)
@@ -138,9 +141,6 @@ def _solve_independent(setup, optimizer, psf, held, stars, active, dt, known, to
     order = None
     if held is not None:
         psf, order = known_psf(setup, psf, held, dt)
-    elif psf.star_fields:  # a kind with per-star fields (e.g. the empirical PSF's weights): pad them with the stars
-        psf = psf.with_star({f: jax.tree.map(lambda a: jnp.asarray(inputs.pad(np.asarray(a), mode="edge")), part)
-                             for f, part in psf.star_part().items()})
     n_known = psf.n_params
     k = np.full((len(active), n_known), np.nan)
     if known is not None:
