@@ -33,6 +33,7 @@ from scipy.spatial import cKDTree
 
 from psfax.errors import InputError
 from psfax.fitting import Fixed, Free, fit_stamps
+from psfax.fitting.outliers import chi2_outliers
 from psfax.fitting.params import shape_to_u
 from psfax.profiles import get_profile
 from psfax.stars.catalog import match_catalog, read_reference_catalog
@@ -44,6 +45,7 @@ from psfax.stars.select import (DEFAULT_EDGE, SelectionOptions, bad_pixels_near,
 from psfax.stars.stamps import Stamps, cut_stamps, stamp_fits
 
 MODELS = ("moffat", "gaussian", "elliptical_moffat", "elliptical_gaussian")
+PSF_CHOICES = ("analytic", "empirical", "auto")
 
 #: Bits of the ``source_flags`` column of the photometry catalog (the fit's own
 #: bits are in ``flags``, see :mod:`psfax.fitting.flags`).
@@ -62,6 +64,10 @@ class FitOptions:
 
     ``dtype`` is the precision of the PSF fit (default float64 on the CPU), ``photometry_dtype`` that
     of the photometry of every source (float32 by default: the image's own precision; see docs/stars.md).
+    ``psf``: the photometry's PSF: ``analytic`` (``model``; a model's name sets ``model``), ``empirical``
+    or ``auto`` (the empirical one when its reserve stars' chi2 beats the analytic fit's;
+    :mod:`psfax.stars.empirical`), its grid sampled ``psf_oversampling`` times per pixel, its spatial degree
+    ``spatial_degree``.
     """
 
     model: str = "moffat"
@@ -80,11 +86,21 @@ class FitOptions:
     device: str | None = None
     dtype: str | None = None
     photometry_dtype: str | None = "float32"
+    psf: str = "analytic"
+    psf_oversampling: int = 2
     selection: SelectionOptions = SelectionOptions()
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise InputError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.psf in MODELS:  # an analytic model's name: that model, no empirical build
+            object.__setattr__(self, "model", self.psf)
+            object.__setattr__(self, "psf", "analytic")
+        if self.psf not in PSF_CHOICES:
+            raise InputError(f"psf must be one of {', '.join(PSF_CHOICES)} or a model name ({', '.join(MODELS)}), "
+                             f"got {self.psf!r}")
+        if self.psf_oversampling not in (2, 3, 4):
+            raise InputError(f"psf_oversampling must be 2, 3 or 4, got {self.psf_oversampling!r}")
         if self.spatial_degree not in (0, 1, 2):
             raise InputError(f"spatial_degree must be 0, 1 or 2, got {self.spatial_degree}")
         if not self.clip_sigma > 0 or self.clip_iterations < 0:
@@ -142,6 +158,7 @@ class ImageFit:
     clipping: list[int]
     converged_fraction: float
     timings: dict[str, float]
+    psf_choice: object = None  # psfax.stars.empirical.PSFChoice, when options.psf is not "analytic"
 
     def psf_at(self, x, y) -> dict[str, np.ndarray]:
         """PSF shape parameters at image positions (x, y) [px]."""
@@ -229,15 +246,21 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
     psf_stars = _image_table(result.table[kept], psf_stamps, exposure)
     psf_stars["a_moment"], psf_stars["b_moment"] = chosen["a"][kept], chosen["b"][kept]
     psf_stars["mag_select"] = (chosen["mag"] if "mag" in chosen.colnames else chosen["mag_aper"])[kept]
+    choice = None
+    if options.psf != "analytic":
+        from psfax.stars.empirical import choose_psf
+
+        with timer("empirical"):
+            choice = choose_psf(exposure, background, psf_stamps, psf_stars["reduced_chi2"], options)
     catalog = None
     if options.photometry:
         with timer("photometry"):
-            catalog = psf_photometry(exposure, background, detections, result, options)
+            catalog = psf_photometry(exposure, background, detections, result, options, choice)
             catalog["psf_star"] = _is_psf_star(catalog, psf_stars)
     return ImageFit(exposure=exposure, options=options, background=background,
                     psf_stamps=psf_stamps, psf_result=result, psf_stars=psf_stars,
                     catalog=catalog, counts=selection.counts, clipping=clipping,
-                    converged_fraction=converged, timings=timer.timings)
+                    converged_fraction=converged, timings=timer.timings, psf_choice=choice)
 
 
 def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions,
@@ -284,14 +307,6 @@ CLIP_CHI2_TOLERANCE = 1.0
 the stars' chi2 that the clipping looks at (its MAD is ~0.3 in reduced chi2, ~70 in chi2 for 15 x 15)."""
 
 
-def chi2_outliers(reduced_chi2: np.ndarray, k: float) -> np.ndarray:
-    """True where ``reduced_chi2 > median + k * 1.4826 * MAD`` (or is not finite)."""
-    finite = np.isfinite(reduced_chi2)
-    med = np.median(reduced_chi2[finite])
-    mad = 1.4826 * np.median(np.abs(reduced_chi2[finite] - med))
-    return ~finite | (reduced_chi2 > med + k * mad)
-
-
 def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, psf=None, start=None, chi2_tolerance=None):
     """One call of :func:`psfax.fitting.fit_stamps` on ``stamps``: the PSF fit (``psf`` None: the profile
     of ``options``, shared when ``options.shared_shape``), or photometry with the known ``psf`` (in
@@ -333,8 +348,9 @@ def psf_model_at(result, x: np.ndarray, y: np.ndarray) -> Fixed:
 
 
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
-                   options: FitOptions) -> Table:
-    """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed.
+                   options: FitOptions, choice=None) -> Table:
+    """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed (the empirical
+    PSF of ``choice`` when it was chosen, with its model-error floor in the variance).
 
     The returned table has image ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS),
     the fit columns, ``mag, mag_err`` (through MAGZP; statistical error only)
@@ -343,7 +359,14 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
     stamps = cut_stamps(exposure, background, x[usable], y[usable], options.stamp_size)
-    psf = psf_model_at(result, x[usable], y[usable])
+    if choice is not None and choice.psf is not None:
+        from psfax.psf.kind import empirical_kind
+        from psfax.stars.empirical import floor_variance
+
+        psf = empirical_kind(choice.psf, x[usable], y[usable], np.dtype(options.photometry_dtype or "float64"))
+        stamps = dataclasses.replace(stamps, variance=floor_variance(stamps, background, choice.model_error_floor))
+    else:
+        psf = psf_model_at(result, x[usable], y[usable])
     fit = _fit(stamps, exposure, options, psf=psf)
     refitted = refit_failed(fit.table, stamps, background, psf, exposure.gain, options)
     table = _image_table(fit.table, stamps, exposure)
