@@ -350,7 +350,7 @@ def psf_model_at(result, x: np.ndarray, y: np.ndarray) -> Fixed:
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
                    options: FitOptions, choice=None) -> Table:
     """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed (the empirical
-    PSF of ``choice`` when it was chosen, with its model-error floor in the variance).
+    PSF of ``choice`` when it was chosen, its model-error floor in the reported chi2 and ``flux_err``).
 
     The returned table has image ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS),
     the fit columns, ``mag, mag_err`` (through MAGZP; statistical error only)
@@ -361,14 +361,16 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     stamps = cut_stamps(exposure, background, x[usable], y[usable], options.stamp_size)
     if choice is not None and choice.psf is not None:
         from psfax.psf.kind import empirical_kind
-        from psfax.stars.empirical import floor_variance
 
         psf = empirical_kind(choice.psf, x[usable], y[usable], np.dtype(options.photometry_dtype or "float64"))
-        stamps = dataclasses.replace(stamps, variance=floor_variance(stamps, background, choice.model_error_floor))
     else:
         psf = psf_model_at(result, x[usable], y[usable])
     fit = _fit(stamps, exposure, options, psf=psf)
     refitted = refit_failed(fit.table, stamps, background, psf, exposure.gain, options)
+    if choice is not None and choice.psf is not None:
+        from psfax.stars.empirical import apply_floor
+
+        apply_floor(fit.table, stamps, choice.psf, choice.model_error_floor)
     table = _image_table(fit.table, stamps, exposure)
     table["source_flags"] = (_source_flags(detections[usable], detections, exposure, options)
                              + SOURCE_FLAGS["fixed_position"] * refitted.astype(np.int32))
