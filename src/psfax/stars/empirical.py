@@ -147,9 +147,10 @@ def aperture_correction(exposure, background, built: BuildResult, stamps) -> tup
     return (float(np.median(ratio)), int(ok.sum())) if ok.sum() >= 5 else (1.0, 0)
 
 
-def apply_floor(table, stamps, psf: EmpiricalPSF, floor: float) -> None:
+def apply_floor(table, stamps, psf: EmpiricalPSF, floor: float, isolated) -> None:
     """Put the model-error floor into a photometry ``table`` (stamp pixels, in place) at its solution: with
-    ``var2 = var + (floor flux P)^2``, ``chi2 = sum r^2 / var2`` (``reduced_chi2`` likewise) and ``flux_err``
+    ``var2 = var + (floor flux P)^2``, ``chi2 = sum r^2 / var2`` (``reduced_chi2`` likewise; only where
+    ``isolated``: a group's model holds its neighbours, this one star alone) and ``flux_err``
     scaled by ``sqrt(sum P^2 / var / sum P^2 / var2)`` (the flux information's ratio).  The fit itself keeps
     the CCD variance: weights that change with the star's brightness made fluxes depend on it (copies of real
     stars at k = 0.3 came back 1 % low with the floor in the weights, linear to 0.1 % without)."""
@@ -163,7 +164,8 @@ def apply_floor(table, stamps, psf: EmpiricalPSF, floor: float) -> None:
     resid2 = np.where(use, (stamps.data - flux[:, None, None] * unit - bkg[:, None, None]) ** 2, 0.0)
     info = [np.sum(np.where(use, unit**2 / v, 0.0), axis=(1, 2)) for v in (stamps.variance, var2)]
     found = np.isfinite(np.asarray(table["chi2"], float))
-    chi2 = np.where(found, np.sum(resid2 / var2, axis=(1, 2)), np.nan)
+    chi2 = np.where(found & np.asarray(isolated, bool), np.sum(resid2 / var2, axis=(1, 2)),
+                    np.asarray(table["chi2"], float))
     table["chi2"] = chi2
     with np.errstate(divide="ignore", invalid="ignore"):
         table["reduced_chi2"] = np.where(np.asarray(table["dof"]) > 0, chi2 / np.asarray(table["dof"]), np.nan)

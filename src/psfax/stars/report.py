@@ -92,6 +92,7 @@ def psf_summary(fit) -> dict:
         "options": fit.options.to_dict(),
         "psf_choice": None if fit.psf_choice is None else fit.psf_choice.summary(),
         "timings_s": fit.timings,
+        "photometry_passes": None if fit.photometry_passes is None else fit.photometry_passes.summary(),
     })
 
 
@@ -180,6 +181,10 @@ def summary_rows(info: dict) -> list[tuple[str, str]]:
                                        f"{choice['model_error_floor']:.4f})"))
     if counts["photometry_sources"] is not None:
         rows.append(("PSF photometry", f"{counts['photometry_sources']} sources"))
+        passes = info.get("photometry_passes")
+        if passes:
+            rows.append(("sources per pass", " + ".join(str(n) for n in passes["sources_per_pass"])
+                         + f"; largest group {passes['largest_group']}"))
     rows.append(("time [s]", ", ".join(f"{k.replace('_compile', ' (compiling)')} {v:.2f}"
                                        for k, v in info["timings_s"].items())))
     return rows
