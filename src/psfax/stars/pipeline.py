@@ -368,8 +368,8 @@ def psf_model_at(result, x: np.ndarray, y: np.ndarray) -> Fixed:
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
                    options: FitOptions, progress: Callable[[str], None] | None = None, choice=None):
     """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed (the empirical
-    PSF of ``choice`` when it was chosen, its model-error floor in ``flux_err`` and in the chi2 of isolated
-    sources), in groups over ``options.passes`` passes from the detections' positions and aperture fluxes
+    PSF of ``choice`` when it was chosen: :func:`empirical_photometry`, one star per fit, no passes), in
+    groups over ``options.passes`` passes from the detections' positions and aperture fluxes
     (:func:`psfax.stars.groups.grouped_photometry`).
 
     Returns the catalog and the :class:`~psfax.stars.groups.GroupedPhotometry`.  The catalog has image
@@ -380,34 +380,16 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
 
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
+    if choice is not None and choice.psf is not None:
+        return empirical_photometry(exposure, background, detections[usable], detections, choice, options), None
     fwhm = pixel_convolved_fwhm(result.model, {k: v[0] for k, v in psf_shape_at(
         result, np.array([exposure.shape[1] / 2]), np.array([exposure.shape[0] / 2])).items()})
     start = {"x": x[usable], "y": y[usable], "flux": np.asarray(detections["aper_flux"], float)[usable]}
-    empirical = choice is not None and choice.psf is not None
-    if empirical:
-        from psfax.psf.kind import empirical_kind
-
-        dtype = np.dtype(options.photometry_dtype or "float64")
-
-        def psf_at(xs, ys):
-            return empirical_kind(choice.psf, xs, ys, dtype)
-    else:
-        def psf_at(xs, ys):
-            return psf_model_at(result, xs, ys)
-    grouped = grouped_photometry(exposure, background, detections[usable], start, psf_at, fwhm, options, progress)
+    grouped = grouped_photometry(exposure, background, detections[usable], start,
+                                 lambda xs, ys: psf_model_at(result, xs, ys), fwhm, options, progress)
     sources = grouped.sources
     fit_table, corners = grouped.stamp_table(background, options.stamp_size,
-                                             None if empirical else lambda xs, ys: psf_shape_at(result, xs, ys))
-    if empirical:
-        from psfax.stars.empirical import apply_floor
-
-        xs, ys = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
-        inside = stamp_fits(xs, ys, exposure.shape, options.stamp_size)
-        part = fit_table[inside]
-        apply_floor(part, cut_stamps(exposure, background, xs[inside], ys[inside], options.stamp_size), choice.psf,
-                    choice.model_error_floor, np.asarray(grouped.group_size)[inside] == 1)
-        for name in ("chi2", "reduced_chi2", "flux_err"):
-            fit_table[name][inside] = part[name]
+                                             lambda xs, ys: psf_shape_at(result, xs, ys))
     table = _image_table(fit_table, corners, exposure)
     found_later = np.arange(len(sources)) >= len(usable)
     table["source_flags"] = (_source_flags(sources, sources, exposure, options)
@@ -416,6 +398,29 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     table["mag_aper"] = sources["mag_aper"]
     table["group_id"], table["group_size"] = grouped.group_id, grouped.group_size
     return table, grouped
+
+
+def empirical_photometry(exposure: Exposure, background: Background, sources: Table, detections: Table, choice,
+                         options: FitOptions) -> Table:
+    """Photometry with the chosen empirical PSF: each source on its own stamp (x, y, flux, sky; the model
+    serves its own stamp size, so not in groups and without residual passes: ``group_size`` is 1), its
+    model-error floor in ``flux_err`` and ``chi2`` (:func:`psfax.stars.empirical.apply_floor`)."""
+    from psfax.psf.kind import empirical_kind
+    from psfax.stars.empirical import apply_floor
+    from psfax.stars.forced import refit_failed
+
+    x, y = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
+    stamps = cut_stamps(exposure, background, x, y, options.stamp_size)
+    psf = empirical_kind(choice.psf, x, y, np.dtype(options.photometry_dtype or "float64"))
+    fit = _fit(stamps, exposure, options, psf=psf)
+    refitted = refit_failed(fit.table, stamps, background, psf, exposure.gain, options)
+    apply_floor(fit.table, stamps, choice.psf, choice.model_error_floor, np.ones(len(x), bool))
+    table = _image_table(fit.table, stamps, exposure)
+    table["source_flags"] = (_source_flags(sources, detections, exposure, options)
+                             + SOURCE_FLAGS["fixed_position"] * refitted.astype(np.int32))
+    table["mag_aper"] = sources["mag_aper"]
+    table["group_id"], table["group_size"] = np.arange(len(x)), np.ones(len(x), np.int64)
+    return table
 
 
 def _source_flags(sources: Table, detections: Table, exposure: Exposure,
