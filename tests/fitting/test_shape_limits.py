@@ -34,7 +34,7 @@ def test_gaussian_as_moffat_stops_at_the_gaussian_limit():
 
 def test_faint_free_shapes_stop_at_the_limits_bright_ones_do_not():
     """400 survey stars (S/N 5-1000, FWHM 1.8 px, Moffat beta 2.5) with free shapes: no fit runs past
-    48 iterations (17 % ran to 100 before the stop), the stars stopped at a limit are the faint ones
+    48 iterations (8 % of such stars ran to the 100-iteration limit before the stop), the stars stopped at a limit are the faint ones
     (none above S/N 50, where beta is measured), and every flagged one is beyond a stated limit."""
     stars = make_survey_stars("moffat", {"fwhm": 1.8, "beta": 2.5}, 400, seed=31)
     t = psfax.fit_stamps(stars.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat").table

@@ -120,6 +120,11 @@ def _solution(s: LMState) -> Solution:
     return Solution(s.v, spd_inverse(s.h), s.chi2, s.converged, s.n_iter, None)
 
 
+def _whole_chunks(size: int, chunk: int) -> int:
+    """``size`` rounded up to a multiple of ``chunk`` when above it (``chunk`` 0: as it is)."""
+    return -(-size // chunk) * chunk if chunk and size > chunk else size
+
+
 def solve(setup: Setup, psf: PSF, v0, stars: StampData, active, dchi2=None, given=None) -> Solution:
     """LM on every star for the first round's iterations, then on the unfinished ones only, in rounds that
     double the iterations reached, up to ``setup.max_iter``.  ``dchi2``: the stop on the predicted chi2
@@ -140,8 +145,9 @@ def solve(setup: Setup, psf: PSF, v0, stars: StampData, active, dchi2=None, give
             break
         reached = min(2 * reached, setup.max_iter)
         # every later round keeps the second's batch size (one compiled program, which a new process loads
-        # once), padded with a finished star: chunks of padding end at once
-        size = size or bucket_size(left.size)
+        # once), padded with a finished star: chunks of padding end at once.  Above one CPU chunk the size is
+        # whole chunks, or map_stars would run the batch as one, as long as its slowest star
+        size = size or _whole_chunks(bucket_size(left.size), setup.chunk)
         filler = np.flatnonzero(~going)[:1] if (~going).any() else left[-1:]
         rows = jnp.asarray(np.concatenate([left, np.repeat(filler, size - left.size)]))
         (state_r, psf_part), active_r, stars_r = _select(rows, state, active, stars, psf.star_part())
