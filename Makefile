@@ -5,6 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SAMPLES := ztf-sample aia-sample clusters-sample
+# pytest workers (pytest-xdist): one per core of the 2-core machines the suite is sized for; files stay whole
+WORKERS ?= 2
+PYTEST  := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
 
 .PHONY: demo test test-all durations samples chromium bench install clean
 
@@ -31,11 +34,11 @@ samples: $(STAMP)
 	$(BIN)/psfax data fetch $(SAMPLES)
 
 test: samples
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(PYTEST) -m "not slow"
 
 # the 40 slowest fast tests (to keep `make test` under 5 minutes: move heavy ones to `slow`)
 durations: samples
-	$(BIN)/python -m pytest -m "not slow" -q --durations=40
+	$(PYTEST) -m "not slow" --durations=40
 
 # the report-page test renders in headless Chromium: install Debian's package when missing and root
 chromium:
@@ -43,7 +46,7 @@ chromium:
 	    && apt-get update -qq && apt-get install -y -qq chromium; } || echo "chromium not installed: its test skips"
 
 test-all: samples chromium
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

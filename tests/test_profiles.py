@@ -72,7 +72,8 @@ def test_table_within_2e_5_of_peak(model):
         assert float(jnp.max(jnp.abs(dx - fd)) / jnp.max(jnp.abs(fd))) < 1e-3
 
 
-@pytest.mark.parametrize("model", list(SHAPES))
+# moffat runs in `make test`; the other three profiles (each ~20 s) in `make test-all`
+@pytest.mark.parametrize("model", [m if m == "moffat" else pytest.param(m, marks=pytest.mark.slow) for m in SHAPES])
 def test_shape_cell_expansion_within_1e_4_of_peak(model):
     """Second-order expansion around a shape cell's centre (used for per-star fixed shapes) against the
     exact table of each shape, offsets up to the cell's corners (|d_k| = CELL_RADIUS on every axis): within

@@ -1,6 +1,7 @@
 """The shipped default model against the issue's target, on fresh held-out fields."""
 
 import numpy as np
+import pytest
 
 from psfax.clusters.config import load_config
 from psfax.clusters.dataset import field_rng, simulate_field
@@ -23,6 +24,7 @@ def test_shipped_model_is_small():
     assert stem.with_suffix(".npz").stat().st_size < 2_000_000
 
 
+@pytest.mark.slow
 def test_shipped_model_meets_the_f1_target_on_fresh_fields():
     model, spec, record = load_model(default_model_stem())
     cfg = load_config("ci")

@@ -166,6 +166,7 @@ def test_positions_with_wrong_row_count_raises(rows):
         fit(good_stamps(), shared_shape=True, spatial_degree=1, positions=np.zeros((rows, 2)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [3, 4])
 def test_free_moffat_on_stamps_smaller_than_5x5_fits(size):
     """Issue 20.6: a free-shape Moffat on stamps smaller than the 5 x 5 inner quadrature window raised a raw

@@ -11,6 +11,7 @@ from psfax.fitting.taylor import shape_cells
 from psfax.profiles import get_profile
 
 
+@pytest.mark.slow
 def test_per_star_shapes_on_shape_cells_match_direct_integration(moffat_stars):
     """Fixed shapes differing per star (+-10 % in FWHM and beta - 1) run on shape-cell tables; forcing
     direct quadrature (max_shape_cells = 0) must give the same fits.  Both models are within 1e-4 of
@@ -34,6 +35,7 @@ def test_per_star_shapes_on_shape_cells_match_direct_integration(moffat_stars):
     assert np.allclose(cells["flux_err"], direct["flux_err"], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_shared_fit_reaches_the_same_optimum_by_every_start(moffat_stars):
     """With a pilot fit of its 32 brightest stars first, without one, or stopped early (chi2_tolerance
     500) and continued from there, a shared fit of 500 stars must reach the same optimum.  Each fit
@@ -57,8 +59,8 @@ def test_shared_fit_reaches_the_same_optimum_by_every_start(moffat_stars):
             assert abs(diff) < 0.1, name
 
 
-@pytest.mark.parametrize("mode", [{}, {"shared_shape": True}, {"shape": {"fwhm": 1.8, "beta": 2.5}}],
-                         ids=["free", "shared", "photometry"])
+@pytest.mark.parametrize("mode", [pytest.param({}, marks=pytest.mark.slow), {"shared_shape": True},
+                                  {"shape": {"fwhm": 1.8, "beta": 2.5}}], ids=["free", "shared", "photometry"])
 def test_fit_started_at_its_solution_stops_there(moffat_stars, mode):
     """LM also stops at a point whose own Gauss-Newton step predicts less than the tolerance (the
     Newton decrement), so a refit from a converged result takes no step: every star keeps its values
@@ -116,7 +118,8 @@ def test_closed_form_moffat_jacobian_equals_forward_mode():
     assert np.all(np.max(np.abs(j - j_ref), axis=(0, 1)) <= 1e-12 * scale)
 
 
-@pytest.mark.parametrize("mode", [{}, {"shape": {"fwhm": 1.8, "beta": 2.5}}], ids=["free", "photometry"])
+@pytest.mark.parametrize("mode", [pytest.param({}, marks=pytest.mark.slow), {"shape": {"fwhm": 1.8, "beta": 2.5}}],
+                         ids=["free", "photometry"])
 def test_fit_in_rounds_equals_fit_in_one_go(moffat_stars, mode):
     """Stars still going after the first LM round continue from their saved LM state: with a first round
     of one iteration (nearly every star resumed) the fits equal those of a single round to rounding."""

@@ -52,11 +52,12 @@ def test_lm_photometry_fixed_shape(moffat_stars):
     check_statistics(fit(moffat_stars, shape={"fwhm": 1.8, "beta": 2.5}), moffat_stars)
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", ["per_star", pytest.param("shared", marks=pytest.mark.slow)])
 def test_lm_gaussian(gaussian_stars, mode):
     check_statistics(fit(gaussian_stars, **MODES[mode]), gaussian_stars, shape_tol={"fwhm": 0.01})
 
 
+@pytest.mark.slow
 def test_lm_undersampled_needs_pixel_integration(undersampled_stars):
     """FWHM 0.9 px: the pixel-integrated model is unbiased; the point-sampled one is not."""
     check_statistics(fit(undersampled_stars, shared_shape=True), undersampled_stars,
@@ -67,8 +68,10 @@ def test_lm_undersampled_needs_pixel_integration(undersampled_stars):
     assert np.median(sampled.table["reduced_chi2"]) > 1.1
 
 
-@pytest.mark.parametrize("optimizer", ["scipy", "tncg"])
-@pytest.mark.parametrize("mode", list(MODES))
+# each optimizer runs once in `make test` (tncg per star, scipy shared), the other pairing in `make test-all`
+@pytest.mark.parametrize("optimizer, mode", [("tncg", "per_star"), ("scipy", "shared"),
+                                             pytest.param("tncg", "shared", marks=pytest.mark.slow),
+                                             pytest.param("scipy", "per_star", marks=pytest.mark.slow)])
 def test_other_optimizers_moffat(moffat_stars, optimizer, mode):
     result = fit(moffat_stars, optimizer=optimizer, **MODES[mode])
     check_statistics(result, moffat_stars, shape_tol={"fwhm": 0.01, "beta": 0.05})
@@ -93,10 +96,12 @@ def test_adam_moffat_shared(moffat_stars):
     assert np.sum(result.table["chi2"]) - np.sum(lm.table["chi2"]) < 0.1
 
 
+@pytest.mark.slow
 def test_adam_photometry_fixed_shape(moffat_stars):
     check_statistics(fit(moffat_stars, optimizer="adam", shape={"fwhm": 1.8, "beta": 2.5}), moffat_stars)
 
 
+@pytest.mark.slow
 def test_shared_shape_errors_match_scatter():
     """The shared FWHM's error is honest: across 20 independent fields its pull has unit scatter.
 
@@ -113,6 +118,7 @@ def test_shared_shape_errors_match_scatter():
     assert abs(np.mean(fwhm_pulls)) < 0.7  # standard error of the mean of 20: 0.22
 
 
+@pytest.mark.slow
 def test_elliptical_moffat_recovers_shear():
     from galsim_stars import make_stars
 
@@ -127,6 +133,7 @@ def test_elliptical_moffat_recovers_shear():
     assert r.shape["theta"] == pytest.approx(theta_true, abs=5 * r.shape_err["theta"] + 1e-3)
 
 
+@pytest.mark.slow
 def test_spatially_varying_shape():
     """FWHM varying across a 2000-px field is recovered by a degree-1 shared model.
 

@@ -42,6 +42,7 @@ def test_local_cluster_runs_all_and_isolates_a_bad_input(tmp_path):
     assert len(records) == 5 and all(r["worker"].startswith("tcp://") for r in records)
 
 
+@pytest.mark.slow
 def test_killed_worker_task_runs_again_elsewhere(tmp_path, cluster):
     images = make_images(tmp_path / "in", 4)
     marker = tmp_path / "kill-once"

@@ -22,6 +22,7 @@ def _aiapy_psf(channel, **kwargs):
     return np.asarray(aiapy_psf.calculate_psf(channel * u.angstrom, **kwargs))
 
 
+@pytest.mark.slow
 def test_psf_171_equals_aiapy():
     ours = aia_psf(171)
     ref = _aiapy_psf(171)

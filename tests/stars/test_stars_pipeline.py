@@ -73,6 +73,7 @@ def test_photometry_fluxes_and_positions(field, result):
     assert np.mean(np.abs(cat["mag"] - true_mag)[ok] < 3 * cat["mag_err"][ok] + 1e-3) > 0.97
 
 
+@pytest.mark.slow
 def test_float32_photometry_agrees_with_float64(field, result):
     # the default photometry runs in float32; each star's chi2 (~225) is resolved to 8 eps x 225 = 2e-4,
     # so both precisions stop within ~0.015 sigma of the same optimum: allow 0.05 sigma

@@ -248,9 +248,10 @@ def read_ztf_exposure(science: str, **read_options):
     return read_exposure(science, mask=ztf_mask_path(science), **read_options)
 
 
-def write_image_fit(fit, out_dir: Path, plots: bool = True) -> list[Path]:
-    """Write an ``ImageFit`` (stars tables, ``psf.json``, and with ``plots`` the figures) into ``out_dir``."""
-    return fit.write(out_dir, plots=plots)
+def write_image_fit(fit, out_dir: Path, plots: bool = True, residual: bool = False) -> list[Path]:
+    """Write an ``ImageFit`` (stars tables, ``psf.json``, with ``plots`` the figures, with ``residual`` the
+    residual image) into ``out_dir``."""
+    return fit.write(out_dir, plots=plots, residual=residual)
 
 
 def pass_path(path: str) -> str:
@@ -262,7 +263,7 @@ def stars_fit_job() -> Job:
     """``stars-fit``: the stars pipeline on one science image (mask found beside it).
 
     Options: the header overrides of ``read_exposure`` (read), the fields of
-    ``FitOptions`` and its selection thresholds (compute), ``plots`` (write).
+    ``FitOptions`` and its selection thresholds (compute), ``plots`` and ``residual`` (write).
     """
     from psfax.stars.pipeline import FitOptions, SelectionOptions, fit_exposure, read_exposure
 

@@ -122,8 +122,10 @@ COLUMNS = {
     "mag_err": ("mag", "statistical error of mag (zero-point error not included)"),
     "mag_aper": ("mag", "sep aperture magnitude through MAGZP"),
     "source_flags": ("", "detection bits (psfax.stars.pipeline.SOURCE_FLAGS): 1 blended, 2 saturated, "
-                         "4 masked pixel near, 8 extended"),
+                         "4 masked pixel near, 8 extended, 16 fixed position, 32 found in the residual"),
     "psf_star": ("", "within 1 px of a PSF star of the model"),
+    "group_id": ("", "group of sources fitted together (friends of friends within group_radius; from 1)"),
+    "group_size": ("", "sources in the group (1: fitted alone, the others' models subtracted)"),
     "a_moment": ("pix", "sep second-moment semi-major axis"),
     "b_moment": ("pix", "sep second-moment semi-minor axis"),
     "mag_select": ("mag", "magnitude the selection cut used (reference catalog, else mag_aper)"),

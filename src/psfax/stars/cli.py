@@ -40,6 +40,11 @@ def fit(science: Path = typer.Argument(..., metavar="SCIENCE", help="science ima
         dtype: str = typer.Option(None, help="float32 or float64 for the PSF fit "
                                   "(default: float64 on CPU, float32 on GPU)"),
         photometry_dtype: str = typer.Option("float32", help="float32 or float64 for the photometry"),
+        group_radius: float = typer.Option(3.0, help="sources closer than this many FWHM are fitted together"),
+        passes: int = typer.Option(2, help="photometry passes; each after the first adds the sources found "
+                                   "in the residual image"),
+        residual: bool = typer.Option(False, "--residual/--no-residual",
+                                      help="also write residual.fits: image - sky - every source's model"),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="write the figures")):
     """Fit the PSF of SCIENCE and write stars.parquet, psf_stars.parquet, psf.json and figures to OUT.
 
@@ -56,12 +61,12 @@ def fit(science: Path = typer.Argument(..., metavar="SCIENCE", help="science ima
     options = dict(model=model, optimizer=optimizer, spatial_degree=spatial_degree, shared_shape=shared_shape,
                    catalog=None if catalog is None else str(catalog), mag_min=mag_min, mag_max=mag_max,
                    isolation=isolation, stamp_size=stamp_size, device=device, dtype=dtype,
-                   photometry_dtype=photometry_dtype, gain=gain, read_noise=read_noise, saturate=saturate,
+                   photometry_dtype=photometry_dtype, group_radius=group_radius, passes=passes, gain=gain, read_noise=read_noise, saturate=saturate,
                    zero_point=zero_point, **({} if edge is None else {"edge": edge}))
     with console.status("read") as status:
         result = fit_image(science, mask, progress=lambda stage: status.update(f"[bold]{stage}"), **options)
         status.update("[bold]write")
-        paths = result.write(out, plots=plots)
+        paths = result.write(out, plots=plots, residual=residual)
     total = time.perf_counter() - start
     console.print(summary_table(result, total))
     for path in paths:

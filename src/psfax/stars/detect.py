@@ -41,8 +41,11 @@ def measure_background(exposure: Exposure, box: int = 64, filter_size: int = 3) 
 
 
 def detect_sources(exposure: Exposure, background: Background, *, threshold: float = 5.0,
-                   min_area: int = 5, aperture_radius: float = 5.0) -> Table:
+                   min_area: int = 5, aperture_radius: float = 5.0, model: np.ndarray | None = None) -> Table:
     """Sources more than ``threshold`` x rms above the sky, over >= ``min_area`` pixels.
+
+    ``model``: an image of source models [ADU above the sky] subtracted first (detection in the residual
+    image); the noise is then ``sqrt(rms^2 + max(model, 0) / gain)`` per pixel, the models' Poisson noise added.
 
     Returns a Table with image coordinates ``x, y`` (0-based pixel centres),
     second moments ``a, b, theta`` [px, rad], ``npix``, ``peak`` (sky-subtracted
@@ -53,11 +56,17 @@ def detect_sources(exposure: Exposure, background: Background, *, threshold: flo
     """
     if threshold <= 0:
         raise InputError(f"detection threshold must be > 0 (in units of the sky rms), got {threshold}")
-    image = np.where(exposure.bad, 0.0, exposure.data - background.level).astype(np.float32)
-    objects = sep.extract(image, threshold, err=background.rms, mask=exposure.bad,
+    sky_subtracted = exposure.data - background.level
+    err = background.rms
+    if model is not None:
+        sky_subtracted = sky_subtracted - model
+        err = np.sqrt(background.rms_map.astype(np.float64) ** 2 + np.maximum(model, 0.0) / exposure.gain)
+        err = np.where(exposure.bad, background.rms, err).astype(np.float32)
+    image = np.where(exposure.bad, 0.0, sky_subtracted).astype(np.float32)
+    objects = sep.extract(image, threshold, err=err, mask=exposure.bad,
                           minarea=min_area, segmentation_map=False)
     x, y = objects["x"], objects["y"]
-    flux, flux_err, _ = sep.sum_circle(image, x, y, aperture_radius, err=background.rms,
+    flux, flux_err, _ = sep.sum_circle(image, x, y, aperture_radius, err=err,
                                        gain=exposure.gain, mask=exposure.bad)
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(flux > 0, exposure.zero_point - 2.5 * np.log10(flux), np.nan)

@@ -11,9 +11,11 @@
    (``reduced_chi2 > median + clip_sigma * 1.4826 MAD``, or a non-zero fit flag)
    until none is left or ``clip_iterations`` refits were done;
 6. ``photometry``: every detected source whose stamp fits in the image is
-   fitted for (x, y, flux, sky) with the PSF shape held at its local value; a source
-   whose fit fails gets its flux fitted at the detection position instead
-   (:func:`psfax.stars.forced.refit_failed`, source flag ``fixed_position``).
+   fitted for (x, y, flux, sky) with the PSF shape held at its local value, its neighbours within
+   ``group_radius`` FWHM fitted together and the other sources' models subtracted, in
+   ``passes`` passes, each after the first adding the sources found in the residual image
+   (:mod:`psfax.stars.groups`); a source whose fit fails gets its flux fitted at the detection position
+   (source flag ``fixed_position``).
 
 Every stage is timed (``ImageFit.timings``, seconds of wall time; JAX's compilation apart, as
 ``<stage>_compile``).
@@ -38,7 +40,7 @@ from psfax.profiles import get_profile
 from psfax.stars.catalog import match_catalog, read_reference_catalog
 from psfax.stars.detect import SEP_BLENDED, Background, detect_sources, measure_background
 from psfax.stars.exposure import Exposure, check_values, read_exposure
-from psfax.stars.forced import refit_failed
+from psfax.stars.groups import grouped_photometry
 from psfax.stars.select import (DEFAULT_EDGE, SelectionOptions, bad_pixels_near, neighbour_count,
                                 select_psf_stars)
 from psfax.stars.stamps import Stamps, cut_stamps, stamp_fits
@@ -53,6 +55,7 @@ SOURCE_FLAGS = {
     "masked": 4,       # a bad pixel within mask_radius px of the centre
     "extended": 8,     # failed the shape cut (galaxy, trail, cosmic ray)
     "fixed_position": 16,  # the free fit failed (see its flags): flux fitted at the detection position
+    "residual": 32,    # found in the residual image (a later pass of the photometry)
 }
 
 
@@ -62,6 +65,8 @@ class FitOptions:
 
     ``dtype`` is the precision of the PSF fit (default float64 on the CPU), ``photometry_dtype`` that
     of the photometry of every source (float32 by default: the image's own precision; see docs/stars.md).
+    ``group_radius``: sources closer than this many FWHM (pixel-convolved, at the image centre) are fitted
+    together; ``passes``: photometry passes, each after the first adding the sources found in the residual.
     """
 
     model: str = "moffat"
@@ -80,6 +85,8 @@ class FitOptions:
     device: str | None = None
     dtype: str | None = None
     photometry_dtype: str | None = "float32"
+    group_radius: float = 3.0
+    passes: int = 2
     selection: SelectionOptions = SelectionOptions()
 
     def __post_init__(self):
@@ -90,6 +97,10 @@ class FitOptions:
         if not self.clip_sigma > 0 or self.clip_iterations < 0:
             raise InputError(f"clip_sigma must be > 0 and clip_iterations >= 0, got "
                              f"{self.clip_sigma}, {self.clip_iterations}")
+        if not self.group_radius > 0:
+            raise InputError(f"group_radius must be > 0 (in FWHM), got {self.group_radius}")
+        if not (isinstance(self.passes, int) and self.passes >= 1):
+            raise InputError(f"passes must be an integer >= 1, got {self.passes!r}")
         if self.stamp_size < 5 or self.stamp_size % 2 == 0:
             raise InputError(f"stamp_size must be an odd number >= 5, got {self.stamp_size}")
         half = self.stamp_size // 2
@@ -142,6 +153,7 @@ class ImageFit:
     clipping: list[int]
     converged_fraction: float
     timings: dict[str, float]
+    photometry_passes: object = None  # psfax.stars.groups.GroupedPhotometry (residual image, sources per pass)
 
     def psf_at(self, x, y) -> dict[str, np.ndarray]:
         """PSF shape parameters at image positions (x, y) [px]."""
@@ -160,15 +172,19 @@ class ImageFit:
 
         return psf_summary(self)
 
-    def write(self, out_dir, *, plots: bool = True) -> list[Path]:
-        """Write ``stars.parquet``, ``psf_stars.parquet``, ``psf.json`` and (``plots``) the
-        figures into ``out_dir`` as one set: all into a staging folder there, then moved in, none
-        when any cannot be (:func:`psfax.outputs.commit_files`); return the paths."""
+    def write(self, out_dir, *, plots: bool = True, residual: bool = False) -> list[Path]:
+        """Write ``stars.parquet``, ``psf_stars.parquet``, ``psf.json``, (``plots``) the figures and
+        (``residual``) ``residual.fits`` into ``out_dir`` as one set: all into a staging folder there, then
+        moved in, none when any cannot be (:func:`psfax.outputs.commit_files`); return the paths."""
         from psfax.outputs import commit_files, staging_folder
         from psfax.stars.report import write_outputs
 
         with staging_folder(out_dir) as staging:
             write_outputs(self, staging, plots=plots)
+            if residual:
+                from psfax.stars.groups import write_residual
+
+                write_residual(self, staging / "residual.fits")
             return commit_files(staging, Path(out_dir))
 
 
@@ -229,15 +245,16 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
     psf_stars = _image_table(result.table[kept], psf_stamps, exposure)
     psf_stars["a_moment"], psf_stars["b_moment"] = chosen["a"][kept], chosen["b"][kept]
     psf_stars["mag_select"] = (chosen["mag"] if "mag" in chosen.colnames else chosen["mag_aper"])[kept]
-    catalog = None
+    catalog = grouped = None
     if options.photometry:
         with timer("photometry"):
-            catalog = psf_photometry(exposure, background, detections, result, options)
+            catalog, grouped = psf_photometry(exposure, background, detections, result, options, timer.progress)
             catalog["psf_star"] = _is_psf_star(catalog, psf_stars)
     return ImageFit(exposure=exposure, options=options, background=background,
                     psf_stamps=psf_stamps, psf_result=result, psf_stars=psf_stars,
                     catalog=catalog, counts=selection.counts, clipping=clipping,
-                    converged_fraction=converged, timings=timer.timings)
+                    converged_fraction=converged, timings=timer.timings,
+                    photometry_passes=grouped)
 
 
 def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions,
@@ -333,24 +350,34 @@ def psf_model_at(result, x: np.ndarray, y: np.ndarray) -> Fixed:
 
 
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
-                   options: FitOptions) -> Table:
-    """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed.
+                   options: FitOptions, progress: Callable[[str], None] | None = None):
+    """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed, in groups over
+    ``options.passes`` passes from the detections' positions and aperture fluxes
+    (:func:`psfax.stars.groups.grouped_photometry`).
 
-    The returned table has image ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS),
-    the fit columns, ``mag, mag_err`` (through MAGZP; statistical error only)
-    and ``source_flags`` (:data:`SOURCE_FLAGS`).
+    Returns the catalog and the :class:`~psfax.stars.groups.GroupedPhotometry`.  The catalog has image
+    ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS), the fit columns, ``mag, mag_err`` (through MAGZP;
+    statistical error only), ``source_flags`` (:data:`SOURCE_FLAGS`) and ``group_id, group_size``.
     """
+    from psfax.stars.report import pixel_convolved_fwhm
+
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
-    stamps = cut_stamps(exposure, background, x[usable], y[usable], options.stamp_size)
-    psf = psf_model_at(result, x[usable], y[usable])
-    fit = _fit(stamps, exposure, options, psf=psf)
-    refitted = refit_failed(fit.table, stamps, background, psf, exposure.gain, options)
-    table = _image_table(fit.table, stamps, exposure)
-    table["source_flags"] = (_source_flags(detections[usable], detections, exposure, options)
-                             + SOURCE_FLAGS["fixed_position"] * refitted.astype(np.int32))
-    table["mag_aper"] = detections["mag_aper"][usable]
-    return table
+    fwhm = pixel_convolved_fwhm(result.model, {k: v[0] for k, v in psf_shape_at(
+        result, np.array([exposure.shape[1] / 2]), np.array([exposure.shape[0] / 2])).items()})
+    start = {"x": x[usable], "y": y[usable], "flux": np.asarray(detections["aper_flux"], float)[usable]}
+    grouped = grouped_photometry(exposure, background, detections[usable], start,
+                                 lambda xs, ys: psf_model_at(result, xs, ys), fwhm, options, progress)
+    sources = grouped.sources
+    table = _image_table(*grouped.stamp_table(background, options.stamp_size,
+                                              lambda xs, ys: psf_shape_at(result, xs, ys)), exposure)
+    found_later = np.arange(len(sources)) >= len(usable)
+    table["source_flags"] = (_source_flags(sources, sources, exposure, options)
+                             + SOURCE_FLAGS["fixed_position"] * grouped.fit["fixed_position"]
+                             + SOURCE_FLAGS["residual"] * found_later).astype(np.int32)
+    table["mag_aper"] = sources["mag_aper"]
+    table["group_id"], table["group_size"] = grouped.group_id, grouped.group_size
+    return table, grouped
 
 
 def _source_flags(sources: Table, detections: Table, exposure: Exposure,

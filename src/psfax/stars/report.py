@@ -91,6 +91,7 @@ def psf_summary(fit) -> dict:
                    "bad_mask_bits": exp.bad_bits},
         "options": fit.options.to_dict(),
         "timings_s": fit.timings,
+        "photometry_passes": None if fit.photometry_passes is None else fit.photometry_passes.summary(),
     })
 
 
@@ -172,6 +173,10 @@ def summary_rows(info: dict) -> list[tuple[str, str]]:
             ("median reduced chi2", f"{info['median_reduced_chi2_kept_psf_stars']:.3f} (kept PSF stars)")]
     if counts["photometry_sources"] is not None:
         rows.append(("PSF photometry", f"{counts['photometry_sources']} sources"))
+        passes = info.get("photometry_passes")
+        if passes:
+            rows.append(("sources per pass", " + ".join(str(n) for n in passes["sources_per_pass"])
+                         + f"; largest group {passes['largest_group']}"))
     rows.append(("time [s]", ", ".join(f"{k.replace('_compile', ' (compiling)')} {v:.2f}"
                                        for k, v in info["timings_s"].items())))
     return rows
