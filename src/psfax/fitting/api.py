@@ -151,11 +151,12 @@ def _solve_independent(setup, optimizer, psf, held, stars, active, dt, known, to
     stars = _stamp_data(*stars, order)
     u4, shape_u = starts.initial(setup, psf.profile if isinstance(psf, Free) else None, stars, np.asarray(k, dt))
     v0 = np.concatenate([u4, shape_u], axis=1) if isinstance(psf, Free) else u4
-    v0 = starts.linear_flux(setup, psf, stars, jnp.asarray(v0), np.isfinite(k[:, 2]))
-    if optimizer == "lm":
-        sol = lm.solve(setup, psf, v0, stars, active, tolerance)
+    given = np.isfinite(k[:, 2])
+    if optimizer == "lm":  # LM solves the start's flux and bkg from its own first linearisation
+        sol = lm.solve(setup, psf, jnp.asarray(v0), stars, active, tolerance, given)
     else:
-        sol = INDEPENDENT[optimizer](setup, psf, v0, stars, active)
+        sol = INDEPENDENT[optimizer](setup, psf, starts.linear_flux(setup, psf, stars, jnp.asarray(v0), given),
+                                     stars, active)
     sol = sol._replace(converged=np.asarray(sol.converged) & active)
     if order is None:
         return sol
