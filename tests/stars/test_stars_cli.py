@@ -35,8 +35,18 @@ def test_fit_writes_outputs_and_summary(image_files, tmp_path, capsys):
     # truth at the image centre: 1.3 px; 4 sigma of the fit's own error
     assert abs(info["fwhm"]["intrinsic_px"] - 1.3) < 4 * info["fwhm"]["intrinsic_px_err"]
     assert info["selection_counts"]["detected"] == 200
-    # --psf auto (the default): the empirical PSF built on the PSF stars, the choice and both reserve figures
-    # written; the GalSim PSF is a Moffat, so either may win, but both must be finite and the choice consistent
+    assert info["psf_choice"] is None and not (out / "psf.fits").exists()  # --psf analytic, the default
+
+
+@pytest.mark.slow
+def test_fit_with_psf_auto_writes_the_choice_and_psf_fits(image_files, tmp_path, capsys):
+    science, mask, _ = image_files
+    out = tmp_path / "out"
+    assert main(["stars", "fit", str(science), "--mask", str(mask), "--out", str(out), "--no-plots",
+                 "--psf", "auto"]) == 0
+    info = json.loads((out / "psf.json").read_text())
+    # --psf auto: the empirical PSF built on the PSF stars, the choice and both reserve figures written;
+    # the GalSim PSF is a Moffat, so either may win, but both must be finite and the choice consistent
     choice = info["psf_choice"]
     figures = choice["reserve_median_reduced_chi2"]
     assert choice["asked"] == "auto" and set(figures) == {"empirical", "moffat"}
