@@ -26,6 +26,8 @@ def main():
     parser.add_argument("--degree", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--fit-sky", action="store_true", help="fit each star's background (default: the known sky)")
+    parser.add_argument("--core", type=float, nargs=2, metavar=("FWHM", "BETA"), help="Moffat core under the grid")
     args = parser.parse_args()
     from psfax.psf import BuildOptions, build_psf
 
@@ -35,8 +37,9 @@ def main():
     x0, y0 = f.x + 0.05 * rng.normal(size=n), f.y + 0.05 * rng.normal(size=n)  # detection-like starts
     start = time.perf_counter()
     res = build_psf(f.stamps, f.variance, np.zeros(f.stamps.shape, bool), x0, y0, f.x_image - f.x, f.y_image - f.y,
-                    options=BuildOptions(oversampling=args.oversampling, degree=args.degree, max_rounds=args.rounds),
-                    image_shape=(int(FIELD), int(FIELD)))
+                    options=BuildOptions(oversampling=args.oversampling, degree=args.degree, max_rounds=args.rounds,
+                                         core=None if args.core is None else tuple(args.core)),
+                    sky=None if args.fit_sky else SKY, image_shape=(int(FIELD), int(FIELD)))
     print("build s", time.perf_counter() - start)
     for r in res.rounds:
         print(r)

@@ -134,7 +134,7 @@ def every_detection(fit, photutils_sources: int | None):
 
     import psfax
     from psfax.stars.detect import detect_sources
-    from psfax.stars.pipeline import _fit, fixed_shape, psf_shape_at
+    from psfax.stars.pipeline import _fit, psf_model_at
     from psfax.stars.stamps import cut_stamps, noise_variance, stamp_fits
 
     exp, bg, opt = fit.exposure, fit.background, fit.options
@@ -144,7 +144,7 @@ def every_detection(fit, photutils_sources: int | None):
     x, y = x[keep], y[keep]
     stamps = cut_stamps(exp, bg, x, y, opt.stamp_size)
     n = len(stamps)
-    varying = fixed_shape(psf_shape_at(fit.psf_result, opt, x, y))
+    varying = psf_model_at(fit.psf_result, x, y)
     ny, nx = exp.shape
     centre = {k: float(v[0]) for k, v in fit.psf_at((nx - 1) / 2, (ny - 1) / 2).items()}
     one = {k: np.full(n, v) for k, v in centre.items()}
@@ -154,7 +154,7 @@ def every_detection(fit, photutils_sources: int | None):
                                 shape=shape, dtype=dtype)
 
     cases = [("psfax, the pipeline's photometry (shape varying over the image, float32)",
-              lambda: _fit(stamps, exp, opt, shape=varying)),
+              lambda: _fit(stamps, exp, opt, psf=varying)),
              ("psfax, image-centre Moffat, float32", lambda: ours(one, np.float32)),
              ("psfax, image-centre Moffat, float64", lambda: ours(one, np.float64))]
     timed = []

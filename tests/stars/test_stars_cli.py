@@ -35,6 +35,27 @@ def test_fit_writes_outputs_and_summary(image_files, tmp_path, capsys):
     # truth at the image centre: 1.3 px; 4 sigma of the fit's own error
     assert abs(info["fwhm"]["intrinsic_px"] - 1.3) < 4 * info["fwhm"]["intrinsic_px_err"]
     assert info["selection_counts"]["detected"] == 200
+    assert info["psf_choice"] is None and not (out / "psf.fits").exists()  # --psf analytic, the default
+
+
+@pytest.mark.slow
+def test_fit_with_psf_auto_writes_the_choice_and_psf_fits(image_files, tmp_path, capsys):
+    science, mask, _ = image_files
+    out = tmp_path / "out"
+    assert main(["stars", "fit", str(science), "--mask", str(mask), "--out", str(out), "--no-plots",
+                 "--psf", "auto"]) == 0
+    info = json.loads((out / "psf.json").read_text())
+    # --psf auto: the empirical PSF built on the PSF stars, the choice and both reserve figures written;
+    # the GalSim PSF is a Moffat, so either may win, but both must be finite and the choice consistent
+    choice = info["psf_choice"]
+    figures = choice["reserve_median_reduced_chi2"]
+    assert choice["asked"] == "auto" and set(figures) == {"empirical", "moffat"}
+    assert all(0.5 < v < 5 for v in figures.values()), figures
+    assert choice["chosen"] == min(figures, key=figures.get)
+    assert 1.0 <= choice["aperture_correction"] < 1.2  # light within 14 px over that within 7 px
+    from psfax.psf.io import read_psf_fits
+
+    assert read_psf_fits(out / "psf.fits").aperture_correction == choice["aperture_correction"]
 
 
 def _fails_with(args, capsys, pattern):
@@ -87,6 +108,13 @@ def test_bad_model_name(image_files, tmp_path, capsys):
     science, _, _ = image_files
     _fails_with(["stars", "fit", str(science), "--model", "airy", "--out", str(tmp_path / "o")], capsys,
                 "model must be one of moffat, gaussian, elliptical_moffat, elliptical_gaussian, got 'airy'")
+
+
+def test_bad_psf_name(image_files, tmp_path, capsys):
+    science, _, _ = image_files
+    _fails_with(["stars", "fit", str(science), "--psf", "airy", "--out", str(tmp_path / "o")], capsys,
+                "psf must be one of analytic, empirical, auto or a model name (moffat, gaussian, elliptical_moffat, "
+                "elliptical_gaussian), got 'airy'")
 
 
 def test_one_option_vocabulary_with_run_stars_fit_and_fit_image():

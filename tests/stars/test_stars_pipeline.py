@@ -13,7 +13,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from psfax.stars import fit_image
-from psfax.stars.pipeline import chi2_outliers
+from psfax.fitting.outliers import chi2_outliers
 from stars_synthetic import BETA
 
 

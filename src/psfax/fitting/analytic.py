@@ -15,7 +15,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from psfax.fitting.params import N_STAR, physical, physical_covariance, physical_names, shape_from_u
+from psfax.fitting.params import (N_STAR, beyond_shape_limits, physical, physical_covariance, physical_names,
+                                  shape_from_u)
 from psfax.fitting.psf import PSF, register_psf, static
 from psfax.fitting.table import TableGrid
 from psfax.profiles import DEFAULT_ACCURACY, Accuracy, Profile, moffat_derivatives, moffat_pixel_terms, stamp_psf, two_tier
@@ -82,6 +83,9 @@ class Free(Analytic):
 
     def report(self, v, cov):
         return physical(self.profile, v), physical_covariance(self.profile, v, cov)
+
+    def unconstrained(self, v):
+        return beyond_shape_limits(shape_from_u(self.profile, v[N_STAR:]))
 
 
 @register_psf

@@ -7,6 +7,7 @@ the :class:`FitResult`; nothing below it calls back.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -62,6 +63,9 @@ def fit_stamps(stamps, *, variance=None, mask=None, psf: PSF | None = None, mode
     b = inputs.batch(stamps, variance, mask, positions, gain, read_noise, model_variance)
     n = len(b.n_usable)
     held, psf = _held(psf, free, shape, n, dt), (None if isinstance(psf, Analytic) else psf)
+    if psf is not None and psf.star_fields:  # per-star fields (e.g. the empirical PSF's weights): padded as the stars
+        psf = psf.with_star({f: jax.tree.map(lambda a: jnp.asarray(inputs.pad(np.asarray(a), mode="edge")), part)
+                             for f, part in psf.star_part().items()})
     n_free = psf.n_params if psf is not None else N_STAR + (0 if held is not None or shared_shape else len(free.free_names))
     too_few = inputs.too_few_pixels(b.n_usable, n_free)
     settings = settings if max_iter is None else _with_max_iter(settings, max_iter)
@@ -147,11 +151,12 @@ def _solve_independent(setup, optimizer, psf, held, stars, active, dt, known, to
     stars = _stamp_data(*stars, order)
     u4, shape_u = starts.initial(setup, psf.profile if isinstance(psf, Free) else None, stars, np.asarray(k, dt))
     v0 = np.concatenate([u4, shape_u], axis=1) if isinstance(psf, Free) else u4
-    v0 = starts.linear_flux(setup, psf, stars, jnp.asarray(v0), np.isfinite(k[:, 2]))
-    if optimizer == "lm":
-        sol = lm.solve(setup, psf, v0, stars, active, tolerance)
+    given = np.isfinite(k[:, 2])
+    if optimizer == "lm":  # LM solves the start's flux and bkg from its own first linearisation
+        sol = lm.solve(setup, psf, jnp.asarray(v0), stars, active, tolerance, given)
     else:
-        sol = INDEPENDENT[optimizer](setup, psf, v0, stars, active)
+        sol = INDEPENDENT[optimizer](setup, psf, starts.linear_flux(setup, psf, stars, jnp.asarray(v0), given),
+                                     stars, active)
     sol = sol._replace(converged=np.asarray(sol.converged) & active)
     if order is None:
         return sol

@@ -24,6 +24,7 @@ from psfax.fitting import damping
 from psfax.fitting.problem import (Setup, Solution, StampData, bucket_size, each_star, normal_equations, off_centre,
                                    star_rows)
 from psfax.fitting.psf import PSF
+from psfax.fitting.start import linear_start
 from psfax.fitting.spd import spd_inverse
 from psfax.programs import persistent_jit
 
@@ -46,10 +47,12 @@ def newton_decrement(h, g):
     return g @ jnp.linalg.solve(h, g)
 
 
-def lm_start(setup: Setup, psf: PSF, v0, star: StampData, active, dchi2, lam0):
-    """The LM state of one star at ``v0``: its normal equations, the starting damping, and done (converged)
-    already when inactive or when the Newton decrement says ``v0`` is the optimum."""
-    w0, h0, g0, c0 = normal_equations(setup, star, *psf.linearise(v0, setup.size))
+def lm_start(setup: Setup, psf: PSF, v0, given, star: StampData, active, dchi2, lam0):
+    """The LM state of one star at ``v0`` with its least-squares flux and background (but where ``given``,
+    :func:`psfax.fitting.start.linear_start`): its normal equations, the starting damping, and done
+    (converged) already when inactive or when the Newton decrement says the start is the optimum."""
+    v0, m0, jac0 = linear_start(setup, psf, v0, star, given)
+    w0, h0, g0, c0 = normal_equations(setup, star, m0, jac0)
     at_optimum = active & damping.at_optimum(setup.settings, dchi2, newton_decrement(h0, g0), c0)
     dtype = v0.dtype
     return LMState(v0, h0, g0, w0, c0, jnp.asarray(lam0, dtype), jnp.asarray(2.0, dtype),
@@ -74,8 +77,9 @@ def lm_iterate(setup: Setup, psf: PSF, state: LMState, star: StampData, dchi2, m
                                 jnp.max(jnp.abs(delta) * jnp.sqrt(scale)),
                                 damping.at_optimum(settings, dchi2, newton_decrement(h, g), c), overshoot=True)
         left = off_centre(setup.size, trial[0], trial[1])  # it has left its star: stop there (flagged OFF_STAMP)
-        new = LMState(trial, h, g, w, c, verdict.lam, verdict.nu, verdict.converged | left, verdict.converged,
-                      s.n_iter + 1)
+        lost = psf.unconstrained(trial)  # a shape the data do not hold: stop there (SHAPE_UNCONSTRAINED)
+        new = LMState(trial, h, g, w, c, verdict.lam, verdict.nu, verdict.converged | left | lost,
+                      verdict.converged, s.n_iter + 1)
         rejected = s._replace(lam=verdict.lam, nu=verdict.nu, done=verdict.stuck | verdict.converged,
                               converged=verdict.converged, n_iter=s.n_iter + 1)
         chosen = jax.tree.map(lambda a, b: jnp.where(verdict.accept, a, b), new, rejected)
@@ -86,12 +90,12 @@ def lm_iterate(setup: Setup, psf: PSF, state: LMState, star: StampData, dchi2, m
 
 @persistent_jit(static_argnames=("setup",))
 def _run(setup: Setup, psf: PSF, start, stars, active, dchi2, lam0, max_iter):
-    """LM on every star from ``start`` (parameters (N, P), or LM states to resume from) up to ``max_iter``
-    iterations in all: the LM state per star."""
+    """LM on every star from ``start`` (``(v0 (N, P), flux given (N,))`` or LM states to resume from) up to
+    ``max_iter`` iterations in all: the LM state per star."""
     resume = isinstance(start, LMState)
 
     def one(x, p, star, act):
-        s = x if resume else lm_start(setup, p, x, star, act, dchi2, lam0)
+        s = x if resume else lm_start(setup, p, *x, star, act, dchi2, lam0)
         return lm_iterate(setup, p, s, star, dchi2, max_iter)
 
     return each_star(setup, psf, one, start, stars, active)
@@ -116,16 +120,23 @@ def _solution(s: LMState) -> Solution:
     return Solution(s.v, spd_inverse(s.h), s.chi2, s.converged, s.n_iter, None)
 
 
-def solve(setup: Setup, psf: PSF, v0, stars: StampData, active, dchi2=None) -> Solution:
+def _whole_chunks(size: int, chunk: int) -> int:
+    """``size`` rounded up to a multiple of ``chunk`` when above it (``chunk`` 0: as it is)."""
+    return -(-size // chunk) * chunk if chunk and size > chunk else size
+
+
+def solve(setup: Setup, psf: PSF, v0, stars: StampData, active, dchi2=None, given=None) -> Solution:
     """LM on every star for the first round's iterations, then on the unfinished ones only, in rounds that
     double the iterations reached, up to ``setup.max_iter``.  ``dchi2``: the stop on the predicted chi2
-    decrease per star (default ``settings.dchi2``)."""
+    decrease per star (default ``settings.dchi2``); ``given`` (N,): stars whose start flux and background
+    are kept (default none: every start takes the least-squares flux and background)."""
     settings = setup.settings
     free = bool(psf.free_names)
     dchi2 = np.asarray(settings.dchi2 if dchi2 is None else dchi2, v0.dtype)
     lam0 = np.asarray(settings.free_shape_lam0 if free else settings.lam0, v0.dtype)
     reached = min(settings.free_shape_first_round if free else settings.photometry_first_round, setup.max_iter)
-    state = _run(setup, psf, v0, stars, active, dchi2, lam0, np.int32(reached))
+    given = np.zeros(len(active), bool) if given is None else np.asarray(given, bool)
+    state = _run(setup, psf, (v0, given), stars, active, dchi2, lam0, np.int32(reached))
     size = None
     while reached < setup.max_iter:
         going = ~np.asarray(state.done)  # an inactive star starts done
@@ -134,8 +145,9 @@ def solve(setup: Setup, psf: PSF, v0, stars: StampData, active, dchi2=None) -> S
             break
         reached = min(2 * reached, setup.max_iter)
         # every later round keeps the second's batch size (one compiled program, which a new process loads
-        # once), padded with a finished star: chunks of padding end at once
-        size = size or bucket_size(left.size)
+        # once), padded with a finished star: chunks of padding end at once.  Above one CPU chunk the size is
+        # whole chunks, or map_stars would run the batch as one, as long as its slowest star
+        size = size or _whole_chunks(bucket_size(left.size), setup.chunk)
         filler = np.flatnonzero(~going)[:1] if (~going).any() else left[-1:]
         rows = jnp.asarray(np.concatenate([left, np.repeat(filler, size - left.size)]))
         (state_r, psf_part), active_r, stars_r = _select(rows, state, active, stars, psf.star_part())

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 import numpy as np
 
+from psfax.fitting.flags import MAX_BETA, MAX_OFFSET, MIN_BETA, MIN_FWHM
 from psfax.profiles import (FWHM_PER_SIGMA, Profile, ellipticity_to_shear, get_profile, pixel_values,
                             shear_to_ellipticity)
 
@@ -84,6 +85,13 @@ def shape_to_u(profile: Profile, shape: dict, dtype=float) -> np.ndarray:
     return np.stack(np.broadcast_arrays(*cols), axis=-1).astype(dtype)
 
 
+def beyond_shape_limits(shape: dict):
+    """True where a fitted physical ``shape`` (numpy or JAX) has run past what data can constrain:
+    ``fwhm < MIN_FWHM`` or ``beta > MAX_BETA`` (:mod:`psfax.fitting.flags`, SHAPE_UNCONSTRAINED)."""
+    out = shape["fwhm"] < MIN_FWHM
+    return out | (shape["beta"] < MIN_BETA) | (shape["beta"] > MAX_BETA) if "beta" in shape else out
+
+
 def _check_range(value, name, low):
     from psfax.errors import InputError
 
@@ -126,7 +134,10 @@ def initial_star_params(data, weight, grid_x, grid_y):
 
     bkg: median of the usable border pixels (none usable: the lowest usable
     pixel); flux: sum of the usable excess;
-    centre: excess-weighted centroid within 2 px of the brightest pixel;
+    peak pixel: the largest 3 x 3 sum of excess within MAX_OFFSET px of the stamp centre (stamps are cut
+    at detections; the single brightest pixel of a S/N-5 star is often noise, and 2 % of such fits
+    started near the edge walked off the stamp);
+    centre: excess-weighted centroid within 2 px of the peak pixel;
     core width: :func:`core_sigma` of the peak pixel's share of the flux, at the centre's offset.
     """
     ok = weight > 0
@@ -136,7 +147,11 @@ def initial_star_params(data, weight, grid_x, grid_y):
     lowest = jnp.min(jnp.where(ok, data, jnp.inf))  # no usable border: the faintest usable pixel
     bkg = jnp.where(jnp.isfinite(bkg), bkg, jnp.where(jnp.isfinite(lowest), lowest, 0.0))
     excess = jnp.where(ok, data - bkg, 0.0)
-    peak_idx = jnp.argmax(excess)
+    ny, nx = excess.shape
+    padded = jnp.pad(excess, 1)
+    box = sum(padded[i:i + ny, j:j + nx] for i in range(3) for j in range(3))
+    central = jnp.maximum(jnp.abs(grid_x - (nx - 1) / 2), jnp.abs(grid_y - (ny - 1) / 2)) <= MAX_OFFSET
+    peak_idx = jnp.argmax(jnp.where(central & ok, box, -jnp.inf))
     px, py = grid_x.ravel()[peak_idx], grid_y.ravel()[peak_idx]
     near = (jnp.abs(grid_x - px) <= 2) & (jnp.abs(grid_y - py) <= 2)
     pos = jnp.where(near, jnp.maximum(excess, 0.0), 0.0)
@@ -144,7 +159,7 @@ def initial_star_params(data, weight, grid_x, grid_y):
     x0 = jnp.where(total > 0, jnp.sum(pos * grid_x) / jnp.where(total > 0, total, 1.0), px)
     y0 = jnp.where(total > 0, jnp.sum(pos * grid_y) / jnp.where(total > 0, total, 1.0), py)
     flux = jnp.sum(excess)
-    peak = jnp.max(excess)
+    peak = excess.ravel()[peak_idx]
     ratio = jnp.where((peak > 0) & (flux > peak), peak / jnp.where(flux > 0, flux, 1.0), 1.0 / (2 * jnp.pi))
     return jnp.stack([x0, y0, flux, bkg]), core_sigma(ratio, px - x0, py - y0)
 

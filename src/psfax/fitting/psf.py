@@ -11,7 +11,9 @@ ask which kind they hold: they call its methods on **one star** (``vmap`` over t
   (``free``: the kind's own fitted parameters, :attr:`PSF.free_names`; none for a known PSF);
 * ``evaluate(v, size)``: the model alone (default: from ``linearise``);
 * ``report(v, cov)``: the reported parameters (:attr:`PSF.names`) and their covariance from the
-  fitted vector (default: as they are).
+  fitted vector (default: as they are);
+* ``unconstrained(v)``: True where ``v``'s own parameters have run to where the data cannot hold them
+  (the per-star fit stops there, flagged SHAPE_UNCONSTRAINED; default: never).
 
 Positions are stamp pixels, (0, 0) the centre of the first pixel, x the column.  ``P`` sums to one
 within :attr:`PSF.normalisation_radius` px of its centre (infinite for the analytic profiles).
@@ -65,6 +67,9 @@ class PSF:
 
     def report(self, v, cov):
         return v, cov
+
+    def unconstrained(self, v):
+        return jnp.asarray(False)
 
     def star_part(self) -> dict:
         """The per-star fields, each with a leading star axis (mapped by the loops)."""

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from astropy.table import Table
 
-from psfax.fitting.flags import FLAG_DEFINITIONS, NOT_CONVERGED, OFF_STAMP, SINGULAR, TOO_FEW_PIXELS
-from psfax.fitting.params import N_STAR, shape_from_u
+from psfax.fitting.flags import (FLAG_DEFINITIONS, NOT_CONVERGED, OFF_STAMP, SHAPE_UNCONSTRAINED, SINGULAR,
+                                 TOO_FEW_PIXELS)
+from psfax.fitting.params import N_STAR, beyond_shape_limits, shape_from_u
 from psfax.fitting.problem import Solution, bucket_size, off_centre
 from psfax.fitting.psf import PSF, STAR_NAMES
 from psfax.fitting.spatial import PolynomialBasis
@@ -152,7 +153,8 @@ def _report(psf: PSF, v, cov):
 
 def fit_table(names, values, cov, sol: Solution, n: int, size, flags, dof, held=None):
     """The per-star table and the covariance (NaN where unknown), flags completed: SINGULAR (Fisher matrix
-    not positive), OFF_STAMP (:func:`psfax.fitting.problem.off_centre`), NOT_CONVERGED.  ``held``:
+    not positive), OFF_STAMP (:func:`psfax.fitting.problem.off_centre`), SHAPE_UNCONSTRAINED
+    (:func:`psfax.fitting.params.beyond_shape_limits`), NOT_CONVERGED.  ``held``:
     ``(profile, shape_u (N, k))`` of a held shape, reported as value columns without errors."""
     chi2, conv, n_iter = (np.asarray(a)[:n] for a in (sol.chi2, sol.converged, sol.n_iter))
     fitted = (flags & TOO_FEW_PIXELS) == 0
@@ -164,7 +166,12 @@ def fit_table(names, values, cov, sol: Solution, n: int, size, flags, dof, held=
     errors = np.where(ok[:, None], np.sqrt(np.abs(variances)), np.nan)
     cov = np.where(ok[:, None, None], cov, np.nan)
     off = fitted & off_centre(size, values[:, 0], values[:, 1])
+    lost = np.zeros(n, bool)
+    if sol.shared is None and "fwhm" in names:  # a free shape per star, which its LM stops there
+        with np.errstate(invalid="ignore"):
+            lost = fitted & beyond_shape_limits({k: values[:, names.index(k)] for k in ("fwhm", "beta") if k in names})
     flags = (flags | np.where(singular, SINGULAR, 0) | np.where(off, OFF_STAMP, 0)
+             | np.where(lost, SHAPE_UNCONSTRAINED, 0)
              | np.where(fitted & ~conv, NOT_CONVERGED, 0)).astype(np.int32)
     table = results_table(names, values, errors, np.where(fitted, chi2, np.nan), dof.astype(np.int64),
                           fitted & conv, n_iter.astype(np.int32), flags)

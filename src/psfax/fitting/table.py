@@ -123,7 +123,7 @@ def _keys_weights(s):
     return jax.jvp(lambda t: _keys6(t - taps), (s,), (jnp.ones_like(s),))
 
 
-def _axis_taps(grid: TableGrid, c0, n_pix: int):
+def axis_taps(grid: TableGrid, c0, n_pix: int):
     """First tap index, Keys weights and d(weights)/d(c0) along one axis for a star at c0."""
     k = grid.oversampling
     centre = (grid.length - 1) / 2
@@ -140,8 +140,8 @@ def _stamp_taps(grid: TableGrid, x0, y0):
     P, dP/dx0 and dP/dy0 (outer products of the per-axis tap weights)."""
     ny, nx = grid.size
     k = grid.oversampling
-    jy, wy, dwy = _axis_taps(grid, y0, ny)
-    jx, wx, dwx = _axis_taps(grid, x0, nx)
+    jy, wy, dwy = axis_taps(grid, y0, ny)
+    jx, wx, dwx = axis_taps(grid, x0, nx)
     w = jnp.stack([jnp.outer(wy, wx), jnp.outer(wy, dwx), jnp.outer(dwy, wx)]).reshape(3, TAPS * TAPS)
     return (jy % k, jx % k, jy // k, jx // k), w
 

@@ -6,14 +6,16 @@ With the stars' positions, amplitudes ``a_n = flux_n / s_n`` and backgrounds hel
 
     (A^T W A + R) G = A^T W (d - bkg - a C)
 
-over all build stars at once.  ``A`` (the interpolation of :mod:`psfax.psf.empirical`, times ``a_n b_k``)
-and its transpose are applied matrix-free, and the system is solved by conjugate gradients preconditioned with its exact diagonal, started
-from the previous round's grid, to a relative residual of ``cg_tol``.  ``R`` is a ridge
-``ridge * mean(diag(A^T W A))`` (the mean over the reached nodes) on the nodes no pixel reaches (offsets beyond (stamp - 1) / 2 + 1 px on
-either axis, read only by stars fitted off their stamp centre): it pulls them to zero (no core) or to the core
-alone; inside that box nothing is regularised.
+over all build stars at once: assembled as a banded matrix in one contraction over the stars and solved by
+a block-tridiagonal Cholesky factorisation (:mod:`psfax.psf.normal`, which also states the ridge ``R``: only
+on the nodes no pixel constrains).
 
-Rounds alternate this solve with the per-star fit of (x, y, flux, bkg)
+**Background**: with ``sky`` given (``psfax stars fit`` passes sep's background map) it is subtracted and
+held; the build then fits x, y and flux per star.  A fitted background is degenerate with a constant added to
+the grid (the stamp holds no pixel free of the PSF's wings): on GalSim stars with a halo it made the fluxes
+3.5 % low (``benchmarks/bench_epsf_galsim.py --fit-sky``).
+
+Rounds alternate this solve with the per-star fit of (x, y, flux[, bkg])
 (:func:`psfax.psf.photometry.fit_psf_photometry`) and a chi2 clip (``reduced_chi2 > median + clip_sigma *
 1.4826 MAD``, a flag or a non-finite fit: the star leaves the build) until the build stars' total chi2
 changes by less than ``chi2_rtol`` (relative) with no new outlier, or ``max_rounds`` (no clipping after the
@@ -32,8 +34,6 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,10 +42,11 @@ from astropy.table import Table
 from psfax.device import compute_context, resolve_device, resolve_dtype
 from psfax.errors import InputError
 from psfax.fitting.spatial import PolynomialBasis
-from psfax.fitting.table import TableGrid, _axis_taps
-from psfax.psf.empirical import OVERSAMPLINGS, EmpiricalPSF, grid_stamps, psf_stamps
+from psfax.fitting.outliers import chi2_outliers
+from psfax.fitting.table import TableGrid
+from psfax.psf.empirical import OVERSAMPLINGS, EmpiricalPSF, psf_stamps
+from psfax.psf.normal import solve_grid
 from psfax.psf.photometry import fit_psf_photometry
-from psfax.stars.pipeline import chi2_outliers
 
 
 class TooFewStarsError(InputError):
@@ -70,8 +71,6 @@ class BuildOptions:
     max_rounds: int = 8
     chi2_rtol: float = 1e-3
     ridge: float = 1e-3
-    cg_tol: float = 1e-7
-    cg_maxiter: int = 400
     saturation: float | None = None
 
     def __post_init__(self):
@@ -129,12 +128,14 @@ def usable_degree(x, y, degree: int, extent) -> int:
 
 
 def build_psf(data, variance, mask, x_init, y_init, x_corner, y_corner, *, options: BuildOptions = BuildOptions(),
-              image_shape=None, dtype=None, device=None) -> BuildResult:
+              sky=None, image_shape=None, dtype=None, device=None) -> BuildResult:
     """Build the empirical PSF from N stamps (N, S, S) [ADU] with ``variance`` [ADU^2] and ``mask`` (True =
     bad); ``x_init, y_init`` starting star positions in stamp pixels, ``x_corner, y_corner`` the image
-    position of each stamp's pixel (0, 0); ``image_shape`` (ny, nx) sets the extent over which the spatial
-    degree is checked (default: the stars' bounding box).  Non-finite pixels, variance <= 0 and pixels at
-    or above ``options.saturation`` are masked."""
+    position of each stamp's pixel (0, 0); ``sky`` [ADU] (broadcast to the stamps), when given, is the known
+    background: it is subtracted and held (the build then fits x, y and flux only; a fitted background is
+    degenerate with a constant added to the grid); ``image_shape`` (ny, nx) sets the extent over which the
+    spatial degree is checked (default: the stars' bounding box).  Non-finite pixels, variance <= 0 and
+    pixels at or above ``options.saturation`` are masked."""
     start_time = time.perf_counter()
     data = np.asarray(data, float)
     if data.ndim != 3 or data.shape[1] != data.shape[2] or data.shape[1] % 2 == 0:
@@ -163,16 +164,17 @@ def build_psf(data, variance, mask, x_init, y_init, x_corner, y_corner, *, optio
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     w = np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, variance))
-    clean = np.where(bad, 0.0, data)
+    fit_bkg = sky is None
+    clean = np.where(bad, 0.0, data if fit_bkg else data - np.broadcast_to(np.asarray(sky, float), data.shape))
     template = _empty_psf(options, size, basis)
-    fit = _start_fit(clean, w, x_init, y_init, template.norm_radius)
+    fit = _start_fit(clean, w, x_init, y_init, template.norm_radius, fit_bkg)
     active = ~reserve & np.isfinite(fit["flux_fit"]) & (fit["flux_fit"] > 0)
     rounds, psf, previous = [], None, None
     with compute_context(dt, dev):
         for number in range(options.max_rounds):
-            psf, cg_iter = _solve_grid(template, clean, w, fit, x_img, y_img, active, psf, options, dt)
+            psf = _solve_grid(template, clean, w, fit, x_img, y_img, active, psf, options, dt)
             fit = fit_psf_photometry(psf, clean, np.where(bad, 1.0, variance), bad, fit["x_fit"], fit["y_fit"],
-                                     x_corner, y_corner, dtype=dt, device=dev)
+                                     x_corner, y_corner, fit_bkg=fit_bkg, dtype=dt, device=dev)
             red = np.asarray(fit["reduced_chi2"], float)
             outliers = np.zeros(n, bool)
             if number > 0:  # the first round's model comes from the rough starting values: rank stars after it
@@ -180,8 +182,7 @@ def build_psf(data, variance, mask, x_init, y_init, x_corner, y_corner, *, optio
                                     | (np.asarray(fit["flags"])[active] != 0))
             total = float(np.nansum(np.asarray(fit["chi2"], float)[active & ~outliers]))
             rounds.append({"round": number + 1, "n_build": int(active.sum()), "n_outliers": int(outliers.sum()),
-                           "chi2": total, "median_reduced_chi2": float(np.nanmedian(red[active])),
-                           "cg_iterations": int(cg_iter)})
+                           "chi2": total, "median_reduced_chi2": float(np.nanmedian(red[active]))})
             settled = previous is not None and abs(previous - total) <= options.chi2_rtol * total
             if settled and not outliers.any():
                 break
@@ -194,7 +195,8 @@ def build_psf(data, variance, mask, x_init, y_init, x_corner, y_corner, *, optio
     fit["role"] = role
     fit["x"], fit["y"] = np.asarray(x_corner) + fit["x_fit"], np.asarray(y_corner) + fit["y_fit"]
     meta = {"degree_asked": options.degree, "degree_used": degree, "oversampling": options.oversampling,
-            "n_stars": n, "reserve_fraction": options.reserve_fraction, "seed": options.seed}
+            "n_stars": n, "sky": "fitted" if fit_bkg else "given", "reserve_fraction": options.reserve_fraction,
+            "seed": options.seed}
     psf = EmpiricalPSF(psf.grid, psf.oversampling, size, basis, psf.core, psf.norm_radius, 1.0, meta)
     result = BuildResult(psf, fit, rounds, time.perf_counter() - start_time)
     psf.meta.update({k: v for k, v in result.summary().items()})
@@ -213,14 +215,14 @@ def _empty_psf(options: BuildOptions, size: int, basis: PolynomialBasis) -> Empi
                         options.norm_radius)
 
 
-def _start_fit(data, w, x_init, y_init, radius) -> Table:
-    """Starting values: the given positions, background the median of the stamp's border, flux the sum
-    above it within ``radius`` of the centre."""
+def _start_fit(data, w, x_init, y_init, radius, fit_bkg=True) -> Table:
+    """Starting values: the given positions, background the median of the stamp's border (0 when not
+    ``fit_bkg``), flux the sum above it within ``radius`` of the centre."""
     n, size = data.shape[:2]
     border = np.ones((size, size), bool)
     border[1:-1, 1:-1] = False
     used = w > 0
-    bkg = np.array([np.median(d[b]) if b.any() else 0.0 for d, b in zip(data, used & border)])
+    bkg = np.array([np.median(d[b]) if b.any() and fit_bkg else 0.0 for d, b in zip(data, used & border)])
     yy, xx = np.mgrid[:size, :size]
     inside = np.hypot(xx[None] - np.asarray(x_init)[:, None, None], yy[None] - np.asarray(y_init)[:, None, None]) <= radius
     flux = np.sum(np.where(inside & used, data - bkg[:, None, None], 0.0), axis=(1, 2))
@@ -229,8 +231,8 @@ def _start_fit(data, w, x_init, y_init, radius) -> Table:
 
 
 def _solve_grid(template: EmpiricalPSF, data, w, fit, x_img, y_img, active, previous, options, dt):
-    """One normal-equation solve of the grid for the ``active`` stars, from the ``previous`` model (or
-    None); returns the model and the CG iterations."""
+    """One normal-equation solve of the grid for the ``active`` stars, amplitudes from the ``previous``
+    model's normalisation (or the fluxes, with no model yet)."""
     idx = np.flatnonzero(active)
     basis = template.basis
     b = basis(x_img[idx], y_img[idx])
@@ -240,86 +242,14 @@ def _solve_grid(template: EmpiricalPSF, data, w, fit, x_img, y_img, active, prev
         s_c, s_k = previous.norm_sums()
         scale = s_c + b @ s_k
     amp = np.asarray(fit["flux_fit"], float)[idx] / scale
-    core_w = np.ones(len(idx))
-    grid = template.table_grid
+    x_fit, y_fit = (np.asarray(fit[c], float)[idx] for c in ("x_fit", "y_fit"))
     core_stamps = 0.0
     if template.core is not None:
         arrays = template.arrays(dt)
         zero = jnp.zeros((len(idx), basis.size), dt)
-        core_stamps = np.asarray(psf_stamps(arrays, zero, jnp.asarray(core_w, dt),
-                                            *(jnp.asarray(np.asarray(fit[c], float)[idx], dt) for c in ("x_fit", "y_fit")))[0])
+        core_stamps = np.asarray(psf_stamps(arrays, zero, jnp.ones(len(idx), dt), jnp.asarray(x_fit, dt),
+                                            jnp.asarray(y_fit, dt))[0])
     target = data[idx] - np.asarray(fit["bkg_fit"], float)[idx, None, None] - amp[:, None, None] * core_stamps
-    start = np.zeros_like(template.grid) if previous is None else previous.grid
-    ridge_nodes = _unreached_nodes(template)
-    solution, n_iter = _cg_solve(grid, *(jnp.asarray(a, dt) for a in (
-        target, w[idx], b * amp[:, None], np.asarray(fit["x_fit"], float)[idx], np.asarray(fit["y_fit"], float)[idx],
-        start, ridge_nodes)), ridge=options.ridge, tol=options.cg_tol, maxiter=options.cg_maxiter)
-    psf = EmpiricalPSF(np.asarray(solution, float), template.oversampling, template.stamp_size, basis, template.core,
-                       template.norm_radius)
-    return psf, int(n_iter)
-
-
-def _unreached_nodes(template: EmpiricalPSF) -> np.ndarray:
-    """1.0 at the nodes beyond (stamp - 1) / 2 + 1 px from the centre on either axis, for every term."""
-    grid = template.table_grid
-    offsets = (np.arange(grid.length) - (grid.length - 1) / 2) / grid.oversampling
-    far = np.abs(offsets) > (template.stamp_size - 1) / 2 + 1
-    return np.broadcast_to((far[:, None] | far[None, :]).astype(float), template.grid.shape)
-
-
-def normal_diagonal(grid: TableGrid, w, coef, x0, y0):
-    """Exact diagonal (terms, L, L) of ``A^T W A``: ``sum_n sum_pixels w coef_nk^2 (wy_a wx_b)^2`` scattered to the
-    node each tap reads (the tap indices and Keys weights of :func:`psfax.fitting.table.interpolate`)."""
-    size = grid.size[0]
-    step = grid.oversampling * jnp.arange(size)
-
-    def one(w, x0, y0):
-        jy, wy, _ = _axis_taps(grid, y0, size)
-        jx, wx, _ = _axis_taps(grid, x0, size)
-        rows = (jy + step)[:, None] + jnp.arange(6)[None, :]  # (S, 6)
-        cols = (jx + step)[:, None] + jnp.arange(6)[None, :]
-        values = w.reshape(size, 1, size, 1) * (wy**2)[None, :, None, None] * (wx**2)[None, None, None, :]
-        return rows[:, :, None, None], cols[None, None, :, :], values
-
-    rows, cols, values = jax.vmap(one)(w, x0, y0)  # values (N, S, 6, S, 6)
-    rows, cols = jnp.broadcast_to(rows, values.shape), jnp.broadcast_to(cols, values.shape)
-    base = jnp.zeros((grid.length, grid.length), values.dtype)
-    per_term = jax.vmap(lambda c2: base.at[rows, cols].add(c2[:, None, None, None, None] * values), in_axes=1)
-    return per_term(coef**2)
-
-
-@partial(jax.jit, static_argnames=("grid", "ridge", "tol", "maxiter"))
-def _cg_solve(grid, target, w, coef, x0, y0, start, ridge_nodes, *, ridge, tol, maxiter):
-    """Jacobi-preconditioned conjugate gradients on ``(A^T W A + R) G = A^T W target`` (see the module
-    docstring)."""
-    forward = partial(grid_stamps, grid, coef=coef, x0=x0, y0=y0)
-    transpose = jax.linear_transpose(forward, start)
-    diag = normal_diagonal(grid, w, coef, x0, y0)
-    reached = 1.0 - ridge_nodes
-    mean_diag = jnp.sum(diag * reached) / jnp.maximum(jnp.sum(reached), 1.0)
-    r_diag = ridge * mean_diag * ridge_nodes
-    inv_m = 1.0 / jnp.maximum(diag + r_diag, 1e-12 * mean_diag)
-
-    def op(g):
-        return transpose(w * forward(g))[0] + r_diag * g
-
-    rhs = transpose(w * target)[0]
-    r = rhs - op(start)
-    z = inv_m * r
-    bound = (tol * jnp.linalg.norm(rhs)) ** 2
-
-    def cond(state):
-        _, r, _, _, k = state
-        return (jnp.sum(r * r) > bound) & (k < maxiter)
-
-    def body(state):
-        g, r, p, rz, k = state
-        q = op(p)
-        alpha = rz / jnp.sum(p * q)
-        g, r = g + alpha * p, r - alpha * q
-        z = inv_m * r
-        rz_new = jnp.sum(r * z)
-        return g, r, z + (rz_new / rz) * p, rz_new, k + 1
-
-    g, _, _, _, k = jax.lax.while_loop(cond, body, (start, r, z, jnp.sum(r * z), 0))
-    return g, k
+    grid = solve_grid(template.table_grid, *(jnp.asarray(a, dt) for a in (
+        w[idx], b * amp[:, None], target, x_fit, y_fit)), ridge=options.ridge)
+    return EmpiricalPSF(grid, template.oversampling, template.stamp_size, basis, template.core, template.norm_radius)

@@ -125,15 +125,11 @@ class EmpiricalPSF:
             return self._norm_sums()
 
     def _norm_sums(self):
-        arrays = self.arrays()
         c = (self.stamp_size - 1) / 2.0
         yy, xx = np.mgrid[:self.stamp_size, :self.stamp_size]
         inside = jnp.asarray(np.hypot(xx - c, yy - c) <= self.norm_radius + 1e-9, float)
-        eye = jnp.eye(self.basis.size)
-        terms = jax.vmap(lambda e: interpolate_mixture(self.table_grid, arrays.tables, 0, e, c, c)[0])(eye)
-        s_k = np.asarray(jnp.sum(terms * inside, axis=(1, 2)))
-        s_c = 0.0 if arrays.core is None else float(jnp.sum(interpolate(self.core_grid, arrays.core, c, c)[0] * inside))
-        return s_c, s_k
+        s_c, s_k = _centred_sums(self.arrays(), inside)
+        return float(s_c), np.asarray(s_k)
 
     def weights_at(self, x, y) -> tuple[np.ndarray, np.ndarray]:
         """Mixture weights at image positions: grid ``b_k / s`` (N, terms) and core ``1 / s`` (N,)."""
@@ -174,6 +170,17 @@ class EmpiricalPSF:
         offsets = (np.arange(grid.length) - (grid.length - 1) / 2) / k
         index = np.rint(offsets * big + (cgrid.length - 1) / 2).astype(int)
         return plain[np.ix_(index, index)]
+
+
+@jax.jit
+def _centred_sums(arrays: PSFArrays, inside):
+    """Sums over ``inside`` (S, S) of the core and of each grid term for a star on the central pixel."""
+    c = (arrays.grid.size[0] - 1) / 2.0
+    eye = jnp.eye(arrays.tables.shape[1], dtype=arrays.tables.dtype)
+    terms = jax.vmap(lambda e: interpolate_mixture(arrays.grid, arrays.tables, 0, e, c, c)[0])(eye)
+    s_k = jnp.sum(terms * inside, axis=(1, 2))
+    s_c = 0.0 if arrays.core is None else jnp.sum(interpolate(arrays.core_grid, arrays.core, c, c)[0] * inside)
+    return s_c, s_k
 
 
 class PSFArrays:

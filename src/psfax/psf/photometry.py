@@ -2,7 +2,8 @@
 
 Each star minimises ``chi2 = sum w (d - flux P(x - x0, y - y0) - bkg)^2``, ``w = 1 / variance`` on
 usable pixels (variance given, held fixed), by Levenberg-Marquardt on the four parameters, all stars
-at once (``vmap``) for a fixed ``max_iter`` iterations (a step is taken only when chi2 drops; the damping
+at once (``vmap``) for at most ``max_iter`` iterations, each star until its chi2 changes by < 1e-8
+(relative) after a step (a step is taken only when chi2 drops; the damping
 is divided by 10 after a success and multiplied by 10 after a failure).  The Jacobian
 ``[flux dP/dx0, flux dP/dy0, P, 1]`` comes in closed form from the table interpolation.  Errors are the
 square roots of the diagonal of the inverse Fisher matrix ``(J^T W J)^-1`` at the solution.
@@ -28,9 +29,10 @@ PARAMS = ("x", "y", "flux", "bkg")
 
 
 def fit_psf_photometry(psf: EmpiricalPSF, data, variance, mask, x_init, y_init, x_corner, y_corner, *,
-                       max_iter: int = 30, dtype=None, device=None) -> Table:
+                       fit_bkg: bool = True, max_iter: int = 30, dtype=None, device=None) -> Table:
     """Fit every stamp (N, S, S) with ``psf``; ``x_init, y_init`` the starting stamp positions, ``x_corner,
     y_corner`` the image position of stamp pixel (0, 0).  Non-finite data or variance <= 0 are masked.
+    ``fit_bkg=False`` holds the background at zero (data already sky-subtracted; ``bkg_err`` is then NaN).
 
     Returns a table with ``x_fit, y_fit`` (stamp pixels), ``flux_fit`` (the light within
     ``psf.norm_radius``), ``bkg_fit`` and their ``_err``, ``chi2, dof, reduced_chi2, converged, flags``.
@@ -46,17 +48,20 @@ def fit_psf_photometry(psf: EmpiricalPSF, data, variance, mask, x_init, y_init, 
     with compute_context(dt, dev):
         arrays = psf.arrays(dt)
         out = _lm(arrays, *(jnp.asarray(a, dt) for a in (np.nan_to_num(data), w, coef, core_w, x_init, y_init)),
-                  max_iter=int(max_iter))
-        v, cov, chi2, converged = (np.asarray(o, float) for o in out)
+                  max_iter=int(max_iter), fit_bkg=bool(fit_bkg))
+        v, cov, chi2, converged = (np.array(o, float) for o in out)
     n_usable = usable.reshape(n, -1).sum(axis=1)
-    return photometry_table(v, cov, chi2, converged.astype(bool), n_usable, psf.stamp_size)
+    if not fit_bkg:
+        cov[:, 3, 3] = np.nan
+    return photometry_table(v, cov, chi2, converged.astype(bool), n_usable, psf.stamp_size, 3 + int(fit_bkg))
 
 
-def photometry_table(v, cov, chi2, converged, n_usable, stamp_size) -> Table:
-    """The fit columns (photutils names) from values (N, 4), covariances (N, 4, 4) and chi2."""
+def photometry_table(v, cov, chi2, converged, n_usable, stamp_size, n_free: int = len(PARAMS)) -> Table:
+    """The fit columns (photutils names) from values (N, 4), covariances (N, 4, 4) and chi2 (``n_free``
+    fitted parameters: a fixed one has a NaN variance)."""
     var = np.diagonal(cov, axis1=1, axis2=2)
-    singular = ~np.all(np.isfinite(var) & (var > 0), axis=1)
-    too_few = n_usable <= len(PARAMS)
+    singular = ~np.all(np.isfinite(var[:, :n_free]) & (var[:, :n_free] > 0), axis=1)
+    too_few = n_usable <= n_free
     centre = (stamp_size - 1) / 2
     off = np.maximum(np.abs(v[:, 0] - centre), np.abs(v[:, 1] - centre)) > F.MAX_OFFSET
     flags = (np.where(~converged, F.NOT_CONVERGED, 0) | np.where(too_few, F.TOO_FEW_PIXELS, 0)
@@ -65,7 +70,7 @@ def photometry_table(v, cov, chi2, converged, n_usable, stamp_size) -> Table:
     for i, name in enumerate(PARAMS):
         table[f"{name}_fit"] = np.where(too_few, np.nan, v[:, i])
         table[f"{name}_err"] = np.where(singular | too_few, np.nan, np.sqrt(np.abs(var[:, i])))
-    dof = (n_usable - len(PARAMS)).astype(np.int64)
+    dof = (n_usable - n_free).astype(np.int64)
     table["chi2"] = np.where(too_few, np.nan, chi2)
     table["dof"] = dof
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -81,30 +86,34 @@ def _linearise(arrays: PSFArrays, coef, core_w, v):
     return v[2] * p + v[3], jnp.stack([v[2] * px, v[2] * py, p, jnp.ones_like(p)], axis=1)
 
 
-def _start(arrays, d, w, coef, core_w, x0, y0):
-    """Flux and background at the starting position: the weighted linear least squares of ``d = F P + B``."""
+def _start(arrays, d, w, coef, core_w, x0, y0, free):
+    """Flux and background at the starting position: the weighted linear least squares of ``d = F P + B``
+    (``B`` held at 0 when not ``free[3]``)."""
     p = star_psf(arrays, coef, core_w, x0, y0)[0].ravel()
-    j = jnp.stack([p, jnp.ones_like(p)], axis=1)
-    a = j.T @ (w[:, None] * j) + 1e-12 * jnp.eye(2)
+    j = jnp.stack([p, free[3] * jnp.ones_like(p)], axis=1)
+    a = j.T @ (w[:, None] * j) + jnp.diag(jnp.stack([1e-12, 1.0 - free[3] + 1e-12]))
     fb = jnp.linalg.solve(a, j.T @ (w * d))
     return jnp.stack([x0, y0, fb[0], fb[1]])
 
 
-@partial(jax.jit, static_argnames=("max_iter",))
-def _lm(arrays, data, w, coef, core_w, x_init, y_init, *, max_iter):
+@partial(jax.jit, static_argnames=("max_iter", "fit_bkg"))
+def _lm(arrays, data, w, coef, core_w, x_init, y_init, *, max_iter, fit_bkg):
     n = data.shape[0]
     d, w = data.reshape(n, -1), w.reshape(n, -1)
+    free = jnp.asarray([1.0, 1.0, 1.0, float(fit_bkg)], data.dtype)
+    fixed = jnp.diag(1.0 - free)
 
     def one(d, w, c, cw, x0, y0):
-        v0 = _start(arrays, d, w, c, cw, x0, y0)
+        v0 = _start(arrays, d, w, c, cw, x0, y0, free)
 
         def chi2_of(v):
             return jnp.sum(w * (d - _linearise(arrays, c, cw, v)[0]) ** 2)
 
-        def body(_, state):
-            v, lam, chi2, converged = state
+        def body(state):
+            v, lam, chi2, converged, k = state
             m, jac = _linearise(arrays, c, cw, v)
-            a = jac.T @ (w[:, None] * jac)
+            jac = jac * free
+            a = jac.T @ (w[:, None] * jac) + fixed
             g = jac.T @ (w * (d - m))
             step = jnp.linalg.solve(a + lam * jnp.diag(jnp.diag(a)) + 1e-30 * jnp.eye(4), g)
             trial = v + step
@@ -112,12 +121,12 @@ def _lm(arrays, data, w, coef, core_w, x_init, y_init, *, max_iter):
             better = chi2_new < chi2
             done = converged | (jnp.abs(chi2 - jnp.where(better, chi2_new, chi2)) < 1e-8 * (1.0 + chi2)) & better
             return (jnp.where(better, trial, v), jnp.where(better, lam * 0.1, lam * 10.0),
-                    jnp.minimum(chi2_new, chi2), done | (lam > 1e8))
+                    jnp.minimum(chi2_new, chi2), done | (lam > 1e8), k + 1)
 
-        state = (v0, jnp.asarray(1e-3, d.dtype), chi2_of(v0), jnp.asarray(False))
-        v, lam, chi2, converged = jax.lax.fori_loop(0, max_iter, body, state)
-        _, jac = _linearise(arrays, c, cw, v)
-        fisher = jac.T @ (w[:, None] * jac)
+        state = (v0, jnp.asarray(1e-3, d.dtype), chi2_of(v0), jnp.asarray(False), 0)
+        v, lam, chi2, converged, _ = jax.lax.while_loop(lambda s: (s[4] < max_iter) & ~s[3], body, state)
+        jac = _linearise(arrays, c, cw, v)[1] * free
+        fisher = jac.T @ (w[:, None] * jac) + fixed
         return v, jnp.linalg.inv(fisher), chi2, converged
 
     return jax.vmap(one)(d, w, coef, core_w, x_init, y_init)

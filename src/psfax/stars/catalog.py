@@ -94,7 +94,8 @@ COLUMNS = {
     "y_fit": ("pix", "fitted y of the PSF centre in the image (row)"),
     "x_err": ("pix", "standard error of x_fit (inverse Fisher matrix)"),
     "y_err": ("pix", "standard error of y_fit (inverse Fisher matrix)"),
-    "flux_fit": ("adu", "fitted total flux of the pixel-integrated PSF model"),
+    "flux_fit": ("adu", "fitted flux of the PSF model: the total flux of an analytic PSF, the light within "
+                        "the normalisation radius of an empirical one (psf.json psf_choice)"),
     "flux_err": ("adu", "standard error of flux_fit (inverse Fisher matrix)"),
     "bkg_fit": ("adu", "fitted sky level per pixel under the star"),
     "bkg_err": ("adu", "standard error of bkg_fit"),
@@ -118,7 +119,9 @@ COLUMNS = {
     "y0": ("pix", "image row of the stamp's pixel (0, 0)"),
     "ra": ("deg", "right ascension of (x_fit, y_fit) through the image WCS"),
     "dec": ("deg", "declination of (x_fit, y_fit) through the image WCS"),
-    "mag": ("mag", "PSF magnitude MAGZP - 2.5 log10(flux_fit)"),
+    "mag": ("mag", "PSF magnitude MAGZP - 2.5 log10(flux_fit); flux_fit is the total flux of the analytic "
+                   "PSF, or with the empirical PSF the light within psf.json's psf_choice.norm_radius_px "
+                   "(psf_choice.aperture_correction converts it to aperture_radius_px)"),
     "mag_err": ("mag", "statistical error of mag (zero-point error not included)"),
     "mag_aper": ("mag", "sep aperture magnitude through MAGZP"),
     "source_flags": ("", "detection bits (psfax.stars.pipeline.SOURCE_FLAGS): 1 blended, 2 saturated, "

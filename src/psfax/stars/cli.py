@@ -17,7 +17,14 @@ forced_cli.register(app)  # psfax stars forced, psfax stars lightcurves
 def fit(science: Path = typer.Argument(..., metavar="SCIENCE", help="science image (FITS, may be gzipped)"),
         out: Path = typer.Option(..., "--out", help="output folder"),
         mask: Path = typer.Option(None, "--mask", help="mask image of bit flags (FITS)"),
-        model: str = typer.Option("moffat", help="moffat, gaussian, elliptical_moffat, elliptical_gaussian"),
+        model: str = typer.Option("moffat", help="moffat, gaussian, elliptical_moffat, elliptical_gaussian: the "
+                                  "analytic PSF fitted to the PSF stars"),
+        psf: str = typer.Option("analytic", "--psf", help="PSF of the photometry: analytic (the fitted --model, "
+                                "with grouped fits and residual passes), empirical, auto (empirical when its "
+                                "reserve stars' chi2 beats the analytic fit's; the build adds ~30 s) or an "
+                                "analytic model name (sets --model)"),
+        psf_oversampling: int = typer.Option(2, "--psf-oversampling", help="empirical PSF grid samples per "
+                                             "pixel: 2, 3 or 4"),
         optimizer: str = typer.Option("lm", help="optimizer of the fit engine"),
         spatial_degree: int = typer.Option(1, "--spatial-degree", "--degree",
                                            help="degree 0-2 of the PSF shape polynomial in (x, y)"),
@@ -46,7 +53,8 @@ def fit(science: Path = typer.Argument(..., metavar="SCIENCE", help="science ima
         residual: bool = typer.Option(False, "--residual/--no-residual",
                                       help="also write residual.fits: image - sky - every source's model"),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="write the figures")):
-    """Fit the PSF of SCIENCE and write stars.parquet, psf_stars.parquet, psf.json and figures to OUT.
+    """Fit the PSF of SCIENCE and write stars.parquet, psf_stars.parquet, psf.json (psf.fits with an empirical
+    PSF) and figures to OUT.
 
     The options are those of `psfax run stars-fit` and of `psfax.stars.fit_image`, by the same names.
     """
@@ -55,10 +63,11 @@ def fit(science: Path = typer.Argument(..., metavar="SCIENCE", help="science ima
     from psfax.outputs import check_output_dir
     from psfax.stars.pipeline import fit_image
 
-    check_output_dir(out, files=("stars.parquet", "psf_stars.parquet", "psf.json"))
+    check_output_dir(out, files=("stars.parquet", "psf_stars.parquet", "psf.json", "psf.fits"))
     console = Console(stderr=True)
     start = time.perf_counter()
-    options = dict(model=model, optimizer=optimizer, spatial_degree=spatial_degree, shared_shape=shared_shape,
+    options = dict(model=model, psf=psf, psf_oversampling=psf_oversampling, optimizer=optimizer,
+                   spatial_degree=spatial_degree, shared_shape=shared_shape,
                    catalog=None if catalog is None else str(catalog), mag_min=mag_min, mag_max=mag_max,
                    isolation=isolation, stamp_size=stamp_size, device=device, dtype=dtype,
                    photometry_dtype=photometry_dtype, group_radius=group_radius, passes=passes, gain=gain, read_noise=read_noise, saturate=saturate,

@@ -35,6 +35,7 @@ from scipy.spatial import cKDTree
 
 from psfax.errors import InputError
 from psfax.fitting import Fixed, Free, fit_stamps
+from psfax.fitting.outliers import chi2_outliers
 from psfax.fitting.params import shape_to_u
 from psfax.profiles import get_profile
 from psfax.stars.catalog import match_catalog, read_reference_catalog
@@ -46,6 +47,7 @@ from psfax.stars.select import (DEFAULT_EDGE, SelectionOptions, bad_pixels_near,
 from psfax.stars.stamps import Stamps, cut_stamps, stamp_fits
 
 MODELS = ("moffat", "gaussian", "elliptical_moffat", "elliptical_gaussian")
+PSF_CHOICES = ("analytic", "empirical", "auto")
 
 #: Bits of the ``source_flags`` column of the photometry catalog (the fit's own
 #: bits are in ``flags``, see :mod:`psfax.fitting.flags`).
@@ -65,6 +67,10 @@ class FitOptions:
 
     ``dtype`` is the precision of the PSF fit (default float64 on the CPU), ``photometry_dtype`` that
     of the photometry of every source (float32 by default: the image's own precision; see docs/stars.md).
+    ``psf``: the photometry's PSF: ``analytic`` (``model``; a model's name sets ``model``), ``empirical``
+    or ``auto`` (the empirical one when its reserve stars' chi2 beats the analytic fit's;
+    :mod:`psfax.stars.empirical`), its grid sampled ``psf_oversampling`` times per pixel, its spatial degree
+    ``spatial_degree``.
     ``group_radius``: sources closer than this many FWHM (pixel-convolved, at the image centre) are fitted
     together; ``passes``: photometry passes, each after the first adding the sources found in the residual.
     """
@@ -85,6 +91,8 @@ class FitOptions:
     device: str | None = None
     dtype: str | None = None
     photometry_dtype: str | None = "float32"
+    psf: str = "analytic"
+    psf_oversampling: int = 2
     group_radius: float = 3.0
     passes: int = 2
     selection: SelectionOptions = SelectionOptions()
@@ -92,6 +100,14 @@ class FitOptions:
     def __post_init__(self):
         if self.model not in MODELS:
             raise InputError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.psf in MODELS:  # an analytic model's name: that model, no empirical build
+            object.__setattr__(self, "model", self.psf)
+            object.__setattr__(self, "psf", "analytic")
+        if self.psf not in PSF_CHOICES:
+            raise InputError(f"psf must be one of {', '.join(PSF_CHOICES)} or a model name ({', '.join(MODELS)}), "
+                             f"got {self.psf!r}")
+        if self.psf_oversampling not in (2, 3, 4):
+            raise InputError(f"psf_oversampling must be 2, 3 or 4, got {self.psf_oversampling!r}")
         if self.spatial_degree not in (0, 1, 2):
             raise InputError(f"spatial_degree must be 0, 1 or 2, got {self.spatial_degree}")
         if not self.clip_sigma > 0 or self.clip_iterations < 0:
@@ -153,6 +169,7 @@ class ImageFit:
     clipping: list[int]
     converged_fraction: float
     timings: dict[str, float]
+    psf_choice: object = None  # psfax.stars.empirical.PSFChoice, when options.psf is not "analytic"
     photometry_passes: object = None  # psfax.stars.groups.GroupedPhotometry (residual image, sources per pass)
 
     def psf_at(self, x, y) -> dict[str, np.ndarray]:
@@ -245,16 +262,23 @@ def fit_exposure(exposure: Exposure, *, progress: Callable[[str], None] | None =
     psf_stars = _image_table(result.table[kept], psf_stamps, exposure)
     psf_stars["a_moment"], psf_stars["b_moment"] = chosen["a"][kept], chosen["b"][kept]
     psf_stars["mag_select"] = (chosen["mag"] if "mag" in chosen.colnames else chosen["mag_aper"])[kept]
+    choice = None
+    if options.psf != "analytic":
+        from psfax.stars.empirical import choose_psf
+
+        with timer("empirical"):
+            choice = choose_psf(exposure, background, psf_stamps, psf_stars["reduced_chi2"], options)
     catalog = grouped = None
     if options.photometry:
         with timer("photometry"):
-            catalog, grouped = psf_photometry(exposure, background, detections, result, options, timer.progress)
+            catalog, grouped = psf_photometry(exposure, background, detections, result, options, timer.progress,
+                                              choice)
             catalog["psf_star"] = _is_psf_star(catalog, psf_stars)
     return ImageFit(exposure=exposure, options=options, background=background,
                     psf_stamps=psf_stamps, psf_result=result, psf_stars=psf_stars,
                     catalog=catalog, counts=selection.counts, clipping=clipping,
                     converged_fraction=converged, timings=timer.timings,
-                    photometry_passes=grouped)
+                    photometry_passes=grouped, psf_choice=choice)
 
 
 def fit_psf_stars(stamps: Stamps, exposure: Exposure, options: FitOptions,
@@ -301,14 +325,6 @@ CLIP_CHI2_TOLERANCE = 1.0
 the stars' chi2 that the clipping looks at (its MAD is ~0.3 in reduced chi2, ~70 in chi2 for 15 x 15)."""
 
 
-def chi2_outliers(reduced_chi2: np.ndarray, k: float) -> np.ndarray:
-    """True where ``reduced_chi2 > median + k * 1.4826 * MAD`` (or is not finite)."""
-    finite = np.isfinite(reduced_chi2)
-    med = np.median(reduced_chi2[finite])
-    mad = 1.4826 * np.median(np.abs(reduced_chi2[finite] - med))
-    return ~finite | (reduced_chi2 > med + k * mad)
-
-
 def _fit(stamps: Stamps, exposure: Exposure, options: FitOptions, psf=None, start=None, chi2_tolerance=None):
     """One call of :func:`psfax.fitting.fit_stamps` on ``stamps``: the PSF fit (``psf`` None: the profile
     of ``options``, shared when ``options.shared_shape``), or photometry with the known ``psf`` (in
@@ -350,9 +366,10 @@ def psf_model_at(result, x: np.ndarray, y: np.ndarray) -> Fixed:
 
 
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
-                   options: FitOptions, progress: Callable[[str], None] | None = None):
-    """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed, in groups over
-    ``options.passes`` passes from the detections' positions and aperture fluxes
+                   options: FitOptions, progress: Callable[[str], None] | None = None, choice=None):
+    """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed (the empirical
+    PSF of ``choice`` when it was chosen: :func:`empirical_photometry`, one star per fit, no passes), in
+    groups over ``options.passes`` passes from the detections' positions and aperture fluxes
     (:func:`psfax.stars.groups.grouped_photometry`).
 
     Returns the catalog and the :class:`~psfax.stars.groups.GroupedPhotometry`.  The catalog has image
@@ -363,14 +380,17 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
 
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
+    if choice is not None and choice.psf is not None:
+        return empirical_photometry(exposure, background, detections[usable], detections, choice, options), None
     fwhm = pixel_convolved_fwhm(result.model, {k: v[0] for k, v in psf_shape_at(
         result, np.array([exposure.shape[1] / 2]), np.array([exposure.shape[0] / 2])).items()})
     start = {"x": x[usable], "y": y[usable], "flux": np.asarray(detections["aper_flux"], float)[usable]}
     grouped = grouped_photometry(exposure, background, detections[usable], start,
                                  lambda xs, ys: psf_model_at(result, xs, ys), fwhm, options, progress)
     sources = grouped.sources
-    table = _image_table(*grouped.stamp_table(background, options.stamp_size,
-                                              lambda xs, ys: psf_shape_at(result, xs, ys)), exposure)
+    fit_table, corners = grouped.stamp_table(background, options.stamp_size,
+                                             lambda xs, ys: psf_shape_at(result, xs, ys))
+    table = _image_table(fit_table, corners, exposure)
     found_later = np.arange(len(sources)) >= len(usable)
     table["source_flags"] = (_source_flags(sources, sources, exposure, options)
                              + SOURCE_FLAGS["fixed_position"] * grouped.fit["fixed_position"]
@@ -378,6 +398,29 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     table["mag_aper"] = sources["mag_aper"]
     table["group_id"], table["group_size"] = grouped.group_id, grouped.group_size
     return table, grouped
+
+
+def empirical_photometry(exposure: Exposure, background: Background, sources: Table, detections: Table, choice,
+                         options: FitOptions) -> Table:
+    """Photometry with the chosen empirical PSF: each source on its own stamp (x, y, flux, sky; the model
+    serves its own stamp size, so not in groups and without residual passes: ``group_size`` is 1), its
+    model-error floor in ``flux_err`` and ``chi2`` (:func:`psfax.stars.empirical.apply_floor`)."""
+    from psfax.psf.kind import empirical_kind
+    from psfax.stars.empirical import apply_floor
+    from psfax.stars.forced import refit_failed
+
+    x, y = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
+    stamps = cut_stamps(exposure, background, x, y, options.stamp_size)
+    psf = empirical_kind(choice.psf, x, y, np.dtype(options.photometry_dtype or "float64"))
+    fit = _fit(stamps, exposure, options, psf=psf)
+    refitted = refit_failed(fit.table, stamps, background, psf, exposure.gain, options)
+    apply_floor(fit.table, stamps, choice.psf, choice.model_error_floor, np.ones(len(x), bool))
+    table = _image_table(fit.table, stamps, exposure)
+    table["source_flags"] = (_source_flags(sources, detections, exposure, options)
+                             + SOURCE_FLAGS["fixed_position"] * refitted.astype(np.int32))
+    table["mag_aper"] = sources["mag_aper"]
+    table["group_id"], table["group_size"] = np.arange(len(x)), np.ones(len(x), np.int64)
+    return table
 
 
 def _source_flags(sources: Table, detections: Table, exposure: Exposure,

@@ -90,6 +90,7 @@ def psf_summary(fit) -> dict:
                    "seeing_px": exp.seeing, "pixscale_arcsec": exp.pixscale,
                    "bad_mask_bits": exp.bad_bits},
         "options": fit.options.to_dict(),
+        "psf_choice": None if fit.psf_choice is None else fit.psf_choice.summary(),
         "timings_s": fit.timings,
         "photometry_passes": None if fit.photometry_passes is None else fit.photometry_passes.summary(),
     })
@@ -171,6 +172,13 @@ def summary_rows(info: dict) -> list[tuple[str, str]]:
                           f"converged in the first fit, {counts['psf_stars_kept_after_clipping']} kept after "
                           f"clipping ({counts['kept_psf_stars_converged_in_final_fit']} of them converged)"),
             ("median reduced chi2", f"{info['median_reduced_chi2_kept_psf_stars']:.3f} (kept PSF stars)")]
+    choice = info.get("psf_choice")
+    if choice is not None:
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in choice["reserve_median_reduced_chi2"].items())
+        rows.append(("photometry PSF", f"{choice['chosen']} (asked: {choice['asked']}; reserve-star median reduced "
+                                       f"chi2: {figures}; aperture correction to {choice['aperture_radius_px']:g} px "
+                                       f"{choice['aperture_correction']:.4f}; model-error floor "
+                                       f"{choice['model_error_floor']:.4f})"))
     if counts["photometry_sources"] is not None:
         rows.append(("PSF photometry", f"{counts['photometry_sources']} sources"))
         passes = info.get("photometry_passes")
@@ -239,6 +247,10 @@ def write_outputs(fit, out_dir: Path, *, plots: bool = True) -> list[Path]:
     if fit.catalog is not None:
         paths.append(write_catalog(fit.catalog, out_dir / "stars.parquet"))
     paths.append(write_catalog(fit.psf_stars, out_dir / "psf_stars.parquet"))
+    if fit.psf_choice is not None:
+        from psfax.psf.io import write_psf_fits
+
+        paths.append(write_psf_fits(fit.psf_choice.build.psf, out_dir / "psf.fits"))
     figures = []
     if plots:
         figure_start = time.perf_counter()

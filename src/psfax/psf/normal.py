@@ -1,0 +1,197 @@
+"""The grid's normal equations, assembled over all stars at once and solved directly (Cholesky).
+
+For stars held at positions (x_n, y_n) (stamp pixels), amplitudes and spatial weights folded into
+``coef_nk = a_n b_k(X_n, Y_n)``, the grid part of the model is separable per term:
+
+    m_n = sum_k coef_nk A_y(y_n)^T G_k A_x(x_n)
+
+with ``A(c)`` the (B, S) interpolation matrix of one axis (``A[p, i]`` the Keys weight with which node p
+enters pixel i, :func:`psfax.fitting.table.axis_taps`), over the B nodes of the **solve box**: offsets up to
+``(stamp - 1) / 2 + 2`` px on each axis (every node a star within 0.5 px of its stamp centre reaches; nodes
+outside the box are held at zero).  Node p only meets nodes p + d with ``|d| <= 5`` in a pixel (six taps),
+so ``A^T W A`` is banded and
+
+    N[(k, p, q), (l, p + d, q + e)] = sum_n coef_nk coef_nl sum_ij w_nij A_y[p, i] A_y[p + d, i] A_x[q, j] A_x[q + e, j]
+
+is one contraction over (n, j) of two (11 B) x (N S) arrays per term pair (k <= l; the others are its
+transpose): a matrix product over all stars, no loop.  Ordered by node row p, the matrix of the box (``terms
+B^2`` unknowns: 4107 for 15-px stamps, oversampling 2, degree 1) is block-tridiagonal in blocks of
+``ROWS = 5`` rows; a ridge ``ridge * mean(diag N)`` (the mean over the constrained nodes) is added on the
+nodes no pixel constrains: those beyond ``(stamp - 1) / 2 + 1`` px on either axis and any with a zero
+diagonal; it pulls them to zero (no core) or to the core alone.  Inside that box nothing is regularised.  The
+system is solved exactly by a block Cholesky factorisation (two scans over the ``ceil(B / 5)`` blocks); a
+non-finite solution raises :class:`SingularGridError`.
+"""
+
+from __future__ import annotations
+
+import functools
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from psfax.errors import InputError
+from psfax.fitting.table import TAPS, TableGrid, axis_taps
+
+BAND = TAPS - 1
+"""Largest node distance coupled by one pixel (six taps: 0 .. 5)."""
+
+
+class SingularGridError(InputError):
+    """The grid's normal equations have no finite solution (too few usable pixels for the grid)."""
+
+
+def solve_box(grid: TableGrid) -> tuple[int, int]:
+    """``(first, B)``: table index of the box's first node per axis and its nodes per axis."""
+    half = ((grid.size[0] - 1) // 2 + 2) * grid.oversampling
+    centre = (grid.length - 1) // 2
+    return centre - half, 2 * half + 1
+
+
+def axis_matrix(grid: TableGrid, c0, n_pix: int):
+    """(B, S) interpolation matrix of one axis for a star at ``c0``: pixel i reads ``sum_p A[p, i] g[p]``."""
+    first, nodes = solve_box(grid)
+    j0, w, _ = axis_taps(grid, c0, n_pix)
+    node = j0 - first + grid.oversampling * jnp.arange(n_pix)[None, :] + jnp.arange(TAPS)[:, None]  # (6, S)
+    hits = node[:, None, :] == jnp.arange(nodes)[None, :, None]  # (6, B, S)
+    return jnp.sum(jnp.where(hits, w[:, None, None], 0.0), axis=0)
+
+
+def _band(a):
+    """``E[d, p, i] = A[p, i] A[p + d, i]`` for d = -BAND .. BAND (zero beyond the box): (2 BAND + 1, B, S)."""
+    nodes = a.shape[0]
+    padded = jnp.pad(a, ((BAND, BAND), (0, 0)))
+    return jnp.stack([a * padded[BAND + d:BAND + d + nodes] for d in range(-BAND, BAND + 1)])
+
+
+@partial(jax.jit, static_argnames=("grid",))
+def normal_bands(grid: TableGrid, w, coef, target, x0, y0):
+    """Banded normal matrix ``N[k, l, d, p, e, q]`` (the module docstring; k <= l only, stacked in the
+    order of :func:`term_pairs`: the rest is its transpose) and right-hand side
+    ``r[k, p, q] = sum_n coef_nk A_y^T (w target_n) A_x`` over N stars: ``w, target`` (N, S, S), ``coef``
+    (N, terms), ``x0, y0`` (N,)."""
+    size = grid.size[0]
+    ay = jax.vmap(lambda c: axis_matrix(grid, c, size))(y0)  # (N, B, S)
+    ax = jax.vmap(lambda c: axis_matrix(grid, c, size))(x0)
+    ey, ex = jax.vmap(_band)(ay), jax.vmap(_band)(ax)  # (N, D, B, S)
+    v = jnp.einsum("ndpi,nij->ndpj", ey, w)
+    bands = jnp.stack([jnp.einsum("ndpj,neqj->dpeq", v * (coef[:, k] * coef[:, l])[:, None, None, None], ex)
+                       for k, l in term_pairs(coef.shape[1])])
+    rhs = jnp.einsum("nk,npi,nij,nqj->kpq", coef, ay, w * target, ax)
+    return bands, rhs
+
+
+def constrained_nodes(grid: TableGrid) -> np.ndarray:
+    """(B, B) True at the box nodes within ``(stamp - 1) / 2 + 1`` px of the centre on both axes."""
+    first, nodes = solve_box(grid)
+    offsets = (first + np.arange(nodes) - (grid.length - 1) / 2) / grid.oversampling
+    near = np.abs(offsets) <= (grid.size[0] - 1) / 2 + 1
+    return near[:, None] & near[None, :]
+
+
+ROWS = BAND
+"""Node rows per block of the block-tridiagonal factorisation: rows p and p + d with |d| <= BAND lie in the
+same block or in neighbouring ones."""
+
+
+def term_pairs(terms: int) -> list[tuple[int, int]]:
+    """The term pairs (k, l), k <= l, whose bands :func:`normal_bands` computes."""
+    return [(k, l) for k in range(terms) for l in range(k, terms)]
+
+
+@functools.cache
+def _block_indices(terms: int, nodes: int):
+    """Where each band entry goes in the block-tridiagonal matrix: (flat index into the bands, block, row, column)
+    of the diagonal blocks and of the blocks above them (int32).  Unknown (k, p, q) sits in block ``p // ROWS``
+    at ``((p % ROWS) B + q) terms + k``."""
+    k, l, d, p, e, q = np.meshgrid(np.arange(terms), np.arange(terms), np.arange(-BAND, BAND + 1), np.arange(nodes),
+                                   np.arange(-BAND, BAND + 1), np.arange(nodes), indexing="ij")
+    ok = (p + d >= 0) & (p + d < nodes) & (q + e >= 0) & (q + e < nodes)
+    pair = np.zeros((terms, terms), int)
+    for i, (a, b) in enumerate(term_pairs(terms)):
+        pair[a, b] = pair[b, a] = i
+    lower = k > l  # N[(k, p, q), (l, p + d, q + e)] = N[(l, p + d, q + e), (k, p, q)]: read the stored k <= l band
+    width = 2 * BAND + 1
+    flat = np.ravel_multi_index((pair[k, l], np.where(lower, BAND - d, BAND + d), np.where(lower, p + d, p),
+                                 np.where(lower, BAND - e, BAND + e), np.where(lower, q + e, q)),
+                                (len(term_pairs(terms)), width, nodes, width, nodes), mode="clip")
+    block, col_block = p // ROWS, (p + d) // ROWS
+    row = ((p % ROWS) * nodes + q) * terms + k
+    col = (((p + d) % ROWS) * nodes + q + e) * terms + l
+    out = []
+    for shift in (0, 1):
+        sel = ok & (col_block == block + shift)
+        out.append(tuple(np.asarray(a, np.int32) for a in (flat[sel], block[sel], row[sel], col[sel])))
+    return out
+
+
+def _block_tridiagonal_solve(diag, upper, rhs):
+    """Solve a symmetric positive-definite block-tridiagonal system: diagonal blocks ``diag`` (nb, m, m),
+    blocks ``upper[P]`` coupling block P to P + 1, right-hand side (nb, m), by a block Cholesky
+    ``L_P L_P^T = D_P - C_P C_P^T``, ``C_P = U_{P-1}^T L_{P-1}^{-T}`` (one scan down, one up)."""
+    tri = jax.scipy.linalg.solve_triangular
+    m = diag.shape[1]
+
+    def down(carry, inputs):
+        chol_prev, y_prev = carry
+        d, u_prev, r = inputs
+        c = tri(chol_prev, u_prev, lower=True).T  # U^T L^{-T}
+        chol = jnp.linalg.cholesky(d - c @ c.T)
+        y = tri(chol, r - c @ y_prev, lower=True)
+        return (chol, y), (chol, c, y)
+
+    zero = jnp.zeros((m, m), diag.dtype)
+    upper_prev = jnp.concatenate([zero[None], upper[:-1]])  # block P's coupling to P - 1 (none for P = 0)
+    eye = jnp.eye(m, dtype=diag.dtype)
+    _, (chols, cs, ys) = jax.lax.scan(down, (eye, jnp.zeros(m, diag.dtype)), (diag, upper_prev, rhs))
+
+    def up(x_next, inputs):
+        chol, c_next, y = inputs
+        x = tri(chol, y - c_next.T @ x_next, lower=True, trans=1)
+        return x, x
+
+    c_next = jnp.concatenate([cs[1:], zero[None]])
+    _, xs = jax.lax.scan(up, jnp.zeros(m, diag.dtype), (chols, c_next, ys), reverse=True)
+    return xs
+
+
+@partial(jax.jit, static_argnames=("grid",))
+def _solve(grid: TableGrid, bands, rhs, ridge, diag_index, upper_index):
+    """``(N + R) g = r`` through :func:`_block_tridiagonal_solve` (the module docstring)."""
+    terms, nodes = rhs.shape[0], rhs.shape[1]
+    n_blocks = -(-nodes // ROWS)
+    m = ROWS * nodes * terms
+    flat = bands.reshape(-1)
+    blocks = []
+    for (where, block, row, col) in (diag_index, upper_index):
+        blocks.append(jnp.zeros((n_blocks, m, m), bands.dtype).at[block, row, col].add(flat[where]))
+    diag, upper = blocks
+    # the diagonal in block layout, the ridge on the unconstrained nodes, identity on the padding rows
+    pad_rows = n_blocks * ROWS - nodes
+    near = np.pad(np.broadcast_to(constrained_nodes(grid)[:, :, None], (nodes, nodes, terms)),
+                  ((0, pad_rows), (0, 0), (0, 0))).reshape(n_blocks, m)
+    real = np.pad(np.ones((nodes, nodes, terms), bool), ((0, pad_rows), (0, 0), (0, 0))).reshape(n_blocks, m)
+    d = jnp.diagonal(diag, axis1=1, axis2=2)
+    mean_d = jnp.sum(jnp.where(near, d, 0.0)) / near.sum()
+    extra = jnp.where(~real, 1.0, jnp.where(~near | (d <= 1e-12 * mean_d), ridge * mean_d, 0.0))
+    diag = diag + extra[:, :, None] * jnp.eye(m, dtype=bands.dtype)
+    r = jnp.pad(jnp.transpose(rhs, (1, 2, 0)), ((0, pad_rows), (0, 0), (0, 0))).reshape(n_blocks, m)
+    x = _block_tridiagonal_solve(diag, upper, r).reshape(n_blocks * ROWS, nodes, terms)[:nodes]
+    return jnp.transpose(x, (2, 0, 1))
+
+
+def solve_grid(grid: TableGrid, w, coef, target, x0, y0, *, ridge: float = 1e-3) -> np.ndarray:
+    """Grid values (terms, L, L) minimising ``sum_n sum_ij w (target_n - sum_k coef_nk A_y^T G_k A_x)^2``
+    plus the ridge of the module docstring (nodes outside the solve box are zero)."""
+    bands, rhs = normal_bands(grid, w, coef, target, x0, y0)
+    first, nodes = solve_box(grid)
+    indices = _block_indices(int(coef.shape[1]), nodes)
+    box = np.asarray(_solve(grid, bands, rhs, ridge, *indices))
+    if not np.all(np.isfinite(box)):
+        raise SingularGridError("the empirical PSF's normal equations have no finite solution "
+                                f"({coef.shape[0]} stars, {coef.shape[1]} spatial terms): too few usable pixels")
+    out = np.zeros((box.shape[0], grid.length, grid.length))
+    out[:, first:first + nodes, first:first + nodes] = box
+    return out
