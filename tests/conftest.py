@@ -77,6 +77,13 @@ def render_dom():
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Keep the PSF and compiled-program caches of the test run out of the user's cache (so a run
-    starts from an empty JAX compilation cache unless ``PSFAX_CACHE_DIR`` is set)."""
-    os.environ.setdefault("PSFAX_CACHE_DIR", str(tmp_path_factory.mktemp("psfax-cache")))
+    starts from an empty JAX compilation cache unless ``PSFAX_CACHE_DIR`` is set).  The pytest-xdist
+    workers of one run share it (their temporary folders sit side by side), so a program one worker
+    compiled is read by the other, as the processes of a Dask cluster on one machine read it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.getbasetemp().parent / "psfax-cache"
+        folder.mkdir(exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("psfax-cache")
+    os.environ.setdefault("PSFAX_CACHE_DIR", str(folder))
     yield

@@ -7,13 +7,21 @@ import numpy as np
 import pytest
 
 import psfax
+from psfax.fitting import table, taylor
 from psfax.fitting.params import shape_to_u
-from psfax.fitting.table import TableGrid, build_table, interpolate, interpolate_mixture
 from psfax.fitting.settings import FitSettings
-from psfax.fitting.taylor import taylor_coefficients, taylor_stack
+from psfax.fitting.table import TableGrid
+from psfax.fitting.taylor import taylor_coefficients
+from psfax.profiles import PROFILES, Accuracy, pixel_values, stamp_psf
 
 CELL_RADIUS = FitSettings().cell_radius
-from psfax.profiles import PROFILES, Accuracy, pixel_values, stamp_psf
+
+# the table functions compiled whole, as the fitters run them (called eagerly, each of their few hundred
+# operations would be compiled on its own, which is most of these tests' time)
+build_table = jax.jit(table.build_table, static_argnums=(0, 1))
+taylor_stack = jax.jit(taylor.taylor_stack, static_argnums=(0, 1))
+interpolate = jax.jit(table.interpolate, static_argnums=0)
+interpolate_mixture = jax.jit(table.interpolate_mixture, static_argnums=0)
 
 SHAPES = {"gaussian": {"fwhm": 0.8}, "moffat": {"fwhm": 0.8, "beta": 1.5},
           "elliptical_gaussian": {"fwhm": 0.8, "g1": 0.15, "g2": -0.1},
@@ -72,7 +80,7 @@ def test_table_within_2e_5_of_peak(model):
         assert float(jnp.max(jnp.abs(dx - fd)) / jnp.max(jnp.abs(fd))) < 1e-3
 
 
-# moffat runs in `make test`; the other three profiles (each ~20 s) in `make test-all`
+# moffat runs in `make test`; the other three profiles in `make test-all`
 @pytest.mark.parametrize("model", [m if m == "moffat" else pytest.param(m, marks=pytest.mark.slow) for m in SHAPES])
 def test_shape_cell_expansion_within_1e_4_of_peak(model):
     """Second-order expansion around a shape cell's centre (used for per-star fixed shapes) against the

@@ -40,12 +40,12 @@ def cache_on():
 def test_same_result_as_jit_and_loaded_without_tracing(cache_on):
     pair = Pair(jnp.arange(6.0).reshape(2, 3), jnp.ones(2))
     expected = jax.jit(scaled_sum, static_argnames=("scale",))(pair, 2.0, scale=3.0)
-    before = set(cache_on.iterdir())
+    before = _entries(cache_on, scaled_sum)
     first = persistent_jit(scaled_sum, static_argnames=("scale",))
     TRACES.clear()
     out = first(pair, 2.0, scale=3.0)
     assert TRACES == [3.0]  # traced once, to export
-    assert len(set(cache_on.iterdir()) - before) == 1  # one program written
+    assert len(_entries(cache_on, scaled_sum) - before) == 1  # one program written
     # a fresh wrapper has an empty memory, as a new process would: it must load, not trace
     second = persistent_jit(scaled_sum, static_argnames=("scale",))
     again = second(pair, 2.0, scale=3.0)
@@ -100,16 +100,21 @@ def test_outputs_typed_alike_when_exported_and_when_loaded(cache_on):
     assert not jax.typeof(loaded[1]).weak_type
 
 
-def _only_entry(folder, before):
-    (path,) = set(folder.iterdir()) - before
+def _entries(folder, fun):
+    """The stored programs of ``fun`` (other processes of the test run write theirs beside them)."""
+    return set(folder.glob(f"{fun.__qualname__}-*.bin"))
+
+
+def _only_entry(folder, before, fun):
+    (path,) = _entries(folder, fun) - before
     return path
 
 
 def test_corrupted_entry_is_ignored_and_recompiled_with_a_warning(cache_on):
-    before = set(cache_on.iterdir())
+    before = _entries(cache_on, count_from_zero)
     x = jnp.arange(5.0)  # a shape no other test uses: a fresh entry
     persistent_jit(count_from_zero)(x)
-    path = _only_entry(cache_on, before)
+    path = _only_entry(cache_on, before, count_from_zero)
     blob = bytearray(path.read_bytes())
     blob[-10] ^= 0xFF  # one flipped byte in the serialized program
     path.write_bytes(bytes(blob))
@@ -128,10 +133,10 @@ def test_tampered_entry_naming_subprocess_popen_never_executes_anything(cache_on
 
     calls = []
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: calls.append(a))
-    before = set(cache_on.iterdir())
+    before = _entries(cache_on, scaled_sum)
     pair = Pair(jnp.ones((2, 5)), jnp.ones(2))
     persistent_jit(scaled_sum, static_argnames=("scale",))(pair, 1.0, scale=2.0)
-    path = _only_entry(cache_on, before)
+    path = _only_entry(cache_on, before, scaled_sum)
     blob = path.read_bytes()
     body = blob[len(b"PSFAXPRG") + 2 + 32:]
     size = int.from_bytes(body[:8], "little")
@@ -146,14 +151,14 @@ def test_tampered_entry_naming_subprocess_popen_never_executes_anything(cache_on
 
 def test_foreign_entry_under_another_name_is_refused(cache_on):
     """An entry copied over another function's file (same layout, valid digest) is not used for it."""
-    before = set(cache_on.iterdir())
+    before = _entries(cache_on, count_from_zero)
     x = jnp.arange(7.0)
     persistent_jit(count_from_zero)(x)
-    mine = _only_entry(cache_on, before)
+    mine = _only_entry(cache_on, before, count_from_zero)
     pair = Pair(jnp.ones((2, 7)), jnp.ones(2))
-    before = set(cache_on.iterdir())
+    before = _entries(cache_on, scaled_sum)
     persistent_jit(scaled_sum, static_argnames=("scale",))(pair, 1.0, scale=4.0)
-    other = _only_entry(cache_on, before)
+    other = _only_entry(cache_on, before, scaled_sum)
     mine.write_bytes(other.read_bytes())
     with pytest.warns(ProgramStoreWarning, match="another function"):
         out = persistent_jit(count_from_zero)(x)

@@ -9,6 +9,7 @@ from psfax.fitting import flags as F
 
 
 def good_stamps(n=20, seed=0):
+    """n bright Moffat stars (15 x 15): the tests share n, so they share the fitter's compiled programs."""
     truth = {"x": np.full(n, 7.2), "y": np.full(n, 6.8), "flux": np.full(n, 5e4), "bkg": 100.0,
              "fwhm": 1.8, "beta": 2.5}
     clean = psfax.render_stamps(truth, (15, 15), model="moffat")
@@ -107,7 +108,7 @@ def test_render_stamps_errors():
 
 def test_float32_fit_matches_float64():
     """float32 (the GPU default) reaches the float64 answer to a small fraction of the errors."""
-    stamps = good_stamps(n=50)
+    stamps = good_stamps()
     t64 = fit(stamps, shape={"fwhm": 1.8, "beta": 2.5}).table
     t32 = fit(stamps, shape={"fwhm": 1.8, "beta": 2.5}, dtype=np.float32).table
     # float32 carries ~7 digits: chi2 minima agree to ~1e-3 of the errors; allow 5 %
@@ -124,7 +125,7 @@ def test_import_leaves_jax_x64_alone():
     before = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", False)
     try:
-        fit(good_stamps(n=4))
+        fit(good_stamps())
         assert not jax.config.jax_enable_x64
     finally:
         jax.config.update("jax_enable_x64", before)
@@ -152,7 +153,7 @@ def test_data_based_variance_weights_the_pixels():
     Poisson noise of the pixels (~1 %), so the flux errors agree to 5 %;
     unit weights would give errors off by the sqrt of the variance (~10x).
     """
-    stamps = good_stamps(n=30)
+    stamps = good_stamps()
     model_based = fit(stamps, shape={"fwhm": 1.8, "beta": 2.5}).table
     data_based = fit(stamps, shape={"fwhm": 1.8, "beta": 2.5}, model_variance=False).table
     np.testing.assert_allclose(data_based["flux_err"], model_based["flux_err"], rtol=0.05)

@@ -9,6 +9,7 @@ the 100-iteration limit.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import psfax
 from psfax.fitting import flags as F
@@ -16,6 +17,7 @@ from galsim_stars import GAIN, READ_NOISE, make_stars
 from survey_stars import make_survey_stars
 
 
+@pytest.mark.slow  # the stop and its flag also run in `make test`, at the faint limits (below)
 def test_gaussian_as_moffat_stops_at_the_gaussian_limit():
     """40 bright Gaussians (FWHM 1.8 px) fitted as free Moffats: the fits that head for beta -> infinity stop
     past beta = 51 within a dozen iterations, flagged and not converged; the FWHM and flux are the

@@ -68,10 +68,10 @@ def test_lm_undersampled_needs_pixel_integration(undersampled_stars):
     assert np.median(sampled.table["reduced_chi2"]) > 1.1
 
 
-# each optimizer runs once in `make test` (tncg per star, scipy shared), the other pairing in `make test-all`
-@pytest.mark.parametrize("optimizer, mode", [("tncg", "per_star"), ("scipy", "shared"),
-                                             pytest.param("tncg", "shared", marks=pytest.mark.slow),
-                                             pytest.param("scipy", "per_star", marks=pytest.mark.slow)])
+# the optimizers other than LM (the default) run in `make test-all`
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer, mode", [("tncg", "per_star"), ("scipy", "shared"), ("tncg", "shared"),
+                                             ("scipy", "per_star")])
 def test_other_optimizers_moffat(moffat_stars, optimizer, mode):
     result = fit(moffat_stars, optimizer=optimizer, **MODES[mode])
     check_statistics(result, moffat_stars, shape_tol={"fwhm": 0.01, "beta": 0.05})

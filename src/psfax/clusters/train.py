@@ -23,7 +23,7 @@ import optax
 
 from psfax.clusters.config import ClusterFieldConfig
 from psfax.clusters.dataset import FieldSet
-from psfax.clusters.encoder import EncoderSpec, TileEncoder, band_normalisation, cast_model
+from psfax.clusters.encoder import EncoderSpec, TileEncoder, band_normalisation, cast_model, new_encoder
 from psfax.clusters.metrics import best_f1_threshold, confusion
 from psfax.device import compute_context, resolve_device
 from psfax.errors import InputError
@@ -61,7 +61,7 @@ def init_model(cfg: ClusterFieldConfig, train: FieldSet, seed: int) -> tuple[Til
     """A fresh encoder whose normalisation comes from the training images."""
     spec = spec_from_config(cfg)
     centre, scale = band_normalisation(train.images, seed=seed)
-    return TileEncoder(spec, centre, scale, jax.random.PRNGKey(seed)), spec
+    return new_encoder(spec, centre, scale, seed), spec
 
 
 def _make_steps(optimiser, pos_weight: float):
