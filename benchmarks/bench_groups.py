@@ -89,7 +89,7 @@ def main() -> None:
     from psfax.fitting.params import shape_to_u
     from psfax.profiles import get_profile
     from psfax.stars import fit_image
-    from psfax.stars.report import pixel_convolved_fwhm
+    from psfax.profiles import pixel_convolved_fwhm
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--region", type=int, default=1024, help="side [px] of the square compared with photutils")

@@ -11,7 +11,7 @@ import pytest
 from astropy.table import Table
 
 from psfax.stars.catalog import COLUMNS, write_catalog
-from psfax.stars.report import pixel_convolved_fwhm
+from psfax.profiles import pixel_convolved_fwhm
 
 
 @pytest.fixture(scope="module")

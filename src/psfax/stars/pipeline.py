@@ -37,7 +37,7 @@ from psfax.errors import InputError
 from psfax.fitting import Fixed, Free, fit_stamps
 from psfax.fitting.outliers import chi2_outliers
 from psfax.fitting.params import shape_to_u
-from psfax.profiles import get_profile
+from psfax.profiles import get_profile, pixel_convolved_fwhm
 from psfax.stars.catalog import match_catalog, read_reference_catalog
 from psfax.stars.detect import SEP_BLENDED, Background, detect_sources, measure_background
 from psfax.stars.exposure import Exposure, check_values, read_exposure
@@ -376,8 +376,6 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS), the fit columns, ``mag, mag_err`` (through MAGZP;
     statistical error only), ``source_flags`` (:data:`SOURCE_FLAGS`) and ``group_id, group_size``.
     """
-    from psfax.stars.report import pixel_convolved_fwhm
-
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
     if choice is not None and choice.psf is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from psfax.io.atomic import atomic_path
+from psfax.profiles import pixel_convolved_fwhm
 from psfax.stars import plots
 from psfax.stars.catalog import write_catalog
 from psfax.version import psfax_version
@@ -99,31 +100,6 @@ def psf_summary(fit) -> dict:
 FWHM_ABOUT = ("intrinsic: FWHM of the fitted profile before pixel integration (the model's fwhm parameter); "
               "pixel_convolved: FWHM of that profile integrated over 1 x 1 px pixels (mean of the x and y cuts), "
               "the quantity a measurement on the image, such as the header's SEEING, gives")
-
-
-def pixel_convolved_fwhm(model: str, shape: dict) -> float:
-    """FWHM [px] of the unit-flux ``model`` profile of reported ``shape`` (fwhm, beta, ellipticity, theta)
-    convolved with a 1 x 1 px box: the pixel-integrated value at offsets d along x (and y) from the centre,
-    on a 1/200 px grid, its half-maximum crossing interpolated linearly; the mean of the x and y widths."""
-    import jax
-    import jax.numpy as jnp
-
-    from psfax.profiles import ellipticity_to_shear, get_profile, pixel_values
-
-    step = 1.0 / 200
-    d = np.arange(0.0, 3.0 * shape["fwhm"] + 2.0, step)
-    widths = []
-    with jax.enable_x64(True):
-        given = {k: np.asarray(v, float) for k, v in shape.items()}
-        if "g1" not in given and "ellipticity" in given:
-            given["g1"], given["g2"] = ellipticity_to_shear(given["ellipticity"], given.get("theta", 0.0))
-        params = {k: jnp.asarray(v) for k, v in given.items() if k in ("fwhm", "beta", "g1", "g2")}
-        for dx, dy in ((d, 0.0 * d), (0.0 * d, d)):
-            cut = np.asarray(pixel_values(get_profile(model), jnp.asarray(dx), jnp.asarray(dy), params))
-            i = int(np.argmax(cut < cut[0] / 2))  # first sample below half the peak
-            half = d[i - 1] + step * (cut[i - 1] - cut[0] / 2) / (cut[i - 1] - cut[i])
-            widths.append(2 * half)
-    return float(np.mean(widths))
 
 
 def noise_model(fit) -> dict:
