@@ -170,7 +170,7 @@ def _solve_shared(setup, optimizer, free, stars, active, basis, positions, dt, k
     k = np.full((len(active), free.n_params), np.nan)
     if known is not None:
         k[:len(known[0])] = known[0]
-    stars = _stamp_data(*stars)
+    rows, stars = stars, _stamp_data(*stars)
     u4, shape_u0 = starts.initial(setup, free.profile, stars, np.asarray(k, dt))
     pos = np.zeros((len(active), 2)) if positions is None else inputs.pad(positions)
     bvals = np.asarray(basis(pos[:, 0], pos[:, 1]), dt)
@@ -182,8 +182,21 @@ def _solve_shared(setup, optimizer, free, stars, active, basis, positions, dt, k
         coef0 = coef_known
     coef0 = np.asarray(np.ravel(coef0), dt)
     if optimizer == "lm":
-        return shared.solve(setup, free, u4, coef0, bvals, stars, active, tolerance, pilot=coef_known is None)
+        if coef_known is None:
+            coef0, u4 = _photometry_start(setup, free, u4, coef0, bvals, rows, stars, active, dt)
+        return shared.solve(setup, free, u4, coef0, bvals, stars, active, tolerance)
     return SHARED[optimizer](setup, free, u4, coef0, bvals, stars, active)
+
+
+def _photometry_start(setup, free, u4, coef0, bvals, rows, stars, active, dt):
+    """The shared LM's start: the pilot's shape (:func:`psfax.fitting.shared.pilot_coefficients`) and
+    every star's PSF photometry at that shape.  From the moment start instead, the shape is still wrong
+    in the first steps and faint stars follow it into other minima: on 300 GalSim stars of S/N 5-1000
+    at FWHM 0.9 px, fluxes up to 8.3 sigma from photometry at the final shape (0.19 from this start)."""
+    coef0 = np.asarray(shared.pilot_coefficients(setup, free, u4, coef0, bvals, stars, active))
+    held = bvals @ coef0.reshape(bvals.shape[1], -1)
+    u4 = np.asarray(_solve_independent(setup, "lm", free, held, rows, active, dt, None, None).v)[:, :N_STAR]
+    return coef0, u4
 
 
 def _stamp_data(rows, gain, read_noise, dt, order=None) -> StampData:
