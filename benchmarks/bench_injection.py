@@ -4,9 +4,10 @@ Truth the code did not make: the image's own brightest isolated PSF stars, cut o
 subtracted), scaled to AB magnitudes uniform in [15, 21] and added, with their own Poisson noise, at three
 kinds of site of the real image:
 
-* **clear**: no 3-sigma detection within 25 px (and no flux above 5 sigma there before the injection);
+* **clear**: no 3-sigma detection within 25 px;
 * **near**: 4-8 px from an unflagged 15-19 mag catalog source (the issue's "4-8 px from a source"), and
-  **close**: 1-3 FWHM (pixel-convolved, 1.3-3.8 px on ZTF) from one;
+  **close**: 1-3 FWHM (pixel-convolved, 1.3-3.8 px on ZTF) from one, reported apart below and above 1.5 FWHM
+  (by the copy's true distance; closer pairs are not resolved, and the issue asks for both members from 1.5);
 * **pairs**: two copies on clear sky at 1.5-3 FWHM from each other, magnitudes drawn alike.
 
 ``psfax.stars.fit_exposure`` (detection, PSF, grouped photometry, residual passes: the defaults of
@@ -231,8 +232,10 @@ def main(argv=None) -> None:
                  np.concatenate([np.minimum(1.0, neighbour / 2), host_radius]))
     rows, host_rows = both[:len(tx)], both[len(tx):]
     snr = truth / np.hypot(expected_error(fit.catalog, truth), truth_err)
-    results = {k: scores(cat, rows[kind == k], truth[kind == k], truth_err[kind == k], mags[kind == k],
-                         snr[kind == k]) for k in ("clear", "near 4-8 px", "close 1-3 FWHM", "pair")}
+    close = kind == "close 1-3 FWHM"  # by the copy's true distance: below 1.5 FWHM a pair is not resolved
+    kind[close] = np.where(neighbour[close] < 1.5 * fwhm, "close 1-1.5 FWHM", "close 1.5-3 FWHM")
+    results = {k: scores(cat, rows[kind == k], truth[kind == k], truth_err[kind == k], mags[kind == k], snr[kind == k])
+               for k in ("clear", "near 4-8 px", "close 1.5-3 FWHM", "close 1-1.5 FWHM", "pair")}
     old = np.asarray(fit.catalog["flux_fit"], float)[hosts]
     new = np.where(host_rows >= 0, np.asarray(cat["flux_fit"], float)[host_rows], np.nan)
     host_shift = (new - old) / np.asarray(fit.catalog["flux_err"], float)[hosts]

@@ -10,7 +10,7 @@ import sys
 
 from _common import REPO
 
-SCRIPTS = ["bench_fit.py", "bench_ztf.py", "bench_groups.py", "bench_forced.py", "bench_epsf.py", "bench_aia.py",
+SCRIPTS = ["bench_fit.py", "bench_ztf.py", "bench_groups.py", "bench_injection.py", "bench_forced.py", "bench_epsf.py", "bench_aia.py",
            "bench_clusters.py", "bench_run.py"]
 
 
