@@ -1,10 +1,10 @@
 """One shape shared by a survey population down to S/N 5 (GalSim truth): the joint fit converges, and each
 star's flux is its PSF photometry at the shared shape.
 
-Before each star had its own damping and shift limit and the joint fit started from photometry, one S/N-5
-star proposing a 100-px move shrank every star's step: on these 300 stars at FWHM 1.8 the fit ran to the
-100-iteration limit, not converged, with bright stars' fluxes up to 10.5 sigma from photometry at the
-same shape.
+The failure this guards against: with one damping and one shift limit for all stars, a single S/N-5 star
+proposing a 100-px move shrinks every star's step; on these 300 stars at FWHM 1.8 such a fit runs to the
+100-iteration limit, not converged, with bright stars' fluxes up to 10.5 sigma from photometry at the same
+shape (:func:`psfax.fitting.shared._step`).
 """
 
 from __future__ import annotations
