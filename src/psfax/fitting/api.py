@@ -190,13 +190,15 @@ def _solve_shared(setup, optimizer, free, stars, active, basis, positions, dt, k
 
 def _photometry_start(setup, free, u4, coef0, bvals, rows, stars, active, dt):
     """The shared LM's start: the pilot's shape (:func:`psfax.fitting.shared.pilot_coefficients`) and
-    every star's PSF photometry at that shape.  From the moment start instead, the shape is still wrong
-    in the first steps and faint stars follow it into other minima: on 300 GalSim stars of S/N 5-1000
-    at FWHM 0.9 px, fluxes up to 8.3 sigma from photometry at the final shape (0.19 from this start)."""
+    every star's PSF photometry at that shape where it converged (elsewhere the moment start ``u4``).
+    From the moment start instead, the shape is still wrong in the first steps and faint stars follow it
+    into other minima: on 300 GalSim stars of S/N 5-1000 at FWHM 0.9 px, fluxes up to 8.3 sigma from
+    photometry at the final shape (0.19 from this start)."""
     coef0 = np.asarray(shared.pilot_coefficients(setup, free, u4, coef0, bvals, stars, active))
     held = bvals @ coef0.reshape(bvals.shape[1], -1)
-    u4 = np.asarray(_solve_independent(setup, "lm", free, held, rows, active, dt, None, None).v)[:, :N_STAR]
-    return coef0, u4
+    phot = _solve_independent(setup, "lm", free, held, rows, active, dt, None, None)
+    converged = np.asarray(phot.converged, bool)[:, None]
+    return coef0, np.where(converged, np.asarray(phot.v)[:, :N_STAR], np.asarray(u4))
 
 
 def _stamp_data(rows, gain, read_noise, dt, order=None) -> StampData:
