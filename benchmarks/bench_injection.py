@@ -184,7 +184,7 @@ def scores(cat, rows, truth, truth_err, mags, snr, snr_cut: float = 20.0) -> dic
 
 def main(argv=None) -> None:
     from psfax.stars.exposure import read_exposure
-    from psfax.stars.pipeline import fit_exposure
+    from psfax.stars.pipeline import fit_exposure, grouping_fwhm
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=1)
@@ -195,7 +195,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     fit = fit_exposure(exposure)
     t_fit = time.perf_counter() - t0
-    fwhm = fit_fwhm(fit)
+    fwhm = grouping_fwhm(fit.psf_result, exposure.shape)
     stars = source_stars(fit)
     n = args.per_kind
     n_pairs = n // 2
@@ -248,16 +248,6 @@ def main(argv=None) -> None:
         pair_rows.append([f"{lo}-{hi} FWHM", int(sel.sum()), f"{np.mean(first[sel] & second[sel]):.3f}",
                           int(bright.sum()), f"{np.mean(first[bright] & second[bright]):.3f}"])
     write(results, pair_rows, host_rows, host_shift, fwhm, t_fit, t_after, len(x), args)
-
-
-def fit_fwhm(fit) -> float:
-    """The pipeline's pixel-convolved FWHM at the image centre (px), as its grouping radius uses it."""
-    from psfax.profiles import pixel_convolved_fwhm
-    from psfax.stars.pipeline import psf_shape_at
-
-    ny, nx = fit.exposure.shape
-    shape = psf_shape_at(fit.psf_result, np.array([nx / 2]), np.array([ny / 2]))
-    return float(pixel_convolved_fwhm(fit.psf_result.model, {k: v[0] for k, v in shape.items()}))
 
 
 def write(results, pair_rows, host_rows, host_shift, fwhm, t_fit, t_after, n_copies, args) -> None:

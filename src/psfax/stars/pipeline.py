@@ -365,6 +365,14 @@ def psf_model_at(result, x: np.ndarray, y: np.ndarray) -> Fixed:
     return Fixed(profile, result.pixel_integrated, shape_u=shape_u)
 
 
+def grouping_fwhm(result, image_shape) -> float:
+    """The pixel-convolved FWHM [px] of the fitted PSF at the image centre ``(nx / 2, ny / 2)``: the unit of
+    the photometry's grouping radius and of the residual pass's minimum separation."""
+    ny, nx = image_shape
+    shape = psf_shape_at(result, np.array([nx / 2]), np.array([ny / 2]))
+    return pixel_convolved_fwhm(result.model, {k: v[0] for k, v in shape.items()})
+
+
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
                    options: FitOptions, progress: Callable[[str], None] | None = None, choice=None):
     """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed (the empirical
@@ -380,8 +388,7 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
     if choice is not None and choice.psf is not None:
         return empirical_photometry(exposure, background, detections[usable], detections, choice, options), None
-    fwhm = pixel_convolved_fwhm(result.model, {k: v[0] for k, v in psf_shape_at(
-        result, np.array([exposure.shape[1] / 2]), np.array([exposure.shape[0] / 2])).items()})
+    fwhm = grouping_fwhm(result, exposure.shape)
     start = {"x": x[usable], "y": y[usable], "flux": np.asarray(detections["aper_flux"], float)[usable]}
     grouped = grouped_photometry(exposure, background, detections[usable], start,
                                  lambda xs, ys: psf_model_at(result, xs, ys), fwhm, options, progress)
