@@ -38,7 +38,7 @@ class Analytic(PSF):
         return self.pixel_integrated and self.profile.name != "gaussian"
 
     def grid(self, size) -> TableGrid:
-        return TableGrid(tuple(size), self.accuracy.table_oversampling)
+        return TableGrid(tuple(size), self.accuracy.table_oversampling, hermite=True)
 
     def unit_psf(self, x0, y0, shape_u, size):
         """Unit-flux PSF (M,) of a star at (x0, y0) with unconstrained shape ``shape_u``."""

@@ -35,7 +35,7 @@ def known_psf(setup: Setup, analytic: Analytic, shape_u: np.ndarray, dtype):
         return fixed, None
     n_cells = 1 << (len(centres) - 1).bit_length()  # padded to a power of two: few shapes to compile for
     padded = np.pad(centres, ((0, n_cells - len(centres)), (0, 0)), mode="edge")
-    tables = _cell_tables(analytic, grid, jnp.asarray(padded, dtype))
+    tables = _cell_tables(analytic, grid, jnp.asarray(padded, dtype), np.int32(len(centres)))
     order = np.argsort(cell, kind="stable")
     cell = cell[order]
     return Cells(grid, tables, jnp.asarray(cell, jnp.int32), jnp.asarray(shape_u[order] - centres[cell], dtype)), order
@@ -47,6 +47,14 @@ def _table(analytic, grid, shape_u):
 
 
 @persistent_jit(static_argnames=("analytic", "grid"))
-def _cell_tables(analytic, grid, centres):
-    """Table stacks (:func:`psfax.fitting.taylor.taylor_stack`) of the shape cells ``centres`` (C, k)."""
-    return jax.lax.map(partial(taylor_stack, analytic.profile, grid), centres)
+def _cell_tables(analytic, grid, centres, n_used):
+    """Table stacks (:func:`psfax.fitting.taylor.taylor_stack`) of the shape cells ``centres`` (C, k): the
+    first ``n_used``; the padding's stay zero (no star reads them), which saves their build."""
+    build = partial(taylor_stack, analytic.profile, grid)
+    empty = jax.eval_shape(build, centres[0])
+
+    def one(indexed):
+        i, centre = indexed
+        return jax.lax.cond(i < n_used, build, lambda _: jnp.zeros(empty.shape, empty.dtype), centre)
+
+    return jax.lax.map(one, (jnp.arange(centres.shape[0]), centres))

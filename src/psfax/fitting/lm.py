@@ -25,7 +25,7 @@ from psfax.fitting.problem import (Setup, Solution, StampData, bucket_size, each
                                    star_rows)
 from psfax.fitting.psf import PSF
 from psfax.fitting.start import linear_start
-from psfax.fitting.spd import spd_inverse
+from psfax.fitting.spd import spd_inverse, spd_solve
 from psfax.programs import persistent_jit
 
 
@@ -44,7 +44,7 @@ class LMState(NamedTuple):
 
 def newton_decrement(h, g):
     """``g^T H^-1 g``: the chi2 decrease the undamped Gauss-Newton step predicts (NaN or inf when H is singular)."""
-    return g @ jnp.linalg.solve(h, g)
+    return g @ spd_solve(h, g)
 
 
 def lm_start(setup: Setup, psf: PSF, v0, given, star: StampData, active, dchi2, lam0):
@@ -67,7 +67,7 @@ def lm_iterate(setup: Setup, psf: PSF, state: LMState, star: StampData, dchi2, m
     def step(s: LMState):
         d = jnp.diag(s.h)
         scale = jnp.maximum(d, 1e-30 * jnp.max(d))
-        delta = jnp.linalg.solve(s.h + s.lam * jnp.diag(scale), s.g)
+        delta = spd_solve(s.h + s.lam * jnp.diag(scale), s.g)
         delta = damping.limit_shift(delta, jnp.maximum(jnp.abs(delta[0]), jnp.abs(delta[1])), settings.max_shift)
         trial = s.v + delta
         m, jac = psf.linearise(trial, setup.size)

@@ -70,9 +70,9 @@ class FitSettings:
     cell_radius: float = 0.03
     """Half-width of a shape cell in unconstrained units (log FWHM, log(beta - 1), shear), see
     :mod:`psfax.fitting.taylor`: keeps the second-order expansion within 1e-4 of the peak pixel."""
-    max_shape_cells: int = 64
-    """Known per-star shapes spanning more shape cells than this (each ~11 MB of tables in float64 for
-    15 x 15 stamps) are integrated directly instead."""
+    max_shape_cells: int = 32
+    """Known per-star shapes spanning more shape cells than this (each ~29 MB of tables in float64 for
+    15 x 15 stamps: six Taylor terms of four Hermite fields) are integrated directly instead."""
     cpu_chunk: int = 128
     """On the CPU, stars are processed this many at a time (cache-sized); 0: all at once."""
     cg_iterations: int = 10

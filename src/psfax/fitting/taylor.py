@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psfax.fitting.psf import PSF, register_psf, static
-from psfax.fitting.table import TableGrid, table_linearise, interpolate_mixture, plain_table, polyphase
+from psfax.fitting.table import TableGrid, fine_samples, interpolate_mixture, node_fields, polyphase, table_linearise
 
 def shape_cells(shape_u: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Centres (A, k) of the cells holding the shapes (N, k), and each star's cell index (N,)."""
@@ -38,17 +38,18 @@ def _pairs(k: int):
 
 
 def taylor_stack(profile, grid: TableGrid, anchor_u):
-    """Polyphase tables (n_terms, V, V, C, C) of T, dT/du_k and d2T/du_k du_l (k <= l) at ``anchor_u``."""
+    """Polyphase tables (n_terms, ...polyphase) of T, dT/du_k and d2T/du_k du_l (k <= l) at ``anchor_u``:
+    the shape derivatives of the profile's fine samples, each tabulated (tabulation is linear)."""
 
-    def table(u):
-        return plain_table(profile, grid, u)
+    def samples(u):
+        return fine_samples(profile, grid, u)
 
-    first = jax.jacfwd(table)
+    first = jax.jacfwd(samples)
     second = jax.jacfwd(first)(anchor_u)
     i, j = _pairs(anchor_u.shape[0])
-    terms = jnp.concatenate([table(anchor_u)[None], jnp.moveaxis(first(anchor_u), -1, 0),
+    terms = jnp.concatenate([samples(anchor_u)[None], jnp.moveaxis(first(anchor_u), -1, 0),
                              jnp.moveaxis(second[..., i, j], -1, 0)])
-    return jax.vmap(lambda t: polyphase(grid, t))(terms)
+    return jax.vmap(lambda f: polyphase(grid, node_fields(grid, f)))(terms)
 
 
 def taylor_coefficients(delta):

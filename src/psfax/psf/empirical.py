@@ -96,7 +96,7 @@ class EmpiricalPSF:
 
     @property
     def core_grid(self) -> TableGrid:
-        return TableGrid(self.size, CORE_OVERSAMPLING)
+        return TableGrid(self.size, CORE_OVERSAMPLING, hermite=True)
 
     @property
     def degree(self) -> int:
@@ -115,7 +115,7 @@ class EmpiricalPSF:
         """Device arrays of the model for :func:`psf_stamps` (default dtype: the grid's, float64)."""
         dtype = self.grid.dtype if dtype is None else dtype
         grid = jnp.asarray(self.grid, dtype)
-        tables = jax.vmap(partial(polyphase, self.table_grid))(grid)[None]
+        tables = jax.vmap(partial(polyphase, self.table_grid))(grid[:, None, None])[None]
         core = self.core_table(dtype)
         return PSFArrays(tables, core, self.table_grid, self.core_grid)
 
@@ -214,5 +214,5 @@ def psf_stamps(arrays: PSFArrays, coef, core_w, x0, y0):
 def grid_stamps(grid: TableGrid, values, coef, x0, y0):
     """The grid part only, ``sum_k coef_nk G_k`` at each star (N, S, S): linear in ``values`` (terms, L, L),
     the operator the build inverts."""
-    tables = jax.vmap(partial(polyphase, grid))(values)[None]
+    tables = jax.vmap(partial(polyphase, grid))(values[:, None, None])[None]
     return jax.vmap(lambda c, x, y: interpolate_mixture(grid, tables, 0, c, x, y)[0])(coef, x0, y0)

@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from psfax.errors import InputError
-from psfax.fitting.table import TAPS, TableGrid, axis_taps
+from psfax.fitting.table import KEYS_TAPS, TableGrid, axis_taps
 
-BAND = TAPS - 1
+BAND = KEYS_TAPS - 1
 """Largest node distance coupled by one pixel (six taps: 0 .. 5)."""
 
 
@@ -53,10 +53,10 @@ def solve_box(grid: TableGrid) -> tuple[int, int]:
 def axis_matrix(grid: TableGrid, c0, n_pix: int):
     """(B, S) interpolation matrix of one axis for a star at ``c0``: pixel i reads ``sum_p A[p, i] g[p]``."""
     first, nodes = solve_box(grid)
-    j0, w, _ = axis_taps(grid, c0, n_pix)
-    node = j0 - first + grid.oversampling * jnp.arange(n_pix)[None, :] + jnp.arange(TAPS)[:, None]  # (6, S)
+    j0, w, _ = axis_taps(grid, c0, n_pix)  # a grid of values: one field, w (6, 1)
+    node = j0 - first + grid.oversampling * jnp.arange(n_pix)[None, :] + jnp.arange(KEYS_TAPS)[:, None]  # (6, S)
     hits = node[:, None, :] == jnp.arange(nodes)[None, :, None]  # (6, B, S)
-    return jnp.sum(jnp.where(hits, w[:, None, None], 0.0), axis=0)
+    return jnp.sum(jnp.where(hits, w[:, 0, None, None], 0.0), axis=0)
 
 
 def _band(a):
