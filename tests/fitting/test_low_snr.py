@@ -25,7 +25,8 @@ def faint_fit(fwhm, n, seed, dtype=np.float64):
     return stars, table
 
 
-def check_faint_statistics(stars, table, max_flagged):
+def check_faint_statistics(stars, table, max_flagged, max_position_std=1.15):
+    """``max_position_std``: the largest position pull width allowed (see the call)."""
     ok = np.asarray(table["flags"]) == 0
     # S/N-5 stars whose start sat on a noise peak near the edge left the stamp (flagged): 2 % of S/N 5-1000
     # stars before the start's peak search kept to 3 x 3 sums within 3 px of the centre, none of 2,000 since
@@ -34,10 +35,15 @@ def check_faint_statistics(stars, table, max_flagged):
     std_tol, mean_tol = 3 / np.sqrt(2 * m), 3 / np.sqrt(m)
     for name in ("x", "y"):
         p = pulls(table, stars.truth, name)[ok]
-        # the Cramer-Rao error is a lower bound that a non-linear fit at S/N 5 exceeds (1.03 at FWHM 1.8,
-        # 1.12 at 0.9 on 2,000 stars of S/N 5-1000): the scatter may be up to 15 % above it, not below
-        assert 1 - std_tol < np.std(p) < 1.15 + std_tol, name
-        assert abs(np.mean(p)) < mean_tol, name  # no direction is preferred
+        # the Cramer-Rao error is a lower bound that a non-linear fit at S/N 5 exceeds: the scatter may be
+        # above it (by up to max_position_std), not below
+        assert 1 - std_tol < np.std(p) < max_position_std + std_tol, name
+        # the core of the distribution follows the Fisher error (the normal-equivalent width from the median
+        # absolute deviation: 1.00-1.07 measured at every width); the excess is a tail of stars held by a
+        # noise peak
+        assert abs(1.4826 * np.median(np.abs(p - np.median(p))) - 1) < 0.1, name
+        # no direction is preferred: the mean within 3 standard errors of a mean of pulls this wide
+        assert abs(np.mean(p)) < 3 * np.std(p) / np.sqrt(m), name
     pf = pulls(table, stars.truth, "flux")[ok]
     # flux enters linearly: its Fisher error holds (0.97-0.99 measured)
     assert abs(np.std(pf) - 1) < 0.05 + std_tol
@@ -67,5 +73,8 @@ def test_faint_photometry_other_widths(fwhm, dtype):
     """2,000 stars undersampled (FWHM 0.9 px, as ZTF) and wide (3.0 px), in both precisions: the same
     statistics, and iterations within 5 on average."""
     stars, table = faint_fit(fwhm, 2000, seed=22, dtype=dtype)
-    n_iter = check_faint_statistics(stars, table, max_flagged=0.09)
+    # undersampled at S/N 5-20, a star's position likelihood has a mode at each nearby noise peak: 1 % of the
+    # position pulls lie beyond 4, and the widths are 1.18-1.28 over seeds 22-24 (3.0 px: 1.03-1.04); 1.35
+    # catches a tail half again as heavy
+    n_iter = check_faint_statistics(stars, table, max_flagged=0.09, max_position_std=1.35 if fwhm < 1 else 1.15)
     assert n_iter.mean() < 5.0  # 4.0 (0.9 px) and 3.5 (3.0 px) measured in float64
