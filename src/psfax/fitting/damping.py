@@ -11,7 +11,8 @@ at the trial point under the current weights.  :func:`judge` then decides, the s
   ``lam = max(lam / 3, (1 - min(rho, 1)) (1 + 2 lam))`` (:func:`overshoot_damping`);
 * stop as converged after an accepted step below ``xtol`` standard errors, a relative decrease below
   ``ftol``, or an undamped step from the point reached predicting less than ``dchi2`` (the Newton
-  decrement ``g^T H^-1 g``: nothing left to gain), or when the step itself predicts less than ``dchi2``;
+  decrement ``g^T H^-1 g``: nothing left to gain), or when the step itself predicts less than ``dchi2``
+  (per-star LM: standard errors and ``dchi2`` scaled by the misfit, :func:`misfit_scale`);
 * stop as stuck when a step is rejected at a damping above ``max_damping``.
 """
 
@@ -42,6 +43,16 @@ def resolution(settings: FitSettings, dchi2, chi2_value):
 def at_optimum(settings: FitSettings, dchi2, undamped_decrease, chi2_value):
     """True where the undamped Gauss-Newton step predicts less than the resolvable decrease (NaN: False)."""
     return undamped_decrease < resolution(settings, dchi2, chi2_value)[1]
+
+
+def misfit_scale(chi2_value, dof):
+    """``max(1, chi2 / dof)``: how many times the misfit inflates the Fisher variance of a fit (1 for a fit
+    as good as its noise).  Per-star LM measures its stop tests in errors scaled by it: ``dchi2`` times it,
+    ``xtol`` times its square root.  A bright star the profile does not describe (ZTF: reduced chi2 of
+    10^3-10^4 at 10^5-10^6 ADU) otherwise crawls, converging linearly (its large residuals carry the curvature
+    Gauss-Newton omits), towards a precision far below its true error: on the real quadrant such sources ran
+    to 23-100 iterations in float64."""
+    return jnp.maximum(1.0, chi2_value / jnp.maximum(dof, 1.0))
 
 
 def limit_shift(step, shift, max_shift):

@@ -53,7 +53,8 @@ def lm_start(setup: Setup, psf: PSF, v0, given, star: StampData, active, dchi2, 
     (converged) already when inactive or when the Newton decrement says the start is the optimum."""
     v0, m0, jac0 = linear_start(setup, psf, v0, star, given)
     w0, h0, g0, c0 = normal_equations(setup, star, m0, jac0)
-    at_optimum = active & damping.at_optimum(setup.settings, dchi2, newton_decrement(h0, g0), c0)
+    tol = dchi2 * damping.misfit_scale(c0, degrees_of_freedom(star, v0.shape[0]))
+    at_optimum = active & damping.at_optimum(setup.settings, tol, newton_decrement(h0, g0), c0)
     dtype = v0.dtype
     return LMState(v0, h0, g0, w0, c0, jnp.asarray(lam0, dtype), jnp.asarray(2.0, dtype),
                    ~active | at_optimum, at_optimum, jnp.asarray(0))
@@ -63,6 +64,7 @@ def lm_iterate(setup: Setup, psf: PSF, state: LMState, star: StampData, dchi2, m
     """LM iterations of one star from ``state`` until it is done or has made ``max_iter`` (may be traced) in
     all: ``state.n_iter`` counts on, so a fit stopped by the count resumes where it was."""
     settings = setup.settings
+    dof = degrees_of_freedom(star, state.v.shape[0])
 
     def step(s: LMState):
         d = jnp.diag(s.h)
@@ -73,9 +75,13 @@ def lm_iterate(setup: Setup, psf: PSF, state: LMState, star: StampData, dchi2, m
         m, jac = psf.linearise(trial, setup.size)
         w, h, g, c = normal_equations(setup, star, m, jac)
         c_trial = jnp.sum(s.w * (star.data - m) ** 2)  # under the current weights, comparable with s.chi2
-        verdict = damping.judge(settings, dchi2, s.lam, s.nu, s.chi2, c_trial, delta @ (2.0 * s.g - s.h @ delta),
-                                jnp.max(jnp.abs(delta) * jnp.sqrt(scale)),
-                                damping.at_optimum(settings, dchi2, newton_decrement(h, g), c), overshoot=True)
+        # stop tests in errors scaled by the misfit: the step's at the point it leaves, the Newton
+        # decrement's at the point it reaches (as a fit resumed there tests it)
+        misfit, misfit_trial = damping.misfit_scale(s.chi2, dof), damping.misfit_scale(c, dof)
+        verdict = damping.judge(settings, dchi2 * misfit, s.lam, s.nu, s.chi2, c_trial,
+                                delta @ (2.0 * s.g - s.h @ delta), jnp.max(jnp.abs(delta) * jnp.sqrt(scale / misfit)),
+                                damping.at_optimum(settings, dchi2 * misfit_trial, newton_decrement(h, g), c),
+                                overshoot=True)
         left = off_centre(setup.size, trial[0], trial[1])  # it has left its star: stop there (flagged OFF_STAMP)
         lost = psf.unconstrained(trial)  # a shape the data do not hold: stop there (SHAPE_UNCONSTRAINED)
         new = LMState(trial, h, g, w, c, verdict.lam, verdict.nu, verdict.converged | left | lost,
@@ -86,6 +92,11 @@ def lm_iterate(setup: Setup, psf: PSF, state: LMState, star: StampData, dchi2, m
         return jax.tree.map(lambda a, b: jnp.where(s.done, a, b), s, chosen)
 
     return jax.lax.while_loop(lambda s: ~s.done & (s.n_iter < max_iter), step, state)
+
+
+def degrees_of_freedom(star: StampData, n_params: int):
+    """Usable pixels less the fitted parameters."""
+    return jnp.sum(star.usable > 0) - n_params
 
 
 @persistent_jit(static_argnames=("setup",))

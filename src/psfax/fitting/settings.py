@@ -18,7 +18,8 @@ class FitSettings:
     relative chi2 decrease below ``ftol``, or a step (or the undamped Gauss-Newton step of the point
     reached) predicting a chi2 decrease below ``dchi2``.  A change of 1e-4 in chi2 moves parameters by
     ~1e-2 of their errors.  In float32 both chi2 thresholds are raised to 8 float eps of chi2 (it cannot
-    resolve a change of 1e-6 in a chi2 of 200).
+    resolve a change of 1e-6 in a chi2 of 200).  Per-star LM measures the errors of ``xtol`` and ``dchi2``
+    scaled by the star's misfit, ``max(1, chi2 / dof)`` (:func:`psfax.fitting.damping.misfit_scale`).
     """
 
     max_iter: int = 100
