@@ -16,8 +16,9 @@ astropy ``Moffat2D`` + ``LMLSQFitter``, psfax's scipy ``least_squares`` loop)
 are timed once on ``--peer-stars`` stars of the same population, their rate
 being per star.  ``n_iter`` is psfax's mean (and largest) LM iteration count;
 ``cost/iter`` is (time per star / mean n_iter) over the same quantity of the
-bright population at the same N and fitter: 1.0 when the batched loop costs what
-its mean star does, larger when a tail of slow stars dominates.  ``rounds`` is the
+bright population at the same N and fitter, the two timed alternately: 1.0 when
+the batched loop costs what its mean star does, larger when a tail of slow stars
+dominates.  ``rounds`` is the
 same question without the clock (a shared machine moves timings by 2-3x): the
 star-iterations the LM rounds execute (:func:`round_work`, from each star's
 n_iter) over N x (mean n_iter + 1), the start's linearisation counted; 1.0 when
@@ -155,21 +156,44 @@ def peer_rows(population, n, rates):
             [population, "psfax scipy least_squares loop (free shape)", n, f"{rates['scipy']:,.0f}", *[""] * 8]]
 
 
+def time_alternately(runs, repeat):
+    """Best wall time of each of ``runs`` (callables, called once first to compile), over ``repeat``
+    rounds that call them in turn: a drift of the shared machine's speed moves them alike."""
+    results = [run() for run in runs]
+    times = [[] for _ in runs]
+    for _ in range(repeat):
+        for run, spent in zip(runs, times):
+            t0 = time.perf_counter()
+            run()
+            spent.append(time.perf_counter() - t0)
+    return [min(t) for t in times], results
+
+
 def psfax_row(population, name, kw, kind, stars, repeat, rates, reference=None):
-    """One table row of a psfax fit of ``stars`` and its (rate, mean n_iter) (``reference`` of the bright
-    population for the cost/iter column)."""
+    """One table row of a psfax fit of ``stars``; ``reference``: the bright population's ``(stars, kw)``
+    for the cost/iter column, timed alternately with this one."""
     n = len(stars.stamps)
-    seconds, result = time_psfax(stars, repeat, device="cpu", **kw)
-    rate = n / seconds
+
+    def fit(s, k):
+        return lambda: psfax.fit_stamps(s.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat", device="cpu",
+                                        **k)
+
+    runs = [fit(stars, kw)] + ([] if reference is None else [fit(*reference)])
+    seconds, results = time_alternately(runs, repeat)
+    rate = n / seconds[0]
     peer = "photutils" if kind == "phot" else "astropy"
-    n_iter = np.asarray(result.table["n_iter"])
-    cost = "" if reference is None else f"{(reference[0] / rate) / (n_iter.mean() / reference[1]):.2f}"
+    n_iter = np.asarray(results[0].table["n_iter"])
+    cost = ""
+    if reference is not None:
+        per_iter = seconds[0] / n / n_iter.mean()
+        ref_per_iter = seconds[1] / len(reference[0].stamps) / np.mean(results[1].table["n_iter"])
+        cost = f"{per_iter / ref_per_iter:.2f}"
     rounds = "" if kw.get("shared_shape") or kw.get("optimizer", "lm") != "lm" else \
         f"{round_work(n_iter, kind == 'free') / (n * (n_iter.mean() + 1)):.2f}"
     row = [population, f"psfax {name}", n, f"{rate:,.0f}", f"{rate / rates[peer]:.1f}x {peer}",
            f"{n_iter.mean():.2f} / {n_iter.max()}", cost, rounds, *fmt_quality(quality(result.table, stars.truth))]
     print(row, flush=True)
-    return row, (rate, n_iter.mean())
+    return row
 
 
 BRIGHT_CASES = [("photometry lm float64", dict(shape=SHAPE), "phot"),
@@ -197,7 +221,7 @@ def bright_rows(sizes, peer_stars, repeat):
             if kw.get("optimizer") == "adam" and n > 1000:
                 continue  # 1500 Adam steps per star: minutes at this size, and the ranking is already clear
             rows.append(psfax_row("bright", name, kw, kind, stars, 1 if kw.get("optimizer") == "adam" else repeat,
-                                  rates)[0])
+                                  rates))
     return rows
 
 
@@ -214,9 +238,8 @@ def survey_rows(n, peer_stars, repeat):
         shape = {"fwhm": float(stars.truth["fwhm"]), "beta": float(stars.truth["beta"])}
         for name, kind, kw in SURVEY_CASES:
             kw = {**kw, "shape": shape} if kind == "phot" else kw
-            row, measured = psfax_row(population, name, kw, kind, stars, repeat, rates, reference.get(name))
-            reference.setdefault(name, measured)
-            rows.append(row)
+            rows.append(psfax_row(population, name, kw, kind, stars, repeat, rates, reference.get(name)))
+            reference.setdefault(name, (stars, kw))
     return rows
 
 
