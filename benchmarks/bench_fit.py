@@ -191,7 +191,7 @@ def psfax_row(population, name, kw, kind, stars, repeat, rates, reference=None):
     rounds = "" if kw.get("shared_shape") or kw.get("optimizer", "lm") != "lm" else \
         f"{round_work(n_iter, kind == 'free') / (n * (n_iter.mean() + 1)):.2f}"
     row = [population, f"psfax {name}", n, f"{rate:,.0f}", f"{rate / rates[peer]:.1f}x {peer}",
-           f"{n_iter.mean():.2f} / {n_iter.max()}", cost, rounds, *fmt_quality(quality(result.table, stars.truth))]
+           f"{n_iter.mean():.2f} / {n_iter.max()}", cost, rounds, *fmt_quality(quality(results[0].table, stars.truth))]
     print(row, flush=True)
     return row
 
