@@ -64,10 +64,13 @@ def quality(table, truth):
             "converged": float(np.mean(table["converged"]))}
 
 
-def time_psfax(stars, repeat, **kw):
-    def run():
-        return psfax.fit_stamps(stars.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat", **kw)
+def psfax_fit(stars, **kw):
+    """A call of ``fit_stamps`` on ``stars`` with the populations' noise model."""
+    return lambda: psfax.fit_stamps(stars.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat", **kw)
 
+
+def time_psfax(stars, repeat, **kw):
+    run = psfax_fit(stars, **kw)
     result = run()  # warm-up: compile (or load from the persistent cache)
     return best_time(run, repeat), result
 
@@ -173,12 +176,7 @@ def psfax_row(population, name, kw, kind, stars, repeat, rates, reference=None):
     """One table row of a psfax fit of ``stars``; ``reference``: the bright population's ``(stars, kw)``
     for the cost/iter column, timed alternately with this one."""
     n = len(stars.stamps)
-
-    def fit(s, k):
-        return lambda: psfax.fit_stamps(s.stamps, gain=GAIN, read_noise=READ_NOISE, model="moffat", device="cpu",
-                                        **k)
-
-    runs = [fit(stars, kw)] + ([] if reference is None else [fit(*reference)])
+    runs = [psfax_fit(s, device="cpu", **k) for s, k in [(stars, kw)] + ([] if reference is None else [reference])]
     seconds, results = time_alternately(runs, repeat)
     rate = n / seconds[0]
     peer = "photutils" if kind == "phot" else "astropy"

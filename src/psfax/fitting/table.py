@@ -111,9 +111,15 @@ def _edge_difference(fine, k: int, axis: int):
     return jax.lax.slice_in_dim(fine, k, k + n, axis=axis) - jax.lax.slice_in_dim(fine, 0, n, axis=axis)
 
 
+def _pixel_integrals(fine, k: int):
+    """The fine samples integrated over the one-pixel box centred on each table node (Boole, y then x)."""
+    w = _boole_weights(k)
+    return _box_integrate(_box_integrate(fine, w, 0), w, 1)
+
+
 def plain_table(profile: Profile, grid: TableGrid, shape_u):
     """Table (L, L) of the pixel-integrated unit-flux PSF; offset of index j is ``(j - c) h``."""
-    return node_fields(grid, fine_samples(profile, grid, shape_u))[0, 0]
+    return _pixel_integrals(fine_samples(profile, grid, shape_u), grid.oversampling)
 
 
 def node_fields(grid: TableGrid, fine):
@@ -125,10 +131,10 @@ def node_fields(grid: TableGrid, fine):
     edges, which lie on the fine grid: ``dT/dx`` integrates ``f(x + 1/2) - f(x - 1/2)`` along y (Boole),
     ``d2T/dxdy`` is the difference of the four corners."""
     k = grid.oversampling
-    w, h = _boole_weights(k), 1.0 / k
-    t = _box_integrate(_box_integrate(fine, w, 0), w, 1)
+    t = _pixel_integrals(fine, k)
     if not grid.hermite:
         return t[None, None]
+    w, h = _boole_weights(k), 1.0 / k
     t_x = _box_integrate(_edge_difference(fine, k, 1), w, 0)
     t_y = _box_integrate(_edge_difference(fine, k, 0), w, 1)
     t_xy = _edge_difference(_edge_difference(fine, k, 0), k, 1)
