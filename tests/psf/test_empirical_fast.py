@@ -156,6 +156,31 @@ def test_engine_fits_with_the_empirical_kind_like_the_own_fitter():
     np.testing.assert_allclose(np.asarray(engine["flux_err"]), np.asarray(ours["flux_err"]), rtol=1e-3)
 
 
+def test_the_kind_serves_any_footprint_as_its_own_stamp_placed_at_the_star():
+    # A group footprint or a render window wider than the model's 15-px stamp: the model and its x, y
+    # derivatives are the 15-px evaluation around the star's nearest pixel, shifted there, and zero beyond it
+    # (the same arithmetic on the same numbers: equal to 1e-12 of the peak).
+    import jax
+
+    from psfax.psf.empirical import star_psf
+    from psfax.psf.kind import empirical_kind
+
+    psf = gaussian_psf(degree=1)
+    with jax.enable_x64(True):
+        kind = empirical_kind(psf, np.array([300.0]), np.array([700.0])).rows(0)
+        arrays = psf.arrays()
+        for x0, y0 in ((20.3, 9.6), (3.5001, 27.2), (7.2, 6.9)):
+            v = np.array([x0, y0, 1.0, 0.0])
+            model, jac = kind.linearise(v, (31, 31))
+            ox, oy = int(np.rint(x0)) - 7, int(np.rint(y0)) - 7
+            local = star_psf(arrays, kind.coef, kind.core_w, x0 - ox, y0 - oy)
+            for got, want in zip((model, jac[:, 0], jac[:, 1]), local):
+                full = np.zeros((31 + 30, 31 + 30))
+                full[15 + oy:15 + oy + 15, 15 + ox:15 + ox + 15] = np.asarray(want)
+                np.testing.assert_allclose(np.asarray(got).reshape(31, 31), full[15:46, 15:46], rtol=0,
+                                           atol=1e-12 * float(np.max(local[0])))
+
+
 def test_normal_equations_recover_a_grid_from_its_own_stamps():
     # Noise-free stamps rendered by the matrix-free operator (grid_stamps) from a known degree-1 grid: the
     # banded assembly and the block-tridiagonal Cholesky must give the grid back inside the constrained box

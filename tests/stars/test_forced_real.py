@@ -71,9 +71,10 @@ def test_injected_copies_of_real_stars_are_recovered_at_any_snr(ztf_exposure, zt
     exposure, background = ztf_exposure, ztf_fit.background
     stars = ztf_fit.psf_stars
     ny, nx = exposure.shape
-    inner = (stars["x"] > 40) & (stars["x"] < nx - 41) & (stars["y"] > 40) & (stars["y"] < ny - 41)
+    inner = ((stars["x_fit"] > 40) & (stars["x_fit"] < nx - 41) & (stars["y_fit"] > 40)
+             & (stars["y_fit"] < ny - 41))
     sources = stars[inner][np.argsort(-np.asarray(stars["flux_fit"])[inner])][:30]
-    own = forced_exposure(exposure, radec(exposure, sources["x"], sources["y"]), psf=ztf_fit)
+    own = forced_exposure(exposure, radec(exposure, sources["x_fit"], sources["y_fit"]), psf=ztf_fit)
     assert np.all(own["flags"] == 0)
     rng = np.random.default_rng(2)
     x_new, y_new = empty_positions(exposure, background, 330, seed=3, clear=25.0)
@@ -90,13 +91,13 @@ def test_injected_copies_of_real_stars_are_recovered_at_any_snr(ztf_exposure, zt
     image = exposure.data.astype(np.float64).copy()
     truth_x, truth_y = np.empty(len(x_new)), np.empty(len(x_new))
     for k, (i, s) in enumerate(zip(pick, scale)):  # test set-up: 300 copies
-        cx, cy = int(np.rint(sources["x"][i])), int(np.rint(sources["y"][i]))
+        cx, cy = int(np.rint(sources["x_fit"][i])), int(np.rint(sources["y_fit"][i]))
         copy = (exposure.data[cy - HALF: cy + HALF + 1, cx - HALF: cx + HALF + 1]
                 - background.level[cy - HALF: cy + HALF + 1, cx - HALF: cx + HALF + 1]) * s
         copy += rng.normal(0.0, np.sqrt(np.maximum(copy, 0) / exposure.gain))  # its own Poisson noise
         dx, dy = int(np.rint(x_new[k])) - cx, int(np.rint(y_new[k])) - cy
         image[cy + dy - HALF: cy + dy + HALF + 1, cx + dx - HALF: cx + dx + HALF + 1] += copy
-        truth_x[k], truth_y[k] = sources["x"][i] + dx, sources["y"][i] + dy
+        truth_x[k], truth_y[k] = sources["x_fit"][i] + dx, sources["y_fit"][i] + dy
     injected = dataclasses.replace(exposure, data=image.astype(np.float32))
     table = forced_exposure(injected, radec(exposure, truth_x, truth_y), psf=ztf_fit)
     assert np.all(table["flags"] == 0)

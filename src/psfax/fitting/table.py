@@ -270,6 +270,19 @@ def _table_psf_jvp(grid, primals, tangents):
     return value, dx * d_x0 + dy * d_y0 + interpolate(grid, d_table, x0, y0)[0]
 
 
+def shift_into(stamps, ox, oy, size):
+    """Each (S, S) array of ``stamps`` placed with its first pixel at pixel ``(ox, oy)`` (integers, x the
+    column) of a zero array of ``size = (ny, nx)``; what falls outside is dropped.  A stamp evaluated around a
+    star's nearest pixel and shifted so is that star's model on any footprint, zero beyond the stamp."""
+    ny, nx = size
+    s = stamps[0].shape[0]
+    rows = jnp.arange(ny) - oy.astype(jnp.int32)
+    cols = jnp.arange(nx) - ox.astype(jnp.int32)
+    inside = ((rows >= 0) & (rows < s))[:, None] & ((cols >= 0) & (cols < s))[None, :]
+    rows, cols = jnp.clip(rows, 0, s - 1), jnp.clip(cols, 0, s - 1)
+    return tuple(jnp.where(inside, a[rows][:, cols], 0.0) for a in stamps)
+
+
 def table_linearise(v, stamps):
     """Model (M,) and Jacobian (M, 4) from the PSF stamp and its d/dx0, d/dy0: one gather gives all,
     ``d m / d[x0, y0, flux, bkg] = [flux dP/dx0, flux dP/dy0, P, 1]``."""

@@ -3,7 +3,10 @@
 :class:`Empirical` holds the model's device arrays (shared by every star) and each star's mixture weights
 (``coef`` (N, terms) and ``core_w`` (N,), :meth:`EmpiricalPSF.weights_at` at the star's image position),
 and linearises one star through :func:`psfax.psf.empirical.star_psf` (one table gather gives P, dP/dx0,
-dP/dy0).  It fits x, y, flux and bkg; fluxes are the light within ``normalisation_radius``.
+dP/dy0) on the model's own stamp centred on the star's nearest pixel, placed into the stamp or footprint of
+any size asked (:func:`psfax.fitting.table.shift_into`: zero beyond the model's stamp, so its sources can be
+fitted in groups and rendered on wider windows).  It fits x, y, flux and bkg; fluxes are the light within
+``normalisation_radius``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psfax.fitting.psf import PSF, register_psf, static
-from psfax.fitting.table import TableGrid, table_linearise
+from psfax.fitting.table import TableGrid, shift_into, table_linearise
 from psfax.psf.empirical import EmpiricalPSF, PSFArrays, star_psf
 
 
@@ -38,10 +41,11 @@ class Empirical(PSF):
         return self.radius
 
     def linearise(self, v, size):
-        if tuple(size) != self.grid.size:
-            raise ValueError(f"the empirical PSF serves stamps of {self.grid.size}, got {tuple(size)}")
         arrays = PSFArrays(self.tables, self.core, self.grid, self.core_grid)
-        return table_linearise(v, star_psf(arrays, self.coef, self.core_w, v[0], v[1]))
+        centre = (self.grid.size[0] - 1) // 2
+        ox, oy = jnp.round(v[0]) - centre, jnp.round(v[1]) - centre
+        window = star_psf(arrays, self.coef, self.core_w, v[0] - ox, v[1] - oy)
+        return table_linearise(v, shift_into(window, ox, oy, size))
 
 
 def empirical_kind(psf: EmpiricalPSF, x_image, y_image, dtype=np.float64) -> Empirical:

@@ -147,25 +147,25 @@ def aperture_correction(exposure, background, built: BuildResult, stamps) -> tup
     return (float(np.median(ratio)), int(ok.sum())) if ok.sum() >= 5 else (1.0, 0)
 
 
-def apply_floor(table, stamps, psf: EmpiricalPSF, floor: float, isolated) -> None:
-    """Put the model-error floor into a photometry ``table`` (stamp pixels, in place) at its solution: with
-    ``var2 = var + (floor flux P)^2``, ``chi2 = sum r^2 / var2`` (``reduced_chi2`` likewise; only where
-    ``isolated``: a group's model holds its neighbours, this one star alone) and ``flux_err``
-    scaled by ``sqrt(sum P^2 / var / sum P^2 / var2)`` (the flux information's ratio).  The fit itself keeps
-    the CCD variance: weights that change with the star's brightness made fluxes depend on it (copies of real
-    stars at k = 0.3 came back 1 % low with the floor in the weights, linear to 0.1 % without)."""
+def apply_floor(table, corners, residual, variance, psf: EmpiricalPSF, floor: float) -> None:
+    """Put the model-error floor into a photometry ``table`` (stamp pixels of the stamps with first pixels
+    ``corners.x0, corners.y0``; in place) at its solution.  ``residual`` (N, S, S): each stamp's data minus
+    every source's model and its background [ADU], NaN on bad pixels; ``variance`` (N, S, S) [ADU^2].  With
+    ``var2 = var + (floor flux P)^2``, ``chi2 = sum residual^2 / var2`` (``reduced_chi2`` likewise) and
+    ``flux_err`` scaled by ``sqrt(sum P^2 / var / sum P^2 / var2)`` (the flux information's ratio).  The fit
+    itself keeps the CCD variance: weights that change with the star's brightness made fluxes depend on it
+    (copies of real stars at k = 0.3 came back 1 % low with the floor in the weights, linear to 0.1 % without)."""
     if floor <= 0 or not len(table):
         return
-    x, y = (np.nan_to_num(np.asarray(table[c], float), nan=(stamps.size - 1) / 2) for c in ("x_fit", "y_fit"))
-    flux, bkg = (np.nan_to_num(np.asarray(table[c], float)) for c in ("flux_fit", "bkg_fit"))
-    unit = psf.render(x, y, stamps.x0 + x, stamps.y0 + y)
-    use = ~stamps.mask
-    var2 = stamps.variance + (floor * flux[:, None, None] * unit) ** 2
-    resid2 = np.where(use, (stamps.data - flux[:, None, None] * unit - bkg[:, None, None]) ** 2, 0.0)
-    info = [np.sum(np.where(use, unit**2 / v, 0.0), axis=(1, 2)) for v in (stamps.variance, var2)]
+    size = residual.shape[-1]
+    x, y = (np.nan_to_num(np.asarray(table[c], float), nan=(size - 1) / 2) for c in ("x_fit", "y_fit"))
+    flux = np.nan_to_num(np.asarray(table["flux_fit"], float))
+    unit = psf.render(x, y, corners.x0 + x, corners.y0 + y)
+    use = np.isfinite(residual)
+    var2 = variance + (floor * flux[:, None, None] * unit) ** 2
+    info = [np.sum(np.where(use, unit**2 / v, 0.0), axis=(1, 2)) for v in (variance, var2)]
     found = np.isfinite(np.asarray(table["chi2"], float))
-    chi2 = np.where(found & np.asarray(isolated, bool), np.sum(resid2 / var2, axis=(1, 2)),
-                    np.asarray(table["chi2"], float))
+    chi2 = np.where(found, np.sum(np.where(use, residual**2 / var2, 0.0), axis=(1, 2)), np.nan)
     table["chi2"] = chi2
     with np.errstate(divide="ignore", invalid="ignore"):
         table["reduced_chi2"] = np.where(np.asarray(table["dof"]) > 0, chi2 / np.asarray(table["dof"]), np.nan)

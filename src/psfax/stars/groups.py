@@ -448,6 +448,13 @@ class GroupedPhotometry:
         return Table(columns), corners
 
 
+    def residual_stamps(self, corners, size: int) -> np.ndarray:
+        """Each source's ``size`` stamp at ``corners`` (``.x0, .y0``) of the residual image minus its group's
+        background offset (N, size, size) [ADU]: its data minus every model; NaN on bad pixels and off the image."""
+        (cut,), inside = _cut([self.residual], corners.x0, corners.y0, size)
+        return np.where(inside, cut - np.nan_to_num(self.fit["bkg_fit"])[:, None, None], np.nan)
+
+
 def grouped_photometry(exposure, background, detections, start, psf_at, fwhm: float, options,
                        progress=None) -> GroupedPhotometry:
     """PSF photometry of every source with blends fitted together, in ``options.passes`` passes.

@@ -375,9 +375,10 @@ def grouping_fwhm(result, image_shape) -> float:
 
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
                    options: FitOptions, progress: Callable[[str], None] | None = None, choice=None):
-    """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF shape held fixed (the empirical
-    PSF of ``choice`` when it was chosen: :func:`empirical_photometry`, one star per fit, no passes), in
-    groups over ``options.passes`` passes from the detections' positions and aperture fluxes
+    """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF held fixed (the empirical PSF of
+    ``choice`` when it was chosen, its model-error floor then put into ``flux_err`` and ``chi2``:
+    :func:`psfax.stars.empirical.apply_floor`; else the analytic fit ``result``), in groups over
+    ``options.passes`` passes from the detections' positions and aperture fluxes
     (:func:`psfax.stars.groups.grouped_photometry`).
 
     Returns the catalog and the :class:`~psfax.stars.groups.GroupedPhotometry`.  The catalog has image
@@ -386,15 +387,25 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     """
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
-    if choice is not None and choice.psf is not None:
-        return empirical_photometry(exposure, background, detections[usable], detections, choice, options), None
+    empirical = choice is not None and choice.psf is not None
+    if empirical:
+        from psfax.psf.kind import empirical_kind
+
+        dtype = np.dtype(options.photometry_dtype or "float64")
+        psf_at, shape_at = (lambda xs, ys: empirical_kind(choice.psf, xs, ys, dtype)), None
+    else:
+        psf_at, shape_at = (lambda xs, ys: psf_model_at(result, xs, ys)), (lambda xs, ys: psf_shape_at(result, xs, ys))
     fwhm = grouping_fwhm(result, exposure.shape)
     start = {"x": x[usable], "y": y[usable], "flux": np.asarray(detections["aper_flux"], float)[usable]}
-    grouped = grouped_photometry(exposure, background, detections[usable], start,
-                                 lambda xs, ys: psf_model_at(result, xs, ys), fwhm, options, progress)
+    grouped = grouped_photometry(exposure, background, detections[usable], start, psf_at, fwhm, options, progress)
     sources = grouped.sources
-    fit_table, corners = grouped.stamp_table(background, options.stamp_size,
-                                             lambda xs, ys: psf_shape_at(result, xs, ys))
+    fit_table, corners = grouped.stamp_table(background, options.stamp_size, shape_at)
+    if empirical:
+        from psfax.stars.empirical import apply_floor
+
+        variance = cut_stamps(exposure, background, sources["x"], sources["y"], options.stamp_size).variance
+        apply_floor(fit_table, corners, grouped.residual_stamps(corners, options.stamp_size), variance, choice.psf,
+                    choice.model_error_floor)
     table = _image_table(fit_table, corners, exposure)
     found_later = np.arange(len(sources)) >= len(usable)
     table["source_flags"] = (_source_flags(sources, sources, exposure, options)
@@ -403,29 +414,6 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     table["mag_aper"] = sources["mag_aper"]
     table["group_id"], table["group_size"] = grouped.group_id, grouped.group_size
     return table, grouped
-
-
-def empirical_photometry(exposure: Exposure, background: Background, sources: Table, detections: Table, choice,
-                         options: FitOptions) -> Table:
-    """Photometry with the chosen empirical PSF: each source on its own stamp (x, y, flux, sky; the model
-    serves its own stamp size, so not in groups and without residual passes: ``group_size`` is 1), its
-    model-error floor in ``flux_err`` and ``chi2`` (:func:`psfax.stars.empirical.apply_floor`)."""
-    from psfax.psf.kind import empirical_kind
-    from psfax.stars.empirical import apply_floor
-    from psfax.stars.forced import refit_failed
-
-    x, y = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
-    stamps = cut_stamps(exposure, background, x, y, options.stamp_size)
-    psf = empirical_kind(choice.psf, x, y, np.dtype(options.photometry_dtype or "float64"))
-    fit = _fit(stamps, exposure, options, psf=psf)
-    refitted = refit_failed(fit.table, stamps, background, psf, exposure.gain, options)
-    apply_floor(fit.table, stamps, choice.psf, choice.model_error_floor, np.ones(len(x), bool))
-    table = _image_table(fit.table, stamps, exposure)
-    table["source_flags"] = (_source_flags(sources, detections, exposure, options)
-                             + SOURCE_FLAGS["fixed_position"] * refitted.astype(np.int32))
-    table["mag_aper"] = sources["mag_aper"]
-    table["group_id"], table["group_size"] = np.arange(len(x)), np.ones(len(x), np.int64)
-    return table
 
 
 def _source_flags(sources: Table, detections: Table, exposure: Exposure,
