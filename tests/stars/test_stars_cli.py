@@ -35,7 +35,7 @@ def test_fit_writes_outputs_and_summary(image_files, tmp_path, capsys):
     # truth at the image centre: 1.3 px; 4 sigma of the fit's own error
     assert abs(info["fwhm"]["intrinsic_px"] - 1.3) < 4 * info["fwhm"]["intrinsic_px_err"]
     assert info["selection_counts"]["detected"] == 200
-    assert info["psf_choice"] is None and not (out / "psf.fits").exists()  # --psf analytic, the default
+    assert info["psf_choice"]["asked"] == "auto"  # the default
 
 
 @pytest.mark.slow

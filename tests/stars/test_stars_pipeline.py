@@ -91,7 +91,8 @@ def test_float32_photometry_agrees_with_float64(field, result):
 def test_outputs_written(result, tmp_path):
     paths = result.write(tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == ["ellipticity_map.png", "fwhm_map.png", "psf.json", "psf_stars.parquet",
+    # psf.fits: the empirical model of the default --psf auto, written whenever it was built
+    assert names == ["ellipticity_map.png", "fwhm_map.png", "psf.fits", "psf.json", "psf_stars.parquet",
                      "radial_profile.png", "report.html", "residuals.png", "stars.parquet"]
     info = json.loads((tmp_path / "psf.json").read_text())
     assert info["model"] == "moffat" and info["spatial_degree"] == 1
@@ -129,3 +130,22 @@ def test_photometry_shape_converts_ellipticity_to_shear():
         out = shape_from_u(profile, u)
     assert float(out["g1"][0]) == pytest.approx(np.sqrt(0.5) / 9, rel=1e-12)
     assert float(out["g2"][0]) == pytest.approx(np.sqrt(0.5) / 9, rel=1e-12)
+
+
+def test_auto_keeps_the_analytic_psf_when_too_few_stars_for_the_empirical_one(result):
+    # 10 PSF stars, 8 of them built on: oversampling 2 and degree 1 need 24.  auto says so (a warning, the
+    # reason in psf.json) and keeps the analytic fit; empirical, asked for, is an error naming both numbers.
+    import dataclasses
+
+    from psfax.psf import TooFewStarsError
+    from psfax.stars.empirical import EmpiricalNotBuiltWarning, choose_psf
+    from psfax.stars.pipeline import _take
+
+    few = _take(result.psf_stamps, np.arange(10))
+    chi2 = result.psf_stars["reduced_chi2"][:10]
+    with pytest.warns(EmpiricalNotBuiltWarning, match="need at least 24 build stars, got 8"):
+        choice = choose_psf(result.exposure, result.background, few, chi2, result.options)
+    summary = choice.summary()
+    assert choice.psf is None and summary["chosen"] == "moffat" and "24" in summary["not_built"]
+    with pytest.raises(TooFewStarsError, match="need at least 24 build stars, got 8"):
+        choose_psf(result.exposure, result.background, few, chi2, dataclasses.replace(result.options, psf="empirical"))

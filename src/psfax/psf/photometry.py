@@ -26,6 +26,7 @@ from psfax.fitting import flags as F
 from psfax.psf.empirical import EmpiricalPSF, PSFArrays, star_psf
 
 PARAMS = ("x", "y", "flux", "bkg")
+CHI2_STOP = 1e-4
 
 
 def fit_psf_photometry(psf: EmpiricalPSF, data, variance, mask, x_init, y_init, x_corner, y_corner, *,
@@ -119,7 +120,7 @@ def _lm(arrays, data, w, coef, core_w, x_init, y_init, *, max_iter, fit_bkg):
             trial = v + step
             chi2_new = chi2_of(trial)
             better = chi2_new < chi2
-            done = converged | (jnp.abs(chi2 - jnp.where(better, chi2_new, chi2)) < 1e-8 * (1.0 + chi2)) & better
+            done = converged | (jnp.abs(chi2 - jnp.where(better, chi2_new, chi2)) < CHI2_STOP) & better
             return (jnp.where(better, trial, v), jnp.where(better, lam * 0.1, lam * 10.0),
                     jnp.minimum(chi2_new, chi2), done | (lam > 1e8), k + 1)
 

@@ -19,9 +19,9 @@ def fit(science: Path = typer.Argument(..., metavar="SCIENCE", help="science ima
         mask: Path = typer.Option(None, "--mask", help="mask image of bit flags (FITS)"),
         model: str = typer.Option("moffat", help="moffat, gaussian, elliptical_moffat, elliptical_gaussian: the "
                                   "analytic PSF fitted to the PSF stars"),
-        psf: str = typer.Option("analytic", "--psf", help="PSF of the photometry: analytic (the fitted --model, "
-                                "with grouped fits and residual passes), empirical, auto (empirical when its "
-                                "reserve stars' chi2 beats the analytic fit's; the build adds ~30 s) or an "
+        psf: str = typer.Option("auto", "--psf", help="PSF of the photometry: auto (an empirical PSF built on "
+                                "the PSF stars when its reserve stars' chi2 beats the analytic fit's, else the "
+                                "fitted --model), empirical, analytic (the fitted --model, no build) or an "
                                 "analytic model name (sets --model)"),
         psf_oversampling: int = typer.Option(2, "--psf-oversampling", help="empirical PSF grid samples per "
                                              "pixel: 2, 3 or 4"),

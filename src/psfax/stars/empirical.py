@@ -4,6 +4,9 @@
 
 1. builds an :class:`~psfax.psf.EmpiricalPSF` (:func:`psfax.psf.build_psf`) from the kept PSF stars' stamps,
    the sky held at sep's background map, 20 % of the stars reserved (never in the build);
+   (with ``auto``, too few PSF stars for the grid and degree or a singular grid leave the analytic fit as the
+   photometry's PSF, with an :class:`EmpiricalNotBuiltWarning` and the reason in ``psf.json``; with
+   ``empirical`` they are an error);
 2. compares the median reduced chi2 of those **reserve** stars under the empirical model and under the
    analytic fit (the analytic fit saw them: its figure is, if anything, optimistic); ``auto`` takes the
    empirical model when its figure is lower, ``empirical`` always;
@@ -18,14 +21,21 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
-from psfax.psf import BuildOptions, BuildResult, EmpiricalPSF, build_psf
+from psfax.psf import BuildOptions, BuildResult, EmpiricalPSF, TooFewStarsError, build_psf
+from psfax.psf.normal import SingularGridError
 
 APERTURE_RADIUS = 14.0
 """Radius [px] of the aperture the empirical fluxes are corrected to (twice the default normalisation radius
 of 15-px stamps; PSF stars have no other detection within ``isolation``, 20 arcsec ~ 20 px on ZTF)."""
+
+
+class EmpiricalNotBuiltWarning(UserWarning):
+    """``psf="auto"``: the empirical PSF could not be built on this image (too few PSF stars for its grid and
+    degree, or a singular grid); the analytic fit is the photometry's PSF, the reason in ``psf.json``."""
 
 
 @dataclasses.dataclass
@@ -36,13 +46,18 @@ class PSFChoice:
     chosen: str
     asked: str
     psf: EmpiricalPSF | None
-    build: BuildResult
+    build: BuildResult | None
     reserve_chi2: dict
     model_error_floor: float
     aperture_correction: float
     aperture_stars: int
+    not_built: str | None = None
 
     def summary(self) -> dict:
+        if self.build is None:
+            return {"asked": self.asked, "chosen": self.chosen, "not_built": self.not_built,
+                    "reserve_median_reduced_chi2": {},
+                    "flux_convention": "flux_fit is the total flux of the unit-flux analytic profile"}
         build = self.build.psf
         return {"asked": self.asked, "chosen": self.chosen,
                 "reserve_median_reduced_chi2": self.reserve_chi2,
@@ -74,9 +89,16 @@ def choose_psf(exposure, background, stamps, analytic_chi2, options) -> PSFChoic
     sky = stamp_sky(background, stamps)
     build_options = BuildOptions(oversampling=options.psf_oversampling, degree=options.spatial_degree,
                                  saturation=exposure.saturate)
-    built = build_psf(stamps.data, stamps.variance, stamps.mask, stamps.x_init, stamps.y_init, stamps.x0, stamps.y0,
-                      options=build_options, sky=sky, image_shape=exposure.shape, dtype=options.dtype,
-                      device=options.device)
+    try:
+        built = build_psf(stamps.data, stamps.variance, stamps.mask, stamps.x_init, stamps.y_init, stamps.x0,
+                          stamps.y0, options=build_options, sky=sky, image_shape=exposure.shape, dtype=options.dtype,
+                          device=options.device)
+    except (TooFewStarsError, SingularGridError) as exc:
+        if options.psf == "empirical":
+            raise
+        warnings.warn(f"{exposure.name}: no empirical PSF ({exc}); the photometry uses the analytic "
+                      f"{options.model}", EmpiricalNotBuiltWarning, stacklevel=3)
+        return PSFChoice(options.model, options.psf, None, None, {}, 0.0, 1.0, 0, str(exc))
     table = built.table
     role = np.asarray(table["role"])
     reserve = role == "reserve"

@@ -67,9 +67,9 @@ class FitOptions:
 
     ``dtype`` is the precision of the PSF fit (default float64 on the CPU), ``photometry_dtype`` that
     of the photometry of every source (float32 by default: the image's own precision; see docs/stars.md).
-    ``psf``: the photometry's PSF: ``analytic`` (``model``; a model's name sets ``model``), ``empirical``
-    or ``auto`` (the empirical one when its reserve stars' chi2 beats the analytic fit's;
-    :mod:`psfax.stars.empirical`), its grid sampled ``psf_oversampling`` times per pixel, its spatial degree
+    ``psf``: the photometry's PSF: ``auto`` (the default: the empirical one when its reserve stars' chi2 beats
+    the analytic fit's, the analytic one when it cannot be built; :mod:`psfax.stars.empirical`), ``empirical``
+    or ``analytic`` (``model``; a model's name sets ``model``), its grid sampled ``psf_oversampling`` times per pixel, its spatial degree
     ``spatial_degree``.
     ``group_radius``: sources closer than this many FWHM (pixel-convolved, at the image centre) are fitted
     together; ``passes``: photometry passes, each after the first adding the sources found in the residual.
@@ -91,7 +91,7 @@ class FitOptions:
     device: str | None = None
     dtype: str | None = None
     photometry_dtype: str | None = "float32"
-    psf: str = "analytic"
+    psf: str = "auto"
     psf_oversampling: int = 2
     group_radius: float = 3.0
     passes: int = 2

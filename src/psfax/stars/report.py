@@ -149,7 +149,10 @@ def summary_rows(info: dict) -> list[tuple[str, str]]:
                           f"clipping ({counts['kept_psf_stars_converged_in_final_fit']} of them converged)"),
             ("median reduced chi2", f"{info['median_reduced_chi2_kept_psf_stars']:.3f} (kept PSF stars)")]
     choice = info.get("psf_choice")
-    if choice is not None:
+    if choice is not None and choice.get("not_built"):
+        rows.append(("photometry PSF", f"{choice['chosen']} (asked: {choice['asked']}; no empirical PSF: "
+                                       f"{choice['not_built']})"))
+    elif choice is not None:
         figures = ", ".join(f"{k} {v:.3f}" for k, v in choice["reserve_median_reduced_chi2"].items())
         rows.append(("photometry PSF", f"{choice['chosen']} (asked: {choice['asked']}; reserve-star median reduced "
                                        f"chi2: {figures}; aperture correction to {choice['aperture_radius_px']:g} px "
@@ -223,7 +226,7 @@ def write_outputs(fit, out_dir: Path, *, plots: bool = True) -> list[Path]:
     if fit.catalog is not None:
         paths.append(write_catalog(fit.catalog, out_dir / "stars.parquet"))
     paths.append(write_catalog(fit.psf_stars, out_dir / "psf_stars.parquet"))
-    if fit.psf_choice is not None:
+    if fit.psf_choice is not None and fit.psf_choice.build is not None:
         from psfax.psf.io import write_psf_fits
 
         paths.append(write_psf_fits(fit.psf_choice.build.psf, out_dir / "psf.fits"))
