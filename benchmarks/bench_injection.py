@@ -15,7 +15,9 @@ kinds of site of the real image:
 source within ``min(1 px, half the distance to its neighbour)``.  A copy's true flux is
 ``scale x`` the source star's flux in the catalog of the uninjected image, so the flux ratio tests the
 photometry's linearity and its handling of neighbours, whatever the PSF's normalisation.  Its error is
-the catalog's ``flux_err`` with the source star's own scaled error added in quadrature.
+the catalog's ``flux_err_stat`` with the source star's own scaled one added in quadrature: the statistical
+errors under the CCD variance, without the empirical PSF's model-error floor, which a copy shares exactly with
+its source star (same shape, so the same mismatch to the model).  S/N uses ``flux_err``, as a user would.
 
 Reported per site kind: completeness in magnitude bins and over 15-19 mag (where the catalog is complete), and for recovered unflagged
 copies above S/N 20 the median flux ratio - 1 (with its standard error, 1.25 robust spread / sqrt(n)) and
@@ -55,7 +57,7 @@ def source_stars(fit, n: int = 30):
     order = np.flatnonzero(inner)[np.argsort(-np.asarray(stars["flux_fit"], float)[inner])][:n]
     d, row = cKDTree(np.column_stack([cat["x_fit"], cat["y_fit"]])).query(np.column_stack([x[order], y[order]]))
     assert np.all(d < 0.5) and np.all(np.asarray(cat["flags"])[row] == 0)
-    return x[order], y[order], np.asarray(cat["flux_fit"], float)[row], np.asarray(cat["flux_err"], float)[row]
+    return x[order], y[order], np.asarray(cat["flux_fit"], float)[row], np.asarray(cat["flux_err_stat"], float)[row]
 
 
 def clear_sites(fit, n: int, rng, clear: float = 25.0):
@@ -164,7 +166,7 @@ def scores(cat, rows, truth, truth_err, mags, snr, snr_cut: float = 20.0) -> dic
     ``snr_cut``, the median flux ratio - 1 with its standard error and the pull std."""
     found = rows >= 0
     flux = np.where(found, np.asarray(cat["flux_fit"], float)[rows], np.nan)
-    err = np.hypot(np.where(found, np.asarray(cat["flux_err"], float)[rows], np.nan), truth_err)
+    err = np.hypot(np.where(found, np.asarray(cat["flux_err_stat"], float)[rows], np.nan), truth_err)
     flags = np.where(found, np.asarray(cat["flags"])[rows], -1)
     bins = np.digitize(mags, MAG_BINS) - 1
     good = found & (flags == 0) & (snr > snr_cut)

@@ -2,9 +2,9 @@
 
 Each star minimises ``chi2 = sum w (d - flux P(x - x0, y - y0) - bkg)^2``, ``w = 1 / variance`` on
 usable pixels (variance given, held fixed), by Levenberg-Marquardt on the four parameters, all stars
-at once (``vmap``) for at most ``max_iter`` iterations, each star until its chi2 changes by < 1e-8
-(relative) after a step (a step is taken only when chi2 drops; the damping
-is divided by 10 after a success and multiplied by 10 after a failure).  The Jacobian
+at once (``vmap``) for at most ``max_iter`` iterations, each star until a step lowers its chi2 by less than
+:data:`CHI2_STOP` (that last step moved each parameter by about sqrt(1e-4) = 0.01 of its error or less; a
+step is taken only when chi2 drops; the damping is divided by 10 after a success and multiplied by 10 after a failure).  The Jacobian
 ``[flux dP/dx0, flux dP/dy0, P, 1]`` comes in closed form from the table interpolation.  Errors are the
 square roots of the diagonal of the inverse Fisher matrix ``(J^T W J)^-1`` at the solution.
 
@@ -27,6 +27,7 @@ from psfax.psf.empirical import EmpiricalPSF, PSFArrays, star_psf
 
 PARAMS = ("x", "y", "flux", "bkg")
 CHI2_STOP = 1e-4
+"""A star's fit stops at an accepted step that lowers its chi2 by less than this."""
 
 
 def fit_psf_photometry(psf: EmpiricalPSF, data, variance, mask, x_init, y_init, x_corner, y_corner, *,

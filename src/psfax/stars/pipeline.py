@@ -382,8 +382,8 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     (:func:`psfax.stars.groups.grouped_photometry`).
 
     Returns the catalog and the :class:`~psfax.stars.groups.GroupedPhotometry`.  The catalog has image
-    ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS), the fit columns, ``mag, mag_err`` (through MAGZP;
-    statistical error only), ``source_flags`` (:data:`SOURCE_FLAGS`) and ``group_id, group_size``.
+    ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS), the fit columns with ``flux_err_stat`` (``flux_err``
+    before the floor), ``mag, mag_err`` (through MAGZP; from ``flux_err``, no zero-point error), ``source_flags`` (:data:`SOURCE_FLAGS`) and ``group_id, group_size``.
     """
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
@@ -400,6 +400,8 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     grouped = grouped_photometry(exposure, background, detections[usable], start, psf_at, fwhm, options, progress)
     sources = grouped.sources
     fit_table, corners = grouped.stamp_table(background, options.stamp_size, shape_at)
+    fit_table.add_column(np.asarray(fit_table["flux_err"], float), name="flux_err_stat",
+                         index=fit_table.colnames.index("flux_err") + 1)
     if empirical:
         from psfax.stars.empirical import apply_floor
 
