@@ -4,9 +4,10 @@ Each star minimises ``chi2 = sum w (d - flux P(x - x0, y - y0) - bkg)^2``, ``w =
 usable pixels (variance given, held fixed), by Levenberg-Marquardt on the four parameters, all stars
 at once (``vmap``) for at most ``max_iter`` iterations, each star until a step lowers its chi2 by less than
 :data:`CHI2_STOP` (that last step moved each parameter by about sqrt(1e-4) = 0.01 of its error or less; a
-step is taken only when chi2 drops; the damping is divided by 10 after a success and multiplied by 10 after a failure).  The Jacobian
-``[flux dP/dx0, flux dP/dy0, P, 1]`` comes in closed form from the table interpolation.  Errors are the
-square roots of the diagonal of the inverse Fisher matrix ``(J^T W J)^-1`` at the solution.
+step is taken only when chi2 drops; the damping is divided by 10 after a success and multiplied by 10 after a
+failure).  The Jacobian ``[flux dP/dx0, flux dP/dy0, P, 1]`` comes in closed form from the table
+interpolation.  Errors are the square roots of the diagonal of the inverse Fisher matrix ``(J^T W J)^-1`` at
+the solution.
 
 The PSF's spatial terms are evaluated at each star's starting image position (the PSF changes by far
 less than its errors over the < 1 px a fit moves a star).

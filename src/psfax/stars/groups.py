@@ -447,7 +447,6 @@ class GroupedPhotometry:
         columns["dof"] = np.nan_to_num(columns["dof"]).astype(np.int64)
         return Table(columns), corners
 
-
     def residual_stamps(self, corners, size: int) -> np.ndarray:
         """Each source's ``size`` stamp at ``corners`` (``.x0, .y0``) of the residual image minus its group's
         background offset (N, size, size) [ADU]: its data minus every model; NaN on bad pixels and off the image."""

@@ -69,8 +69,8 @@ class FitOptions:
     of the photometry of every source (float32 by default: the image's own precision; see docs/stars.md).
     ``psf``: the photometry's PSF: ``auto`` (the default: the empirical one when its reserve stars' chi2 beats
     the analytic fit's, the analytic one when it cannot be built; :mod:`psfax.stars.empirical`), ``empirical``
-    or ``analytic`` (``model``; a model's name sets ``model``), its grid sampled ``psf_oversampling`` times per pixel, its spatial degree
-    ``spatial_degree``.
+    or ``analytic`` (``model``; a model's name sets ``model``), its grid sampled ``psf_oversampling`` times per
+    pixel, its spatial degree ``spatial_degree``.
     ``group_radius``: sources closer than this many FWHM (pixel-convolved, at the image centre) are fitted
     together; ``passes``: photometry passes, each after the first adding the sources found in the residual.
     """
@@ -383,7 +383,8 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
 
     Returns the catalog and the :class:`~psfax.stars.groups.GroupedPhotometry`.  The catalog has image
     ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS), the fit columns with ``flux_err_stat`` (``flux_err``
-    before the floor), ``mag, mag_err`` (through MAGZP; from ``flux_err``, no zero-point error), ``source_flags`` (:data:`SOURCE_FLAGS`) and ``group_id, group_size``.
+    before the floor), ``mag, mag_err`` (through MAGZP; from ``flux_err``, no zero-point error), ``source_flags``
+    (:data:`SOURCE_FLAGS`) and ``group_id, group_size``.
     """
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
