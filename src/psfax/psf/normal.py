@@ -13,13 +13,13 @@ so ``A^T W A`` is banded and
 
     N[(k, p, q), (l, p + d, q + e)] = sum_n coef_nk coef_nl sum_ij w_nij A_y[p, i] A_y[p + d, i] A_x[q, j] A_x[q + e, j]
 
-is a sum over the stars of each star's own band matrix ``sum_ij w_nij E_y E_x`` weighted by ``coef_nk coef_nl``
-(k <= l; the others are its transpose): the star products are formed once for all term pairs.  Ordered by node
-row p, the matrix of the box (``terms B^2`` unknowns: 4107 for 15-px stamps, oversampling 2, degree 1) is
-block-tridiagonal in blocks of ``ROWS = 5`` rows; a ridge ``ridge * mean(diag N)`` (the mean over the
-constrained nodes) is added on the nodes no pixel constrains: those beyond ``(stamp - 1) / 2 + 1`` px on
-either axis and any with a zero diagonal; it pulls them to zero (no core) or to the core alone.  Inside that box nothing is regularised.  The
-system is solved exactly by a block Cholesky factorisation (two scans over the ``ceil(B / 5)`` blocks); a
+is a sum over the stars of each star's own band matrix ``sum_ij w_nij E_y E_x`` weighted by ``coef_nk coef_nl`` (k
+<= l; the others are its transpose): the star products are formed once for all term pairs. Ordered by node row p,
+the matrix of the box (``terms B^2`` unknowns: 4107 for 15-px stamps, oversampling 2, degree 1) is
+block-tridiagonal in blocks of ``ROWS = 5`` rows; a ridge ``ridge * mean(diag N)`` (the mean over the constrained
+nodes) is added on the nodes no pixel constrains: those beyond ``(stamp - 1) / 2 + 1`` px on either axis and any
+with a zero diagonal; it pulls them to zero (no core) or to the core alone. Inside that box nothing is regularised.
+The system is solved exactly by a block Cholesky factorisation (two scans over the ``ceil(B / 5)`` blocks); a
 non-finite solution raises :class:`SingularGridError`.
 """
 
