@@ -114,8 +114,7 @@ class EmpiricalPSF:
     def arrays(self, dtype=None) -> PSFArrays:
         """Device arrays of the model for :func:`psf_stamps` (default dtype: the grid's, float64)."""
         dtype = self.grid.dtype if dtype is None else dtype
-        grid = jnp.asarray(self.grid, dtype)
-        tables = jax.vmap(partial(polyphase, self.table_grid))(grid[:, None, None])[None]
+        tables = grid_tables(self.table_grid, jnp.asarray(self.grid, dtype))
         core = self.core_table(dtype)
         return PSFArrays(tables, core, self.table_grid, self.core_grid)
 
@@ -211,8 +210,14 @@ def psf_stamps(arrays: PSFArrays, coef, core_w, x0, y0):
     return jax.vmap(star_psf, in_axes=(None, 0, 0, 0, 0))(arrays, coef, core_w, x0, y0)
 
 
+@partial(jax.jit, static_argnames=("grid",))
+def grid_tables(grid: TableGrid, values):
+    """The polyphase stack (1, terms, ...) of node values (terms, L, L), as one compiled program."""
+    return jax.vmap(partial(polyphase, grid))(values[:, None, None])[None]
+
+
 def grid_stamps(grid: TableGrid, values, coef, x0, y0):
     """The grid part only, ``sum_k coef_nk G_k`` at each star (N, S, S): linear in ``values`` (terms, L, L),
     the operator the build inverts."""
-    tables = jax.vmap(partial(polyphase, grid))(values[:, None, None])[None]
+    tables = grid_tables(grid, values)
     return jax.vmap(lambda c, x, y: interpolate_mixture(grid, tables, 0, c, x, y)[0])(coef, x0, y0)
