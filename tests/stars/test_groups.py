@@ -91,24 +91,32 @@ def _fixed_psf(n):
     return Fixed(profile, True, shape_u=shape_to_u(profile, {"fwhm": np.full(n, FWHM), "beta": np.full(n, BETA)}))
 
 
-@pytest.mark.slow
-def test_grouped_fits_unbiased_where_single_star_fits_are_not(crowded):
-    from psfax.fitting import fit_stamps
+def _fit_crowded(crowded, psf, flux, render_size):
+    """:func:`fit_groups` of every blend of ``crowded`` with ``psf`` (one row per source), started as a detection
+    would start it: positions within ~0.3 px (seed 5), fluxes 30 % below ``flux``.  Returns the fit, the group
+    sizes and the start positions."""
     from psfax.stars.groups import GroupImage, fit_groups, group_sources, render_model
 
-    data, x, y, flux = crowded["data"], crowded["x"], crowded["y"], crowded["flux"]
-    n = len(x)
+    data, x, y = crowded["data"], crowded["x"], crowded["y"]
     rng = np.random.default_rng(5)
-    # start as a detection would give it: positions within ~0.3 px, fluxes 30 % low
-    x1, y1, f1 = x + rng.normal(0, 0.3, n), y + rng.normal(0, 0.3, n), 0.7 * flux
-    psf = _fixed_psf(n)
+    x1, y1, f1 = x + rng.normal(0, 0.3, len(x)), y + rng.normal(0, 0.3, len(x)), 0.7 * flux
     sky_var = SKY / GAIN + (READ_NOISE / GAIN) ** 2
     image = GroupImage((data - SKY).astype(np.float32), np.ones(data.shape, bool),
                        np.full(data.shape, sky_var, np.float32), GAIN)
     radius = 4.0 * FWHM  # 2 px beyond the widest blend: start noise (0.3 px) never splits one
     group_id, group_size = group_sources(x1, y1, radius)
-    grouped = fit_groups(image, render_model(psf, x1, y1, f1, data.shape, 31), psf, x1, y1, f1, x1, y1, group_id,
-                         radius=radius, stamp_size=15, dtype="float64")
+    grouped = fit_groups(image, render_model(psf, x1, y1, f1, data.shape, render_size), psf, x1, y1, f1, x1, y1,
+                         group_id, radius=radius, stamp_size=15, dtype="float64")
+    return grouped, group_size, x1, y1
+
+
+@pytest.mark.slow
+def test_grouped_fits_unbiased_where_single_star_fits_are_not(crowded):
+    from psfax.fitting import fit_stamps
+
+    data, flux = crowded["data"], crowded["flux"]
+    psf = _fixed_psf(len(flux))
+    grouped, group_size, x1, y1 = _fit_crowded(crowded, psf, flux, 31)
     # each star on its own: the engine's per-star fit on a 15 x 15 stamp (what the pipeline did before)
     col, row = np.rint(x1).astype(int), np.rint(y1).astype(int)
     offsets = np.arange(-7, 8)
@@ -164,23 +172,12 @@ def test_grouped_fits_with_an_empirical_psf_are_unbiased(crowded):
     # must be 1.  The bounds are the Moffat test's (1 % on the median, pull std in [0.8, 1.3]); the model is zero
     # beyond its stamp, where this Moffat keeps 1.8 % of its light (it goes into the group's background).
     from psfax.psf.kind import empirical_kind
-    from psfax.stars.groups import GroupImage, fit_groups, group_sources, render_model
 
-    data, x, y, flux = crowded["data"], crowded["x"], crowded["y"], crowded["flux"]
-    n = len(x)
-    rng = np.random.default_rng(5)
     model = _galsim_empirical_psf()
     s_c, s_k = model.norm_sums()
-    within = flux * (s_c + s_k[0])
-    x1, y1, f1 = x + rng.normal(0, 0.3, n), y + rng.normal(0, 0.3, n), 0.7 * within
-    psf = empirical_kind(model, x1, y1)
-    sky_var = SKY / GAIN + (READ_NOISE / GAIN) ** 2
-    image = GroupImage((data - SKY).astype(np.float32), np.ones(data.shape, bool),
-                       np.full(data.shape, sky_var, np.float32), GAIN)
-    radius = 4.0 * FWHM
-    group_id, group_size = group_sources(x1, y1, radius)
-    grouped = fit_groups(image, render_model(psf, x1, y1, f1, data.shape, 23), psf, x1, y1, f1, x1, y1, group_id,
-                         radius=radius, stamp_size=15, dtype="float64")
+    within = crowded["flux"] * (s_c + s_k[0])
+    psf = empirical_kind(model, crowded["x"], crowded["y"])  # degree 0: the same everywhere
+    grouped, group_size, _, _ = _fit_crowded(crowded, psf, within, 23)
     assert np.all(group_size == crowded["kind"])
     assert np.mean(grouped["converged"]) >= 0.99
     ratio = np.asarray(grouped["flux_fit"]) / within - 1

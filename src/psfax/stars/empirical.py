@@ -33,6 +33,10 @@ APERTURE_RADIUS = 14.0
 of 15-px stamps; PSF stars have no other detection within ``isolation``, 20 arcsec ~ 20 px on ZTF)."""
 
 
+ANALYTIC_FLUX = "flux_fit is the total flux of the unit-flux analytic profile"
+"""``psf.json``'s flux convention when the analytic fit is the photometry's PSF."""
+
+
 class EmpiricalNotBuiltWarning(UserWarning):
     """``psf="auto"``: the empirical PSF could not be built on this image (too few PSF stars for its grid and
     degree, or a singular grid); the analytic fit is the photometry's PSF, the reason in ``psf.json``."""
@@ -57,14 +61,14 @@ class PSFChoice:
         if self.build is None:
             return {"asked": self.asked, "chosen": self.chosen, "not_built": self.not_built,
                     "reserve_median_reduced_chi2": {},
-                    "flux_convention": "flux_fit is the total flux of the unit-flux analytic profile"}
+                    "flux_convention": ANALYTIC_FLUX}
         build = self.build.psf
         return {"asked": self.asked, "chosen": self.chosen,
                 "reserve_median_reduced_chi2": self.reserve_chi2,
                 "reserve_note": "the analytic fit included the reserve stars; the empirical build did not",
                 "flux_convention": ("flux_fit is the light within norm_radius_px of the PSF centre (empirical) "
                                     if self.chosen == "empirical" else
-                                    "flux_fit is the total flux of the unit-flux analytic profile"),
+                                    ANALYTIC_FLUX),
                 "norm_radius_px": build.norm_radius, "aperture_radius_px": APERTURE_RADIUS,
                 "aperture_correction": self.aperture_correction, "aperture_correction_stars": self.aperture_stars,
                 "model_error_floor": self.model_error_floor,

@@ -220,18 +220,12 @@ class ImagePSF:
         """The photometry PSF of :func:`psfax.fit_image`: the empirical PSF when the fit chose it (fluxes then
         the light within its normalisation radius, as in the fit's catalog), else the fitted analytic profile
         (its spatially varying shape; total fluxes); ``fwhm_at`` is the analytic fit's either way."""
-        from psfax.stars.pipeline import psf_model_at, psf_shape_at
+        from psfax.stars.pipeline import photometry_psf_at, psf_shape_at
 
         result = fit.psf_result
-        choice = fit.psf_choice
-        if choice is not None and choice.psf is not None:
-            from psfax.psf.kind import empirical_kind
-
-            # float32 tables, the catalog photometry's precision (their values carry ~1e-3 model error)
-            value_at = lambda x, y: empirical_kind(choice.psf, x, y, np.float32)  # noqa: E731
-        else:
-            value_at = lambda x, y: psf_model_at(result, x, y)  # noqa: E731
-        return cls(value_at, lambda x, y: psf_shape_at(result, x, y)["fwhm"], ok=len(fit.psf_stars) >= MIN_PSF_STARS)
+        # an empirical PSF's tables in float32, the catalog photometry's precision (its values carry ~1e-3 error)
+        return cls(photometry_psf_at(result, fit.psf_choice, np.float32),
+                   lambda x, y: psf_shape_at(result, x, y)["fwhm"], ok=len(fit.psf_stars) >= MIN_PSF_STARS)
 
     @classmethod
     def of_value(cls, psf) -> ImagePSF:
@@ -245,8 +239,9 @@ class ImagePSF:
 def image_psf(psf, exposure: Exposure, background: Background | None = None, **fit_options):
     """``(ImagePSF, Background)`` from ``psf``: None (fit it on the image with :func:`psfax.fit_exposure`,
     photometry off; the analytic fit unless ``fit_options`` ask for ``psf="auto"`` or ``"empirical"``: an
-    empirical build would add seconds to every epoch), an :class:`psfax.ImageFit` (its photometry PSF), an :class:`ImagePSF`, a PSF value
-    (:class:`psfax.fitting.psf.PSF`), or a dict ``{"model": ..., **shape}`` (:meth:`ImagePSF.constant`)."""
+    empirical build would add seconds to every epoch), an :class:`psfax.ImageFit` (its photometry PSF), an
+    :class:`ImagePSF`, a PSF value (:class:`psfax.fitting.psf.PSF`), or a dict ``{"model": ..., **shape}``
+    (:meth:`ImagePSF.constant`)."""
     from psfax.fitting.psf import PSF
     from psfax.stars.pipeline import ImageFit, fit_exposure
 

@@ -365,6 +365,16 @@ def psf_model_at(result, x: np.ndarray, y: np.ndarray) -> Fixed:
     return Fixed(profile, result.pixel_integrated, shape_u=shape_u)
 
 
+def photometry_psf_at(result, choice, dtype) -> Callable:
+    """``psf_at(x, y)``, the photometry's PSF value at image positions: the empirical PSF of ``choice`` when it
+    was chosen (tables in ``dtype``), else the analytic fit ``result`` (:func:`psf_model_at`)."""
+    if choice is not None and choice.psf is not None:
+        from psfax.psf.kind import empirical_kind
+
+        return lambda x, y: empirical_kind(choice.psf, x, y, dtype)
+    return lambda x, y: psf_model_at(result, x, y)
+
+
 def grouping_fwhm(result, image_shape) -> float:
     """The pixel-convolved FWHM [px] of the fitted PSF at the image centre ``(nx / 2, ny / 2)``: the unit of
     the photometry's grouping radius and of the residual pass's minimum separation."""
@@ -389,13 +399,8 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
     empirical = choice is not None and choice.psf is not None
-    if empirical:
-        from psfax.psf.kind import empirical_kind
-
-        dtype = np.dtype(options.photometry_dtype or "float64")
-        psf_at, shape_at = (lambda xs, ys: empirical_kind(choice.psf, xs, ys, dtype)), None
-    else:
-        psf_at, shape_at = (lambda xs, ys: psf_model_at(result, xs, ys)), (lambda xs, ys: psf_shape_at(result, xs, ys))
+    psf_at = photometry_psf_at(result, choice, np.dtype(options.photometry_dtype or "float64"))
+    shape_at = None if empirical else (lambda xs, ys: psf_shape_at(result, xs, ys))
     fwhm = grouping_fwhm(result, exposure.shape)
     start = {"x": x[usable], "y": y[usable], "flux": np.asarray(detections["aper_flux"], float)[usable]}
     grouped = grouped_photometry(exposure, background, detections[usable], start, psf_at, fwhm, options, progress)
