@@ -17,9 +17,14 @@ the grid (the stamp holds no pixel free of the PSF's wings): on GalSim stars wit
 
 Rounds alternate this solve with the per-star fit of (x, y, flux[, bkg])
 (:func:`psfax.psf.photometry.fit_psf_photometry`) and a chi2 clip (``reduced_chi2 > median + clip_sigma *
-1.4826 MAD``, a flag or a non-finite fit: the star leaves the build) until the build stars' total chi2
-changes by less than ``chi2_rtol`` (relative) with no new outlier, or ``max_rounds`` (no clipping after the
-first round, whose model comes from the rough starting values).
+1.4826 MAD``, a flag or a non-finite fit: the star leaves the build) until the total chi2 of the build stars
+that stay changed by less than ``chi2_rtol`` (relative) since the round before and the clip would remove at
+most ``clip_settle`` of the build stars (0.5 %: the tail of the chi2 distribution; they then stay), or
+``max_rounds`` (no clipping after the first round, whose model comes from the rough starting values).
+
+**Flux terms** (``flux_degree`` 1 or 2, :mod:`psfax.psf.empirical`): the powers of ``phi = flux / F_max`` enter
+``coef`` beside the spatial monomials, each star's at its flux of the round before (``F_max``: the largest
+starting flux of the build stars), so the shape may change with the brightness.
 
 **Reserve stars** (``reserve_fraction``, default 20 %, drawn with ``seed``) never enter the build; they are
 fitted with the final model and their chi2 reported.  **Minimum sample**: each star samples one sub-pixel
@@ -31,6 +36,7 @@ back (with a :class:`DegreeFallbackWarning`, recorded in ``psf.meta``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -69,15 +75,19 @@ class BuildOptions:
     seed: int = 0
     clip_sigma: float = 4.0
     max_rounds: int = 8
-    chi2_rtol: float = 1e-3
+    chi2_rtol: float = 2e-3
+    clip_settle: float = 0.005
     ridge: float = 1e-3
     saturation: float | None = None
+    flux_degree: int = 0
 
     def __post_init__(self):
         if self.oversampling not in OVERSAMPLINGS:
             raise InputError(f"oversampling must be one of {OVERSAMPLINGS}, got {self.oversampling!r}")
         if self.degree not in (0, 1, 2):
             raise InputError(f"degree must be 0, 1 or 2, got {self.degree!r}")
+        if self.flux_degree not in (0, 1, 2):
+            raise InputError(f"flux_degree must be 0, 1 or 2, got {self.flux_degree!r}")
         if not 0 <= self.reserve_fraction < 1:
             raise InputError(f"reserve_fraction must be in [0, 1), got {self.reserve_fraction}")
         if self.core is not None and (len(self.core) != 2 or self.core[0] <= 0 or self.core[1] <= 1):
@@ -109,9 +119,9 @@ class BuildResult:
                 "seconds": self.seconds}
 
 
-def min_build_stars(oversampling: int, degree: int) -> int:
-    """``2 K^2 terms``: two stars per sub-pixel phase and spatial term."""
-    return 2 * oversampling**2 * PolynomialBasis(degree).size
+def min_build_stars(oversampling: int, degree: int, flux_degree: int = 0) -> int:
+    """``2 K^2 terms``: two stars per sub-pixel phase and grid term (the spatial ones and the flux terms)."""
+    return 2 * oversampling**2 * (PolynomialBasis(degree).size + flux_degree)
 
 
 def usable_degree(x, y, degree: int, extent) -> int:
@@ -148,12 +158,13 @@ def build_psf(data, variance, mask, x_init, y_init, x_corner, y_corner, *, optio
     n, size = len(data), data.shape[1]
     x_img, y_img = np.asarray(x_corner) + np.asarray(x_init), np.asarray(y_corner) + np.asarray(y_init)
     reserve = _reserve_mask(n, options.reserve_fraction, options.seed)
-    need = min_build_stars(options.oversampling, options.degree)
+    need = min_build_stars(options.oversampling, options.degree, options.flux_degree)
     if (~reserve).sum() < need:
         raise TooFewStarsError(
             f"too few stars for an empirical PSF: oversampling {options.oversampling} and degree {options.degree} "
-            f"({PolynomialBasis(options.degree).size} spatial terms) need at least {need} build stars, got "
-            f"{int((~reserve).sum())} ({n} given, {int(reserve.sum())} reserved)")
+            f"({PolynomialBasis(options.degree).size} spatial terms, {options.flux_degree} flux terms)"
+            f" need at least {need} build stars, got {int((~reserve).sum())} ({n} given, {int(reserve.sum())} "
+            "reserved)")
     extent = ((0, image_shape[1] - 1), (0, image_shape[0] - 1)) if image_shape is not None else \
         ((x_img.min(), x_img.max()), (y_img.min(), y_img.max()))
     degree = usable_degree(x_img[~reserve], y_img[~reserve], options.degree, extent)
@@ -166,28 +177,32 @@ def build_psf(data, variance, mask, x_init, y_init, x_corner, y_corner, *, optio
     w = np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, variance))
     fit_bkg = sky is None
     clean = np.where(bad, 0.0, data if fit_bkg else data - np.broadcast_to(np.asarray(sky, float), data.shape))
-    template = _empty_psf(options, size, basis)
-    fit = _start_fit(clean, w, x_init, y_init, template.norm_radius, fit_bkg)
+    radius = (size - 1) / 2 if options.norm_radius is None else options.norm_radius
+    fit = _start_fit(clean, w, x_init, y_init, radius, fit_bkg)
     active = ~reserve & np.isfinite(fit["flux_fit"]) & (fit["flux_fit"] > 0)
-    rounds, psf, previous = [], None, None
+    flux_max = float(np.max(np.asarray(fit["flux_fit"], float)[active])) if options.flux_degree else None
+    template = _empty_psf(options, size, basis, flux_max)
+    rounds, psf, previous = [], None, None  # previous: the stars' chi2 in the round before
     with compute_context(dt, dev):
         for number in range(options.max_rounds):
             psf = _solve_grid(template, clean, w, fit, x_img, y_img, active, psf, options, dt)
             fit = fit_psf_photometry(psf, clean, np.where(bad, 1.0, variance), bad, fit["x_fit"], fit["y_fit"],
-                                     x_corner, y_corner, fit_bkg=fit_bkg, dtype=dt, device=dev)
+                                     x_corner, y_corner, flux=fit["flux_fit"], fit_bkg=fit_bkg, dtype=dt, device=dev)
             red = np.asarray(fit["reduced_chi2"], float)
             outliers = np.zeros(n, bool)
             if number > 0:  # the first round's model comes from the rough starting values: rank stars after it
                 outliers[active] = (chi2_outliers(red[active], options.clip_sigma)
                                     | (np.asarray(fit["flags"])[active] != 0))
-            total = float(np.nansum(np.asarray(fit["chi2"], float)[active & ~outliers]))
+            chi2 = np.asarray(fit["chi2"], float)
+            stay = active & ~outliers
+            total = float(np.nansum(chi2[stay]))
             rounds.append({"round": number + 1, "n_build": int(active.sum()), "n_outliers": int(outliers.sum()),
                            "chi2": total, "median_reduced_chi2": float(np.nanmedian(red[active]))})
-            settled = previous is not None and abs(previous - total) <= options.chi2_rtol * total
-            if settled and not outliers.any():
+            settled = previous is not None and abs(float(np.nansum(previous[stay])) - total) <= options.chi2_rtol * total
+            if settled and outliers.sum() <= options.clip_settle * active.sum():
                 break
-            active &= ~outliers
-            previous = total
+            active = stay
+            previous = chi2
             if active.sum() < need:
                 raise TooFewStarsError(f"only {int(active.sum())} build stars left after chi2 clipping; oversampling "
                                        f"{options.oversampling} and degree {degree} need {need}")
@@ -196,8 +211,8 @@ def build_psf(data, variance, mask, x_init, y_init, x_corner, y_corner, *, optio
     fit["x"], fit["y"] = np.asarray(x_corner) + fit["x_fit"], np.asarray(y_corner) + fit["y_fit"]
     meta = {"degree_asked": options.degree, "degree_used": degree, "oversampling": options.oversampling,
             "n_stars": n, "sky": "fitted" if fit_bkg else "given", "reserve_fraction": options.reserve_fraction,
-            "seed": options.seed}
-    psf = EmpiricalPSF(psf.grid, psf.oversampling, size, basis, psf.core, psf.norm_radius, 1.0, meta)
+            "seed": options.seed, "flux_degree": options.flux_degree}
+    psf = dataclasses.replace(psf, meta=meta)
     result = BuildResult(psf, fit, rounds, time.perf_counter() - start_time)
     psf.meta.update({k: v for k, v in result.summary().items()})
     return result
@@ -209,10 +224,10 @@ def _reserve_mask(n: int, fraction: float, seed: int) -> np.ndarray:
     return reserve
 
 
-def _empty_psf(options: BuildOptions, size: int, basis: PolynomialBasis) -> EmpiricalPSF:
+def _empty_psf(options: BuildOptions, size: int, basis: PolynomialBasis, flux_max=None) -> EmpiricalPSF:
     length = TableGrid((size, size), options.oversampling).length
-    return EmpiricalPSF(np.zeros((basis.size, length, length)), options.oversampling, size, basis, options.core,
-                        options.norm_radius)
+    return EmpiricalPSF(np.zeros((basis.size + options.flux_degree, length, length)), options.oversampling, size,
+                        basis, options.core, options.norm_radius, flux_degree=options.flux_degree, flux_max=flux_max)
 
 
 def _start_fit(data, w, x_init, y_init, radius, fit_bkg=True) -> Table:
@@ -234,22 +249,22 @@ def _solve_grid(template: EmpiricalPSF, data, w, fit, x_img, y_img, active, prev
     """One normal-equation solve of the grid for the ``active`` stars, amplitudes from the ``previous``
     model's normalisation (or the fluxes, with no model yet)."""
     idx = np.flatnonzero(active)
-    basis = template.basis
-    b = basis(x_img[idx], y_img[idx])
+    flux = np.asarray(fit["flux_fit"], float)[idx]
+    b = template.term_values(x_img[idx], y_img[idx], flux)
     if previous is None:
         scale = np.ones(len(idx))  # no model yet: amplitude = flux
     else:
         s_c, s_k = previous.norm_sums()
         scale = s_c + b @ s_k
-    amp = np.asarray(fit["flux_fit"], float)[idx] / scale
+    amp = flux / scale
     x_fit, y_fit = (np.asarray(fit[c], float)[idx] for c in ("x_fit", "y_fit"))
     core_stamps = 0.0
     if template.core is not None:
         arrays = template.arrays(dt)
-        zero = jnp.zeros((len(idx), basis.size), dt)
+        zero = jnp.zeros((len(idx), template.terms), dt)
         core_stamps = np.asarray(psf_stamps(arrays, zero, jnp.ones(len(idx), dt), jnp.asarray(x_fit, dt),
                                             jnp.asarray(y_fit, dt))[0])
     target = data[idx] - np.asarray(fit["bkg_fit"], float)[idx, None, None] - amp[:, None, None] * core_stamps
     grid = solve_grid(template.table_grid, *(jnp.asarray(a, dt) for a in (
         w[idx], b * amp[:, None], target, x_fit, y_fit)), ridge=options.ridge)
-    return EmpiricalPSF(grid, template.oversampling, template.stamp_size, basis, template.core, template.norm_radius)
+    return dataclasses.replace(template, grid=grid)

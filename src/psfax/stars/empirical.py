@@ -2,14 +2,18 @@
 
 :func:`choose_psf` (``FitOptions.psf`` = ``empirical`` or ``auto``):
 
-1. builds an :class:`~psfax.psf.EmpiricalPSF` (:func:`psfax.psf.build_psf`) from the kept PSF stars' stamps,
-   the sky held at sep's background map, 20 % of the stars reserved (never in the build);
+1. builds an :class:`~psfax.psf.EmpiricalPSF` (:func:`psfax.psf.build_psf`) from the stamps of every star
+   the selection cuts passed (not only those the analytic fit's chi2 clipping kept: that clip removes the
+   bright stars a Moffat cannot describe, and with them the PSF bright sources need), with flux terms of
+   degree ``FitOptions.psf_flux_degree`` (the shape follows the brightness), the sky held at sep's background
+   map, 20 % of the stars reserved (never in the build);
    (with ``auto``, too few PSF stars for the grid and degree or a singular grid leave the analytic fit as the
    photometry's PSF, with an :class:`EmpiricalNotBuiltWarning` and the reason in ``psf.json``; with
    ``empirical`` they are an error);
-2. compares the median reduced chi2 of those **reserve** stars under the empirical model and under the
-   analytic fit (the analytic fit saw them: its figure is, if anything, optimistic); ``auto`` takes the
-   empirical model when its figure is lower, ``empirical`` always;
+2. compares the median reduced chi2 of the **reserve** stars that the analytic fit kept, under the empirical
+   model and under the analytic fit (the analytic fit saw them: its figure is, if anything, optimistic);
+   ``auto`` takes the empirical model when its figure is lower, ``empirical`` always; the empirical model's
+   figure over every reserve star is reported beside them;
 3. measures on the image the **aperture correction** (median over the brighter half of the unflagged build
    stars of the sky-subtracted light within ``APERTURE_RADIUS`` px, sep's ``sum_circle``, over the fitted flux,
    the light within the normalisation radius) and the **model-error floor** ``f``: the smallest fraction such
@@ -65,7 +69,9 @@ class PSFChoice:
         build = self.build.psf
         return {"asked": self.asked, "chosen": self.chosen,
                 "reserve_median_reduced_chi2": self.reserve_chi2,
-                "reserve_note": "the analytic fit included the reserve stars; the empirical build did not",
+                "reserve_note": ("the reserve stars the analytic fit kept ('stars' of them), under each model; the "
+                                 "analytic fit included them, the empirical build did not; and the empirical "
+                                 "model's median over every reserve star"),
                 "flux_convention": ("flux_fit is the light within norm_radius_px of the PSF centre (empirical) "
                                     if self.chosen == "empirical" else
                                     ANALYTIC_FLUX),
@@ -87,12 +93,12 @@ def stamp_sky(background, stamps) -> np.ndarray:
 
 
 def choose_psf(exposure, background, stamps, analytic_chi2, options) -> PSFChoice:
-    """Build the empirical PSF on ``stamps`` (the kept PSF stars, rows of ``analytic_chi2``: their reduced
-    chi2 under the analytic fit) and choose (the module docstring); ``options`` a
-    :class:`~psfax.stars.pipeline.FitOptions`."""
+    """Build the empirical PSF on ``stamps`` (the selected stars, rows of ``analytic_chi2``: their reduced
+    chi2 under the analytic fit, NaN for the stars its clipping removed) and choose (the module docstring);
+    ``options`` a :class:`~psfax.stars.pipeline.FitOptions`."""
     sky = stamp_sky(background, stamps)
     build_options = BuildOptions(oversampling=options.psf_oversampling, degree=options.spatial_degree,
-                                 saturation=exposure.saturate)
+                                 saturation=exposure.saturate, flux_degree=options.psf_flux_degree)
     try:
         built = build_psf(stamps.data, stamps.variance, stamps.mask, stamps.x_init, stamps.y_init, stamps.x0,
                           stamps.y0, options=build_options, sky=sky, image_shape=exposure.shape, dtype=options.dtype,
@@ -106,17 +112,24 @@ def choose_psf(exposure, background, stamps, analytic_chi2, options) -> PSFChoic
     table = built.table
     role = np.asarray(table["role"])
     reserve = role == "reserve"
-    empirical = float(np.nanmedian(np.asarray(table["reduced_chi2"], float)[reserve]))
-    analytic = float(np.nanmedian(np.asarray(analytic_chi2, float)[reserve]))
+    empirical_chi2 = np.asarray(table["reduced_chi2"], float)
+    analytic_chi2 = np.asarray(analytic_chi2, float)
+    both = reserve & np.isfinite(analytic_chi2) & np.isfinite(empirical_chi2)
+    if not both.any():
+        both = reserve
+    empirical, analytic = (float(np.nanmedian(c[both])) for c in (empirical_chi2, analytic_chi2))
     chosen = "empirical" if options.psf == "empirical" or empirical < analytic else options.model
     floor = model_error_floor(built, stamps, sky, reserve)
     apcorr, n_ap = aperture_correction(exposure, background, built, stamps)
     psf = built.psf
-    psf = EmpiricalPSF(psf.grid, psf.oversampling, psf.stamp_size, psf.basis, psf.core, psf.norm_radius, apcorr,
-                       {**psf.meta, "model_error_floor": floor, "aperture_radius": APERTURE_RADIUS})
+    psf = dataclasses.replace(psf, aperture_correction=apcorr,
+                              meta={**psf.meta, "model_error_floor": floor, "aperture_radius": APERTURE_RADIUS})
     built.psf = psf
+    every = float(np.nanmedian(empirical_chi2[reserve]))
     return PSFChoice(chosen, options.psf, psf if chosen == "empirical" else None, built,
-                     {"empirical": empirical, options.model: analytic}, floor, apcorr, n_ap)
+                     {"empirical": empirical, options.model: analytic, "stars": int(both.sum()),
+                      "empirical_every_reserve_star": every, "every_reserve_star": int(reserve.sum())},
+                     floor, apcorr, n_ap)
 
 
 def _bright_half(flux, keep):
@@ -133,7 +146,7 @@ def model_error_floor(built: BuildResult, stamps, sky, reserve) -> float:
     if len(bright) < 5:
         return 0.0
     x, y = np.asarray(table["x_fit"], float)[bright], np.asarray(table["y_fit"], float)[bright]
-    model = built.psf.render(x, y, stamps.x0[bright] + x, stamps.y0[bright] + y) * flux[bright, None, None]
+    model = built.psf.render(x, y, stamps.x0[bright] + x, stamps.y0[bright] + y, flux[bright]) * flux[bright, None, None]
     data = stamps.data[bright] - sky[bright]
     use = ~stamps.mask[bright]
     resid2 = np.where(use, (data - model) ** 2, 0.0)
@@ -186,7 +199,7 @@ def apply_floor(table, corners, residual, variance, psf: EmpiricalPSF, floor: fl
     size = residual.shape[-1]
     x, y = (np.nan_to_num(np.asarray(table[c], float), nan=(size - 1) / 2) for c in ("x_fit", "y_fit"))
     flux = np.nan_to_num(np.asarray(table["flux_fit"], float))
-    unit = psf.render(x, y, corners.x0 + x, corners.y0 + y)
+    unit = psf.render(x, y, corners.x0 + x, corners.y0 + y, flux)
     use = np.isfinite(residual)
     var2 = variance + (floor * flux[:, None, None] * unit) ** 2
     info = [np.sum(np.where(use, unit**2 / v, 0.0), axis=(1, 2)) for v in (variance, var2)]
