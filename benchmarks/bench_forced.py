@@ -76,7 +76,7 @@ def main() -> None:
     jax.config.update("jax_enable_x64", True)
     from psfax.stars.detect import detect_sources, measure_background
     from psfax.stars.exposure import read_exposure
-    from psfax.stars.forced import (aperture_flux, cut_target_stamps, fit_at_positions, forced_exposure, forced_photometry,
+    from psfax.stars.forced import (cut_target_stamps, fit_at_positions, forced_exposure, forced_photometry,
                                     read_targets, ImagePSF)
     from psfax.stars.pipeline import fit_exposure
 
@@ -103,7 +103,7 @@ def main() -> None:
     x, y = exposure.wcs.world_to_pixel_values(targets["ra"], targets["dec"])
     x, y = np.asarray(x)[on], np.asarray(y)[on]
     data, usable, sky_var, _, _, x0, y0 = cut_target_stamps(exposure, fit.background, x, y, 15)
-    value = psf.value_at(x, y, aperture_flux(exposure, fit.background, x, y))
+    value = psf.value_at(x, y)
     t_kernel = best_time(lambda: fit_at_positions(data, usable, sky_var, x - x0, y - y0, value, exposure.gain),
                          args.repeat)
     t_wcs = best_time(lambda: exposure.wcs.world_to_pixel_values(targets["ra"], targets["dec"]), args.repeat)

@@ -145,7 +145,7 @@ def main() -> None:
     radius = fit.options.group_radius * fwhm
     profile = get_profile(fit.options.model)
 
-    def centre_psf(x, y, flux):
+    def centre_psf(x, y):
         n = len(x)
         return Fixed(profile, True, shape_u=shape_to_u(profile, {k: np.full(n, v) for k, v in centre.items()}))
 
@@ -170,16 +170,12 @@ def main() -> None:
         from psfax.psf.photutils_interop import from_photutils, to_photutils
         from psfax.psf.kind import empirical_kind
 
-        # photutils' models have one shape for every brightness: both sides use the empirical PSF at the sources'
-        # median aperture flux (its flux terms then the same for all)
-        typical = float(np.median(np.asarray(sources["aper_flux"], float)))
-        theirs_model = to_photutils(fit.psf_choice.psf, (nx - 1) / 2, (ny - 1) / 2, flux=typical)
+        theirs_model = to_photutils(fit.psf_choice.psf, (nx - 1) / 2, (ny - 1) / 2)
         ours_model = from_photutils(theirs_model, fit.options.stamp_size)
         dtype = np.dtype(fit.options.photometry_dtype)
         lines += ["", "The same sources with the image's empirical PSF at the image centre (photutils: "
-                  "`to_photutils`, an `ImagePSF` of the oversampled node values at the sources' median aperture "
-                  f"flux, {typical:.0f} ADU; psfax: the same values):", "",
-                  *compare(fit, sources, lambda xs, ys, flux: empirical_kind(ours_model, xs, ys, dtype), theirs_model, fwhm,
+                  "`to_photutils`, an `ImagePSF` of the oversampled node values; psfax: the same values):", "",
+                  *compare(fit, sources, lambda xs, ys: empirical_kind(ours_model, xs, ys, dtype), theirs_model, fwhm,
                            radius, normalised_alike=False)]
     write_section("groups", "Grouped photometry (issue #17): psfax vs photutils SourceGrouper", "\n".join(lines),
                   COMMAND)

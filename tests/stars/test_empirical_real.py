@@ -32,10 +32,6 @@ def _fluxes(exposure, background, fit, x, y):
     return np.asarray(table["flux_fit"], float), np.asarray(table["flux_err"], float), np.asarray(table["flags"])
 
 
-LOW_SNR = 10.0
-"""Median S/N of a bin's copies below which its raw ratio is judged against the model control only."""
-
-
 @pytest.mark.slow
 def test_scaled_copies_of_real_stars_come_back_linear(empirical_fit):
     # Copies of the image's own unflagged PSF stars, sky-subtracted and scaled by k, are added at 8 shifts
@@ -46,12 +42,13 @@ def test_scaled_copies_of_real_stars_come_back_linear(empirical_fit):
     # the PSF, sky_rms / sqrt(sum P^2) per copy) reaches ~0.1 % (bright) to ~0.4 % (faint, k = 0.05), so a bin
     # passes within max(0.3 %, 3 sigma), and sigma must stay below 0.5 % for the check to mean anything.
     # A control: the model's own stars (k flux(star) P, noise-free) added at the same sites and fitted alike.
-    # Where a bin's copies have a median S/N below LOW_SNR (k = 0.05, faintest tercile: S/N 3-9) a fit with free
-    # x, y is biased high by locking onto noise peaks (+1.4 % on the control, measured), whatever the PSF; there
-    # the real copies must match the control within max(0.3 %, 3 sigma of their difference): the PSF model is
-    # linear, the estimator's low-S/N bias is the same on both.  Every bin is checked against the control.
+    # At low S/N a fit with free x, y is biased high by locking onto noise peaks, whatever the PSF (measured on the
+    # control: +1.1 % at k = 0.05 in the faintest tercile, S/N ~9; +0.3 % in the middle one, S/N ~19).  Where the
+    # control itself is off by more than the 0.3 % tolerance, that is the estimator's bias, not the PSF's: there the
+    # real copies are judged against the control alone, within max(0.3 %, 3 sigma of their difference).  Every bin
+    # is checked against the control.
     fit = empirical_fit
-    exposure, background, stamps = fit.exposure, fit.background, fit.psf_stamps
+    exposure, background, stamps = fit.exposure, fit.background, fit.psf_choice.stamps
     role = np.asarray(fit.psf_choice.build.table["role"])
     x, y = stamps.x0 + stamps.x_init, stamps.y0 + stamps.y_init
     usable = (role != "rejected") & ~stamps.mask.any(axis=(1, 2))
@@ -93,7 +90,8 @@ def test_scaled_copies_of_real_stars_come_back_linear(empirical_fit):
             print(f"k {k}: tercile {t} (flux {edges[t]:.0f}-{edges[t + 1]:.0f} ADU, median S/N {snr:.1f}) ratio "
                   f"{ratio:.5f} +- {error:.5f}; control {controls / truth:.5f}; copies / control {versus:.5f} +- "
                   f"{versus_error:.5f}")
-            raw_ok = snr < LOW_SNR or (error < 5e-3 and abs(ratio - 1) < max(3e-3, 3 * error))
+            estimator_bias = abs(controls / truth - 1) > 3e-3
+            raw_ok = estimator_bias or (error < 5e-3 and abs(ratio - 1) < max(3e-3, 3 * error))
             if not (raw_ok and abs(versus - 1) < max(3e-3, 3 * versus_error)):
                 misses.append((k, t, round(ratio, 5), round(versus, 5)))
     assert not misses, misses

@@ -181,7 +181,7 @@ def test_failed_free_fits_get_a_fixed_position_flux(faint_field):
                    "bkg_fit": np.zeros(n), "bkg_err": np.ones(n), "chi2": np.ones(n), "dof": np.ones(n, int),
                    "reduced_chi2": np.ones(n), "flags": [NOT_CONVERGED, 0, NOT_CONVERGED | OFF_STAMP, TOO_FEW_PIXELS]})
     x, y = faint_field.x[bright], faint_field.y[bright]
-    psf = true_psf().value_at(x, y, None)  # an analytic PSF: the flux estimates do not enter
+    psf = true_psf().value_at(x, y)
     refitted = refit_failed(table, stamps, background, psf, exposure.gain, FitOptions())
     assert list(refitted) == [True, False, True, False]
     assert table["flux_fit"][1] == 5.0 and np.isnan(table["flux_fit"][3])  # untouched

@@ -45,7 +45,7 @@ def test_fit_with_psf_auto_writes_the_choice_and_psf_fits(image_files, tmp_path,
     assert main(["stars", "fit", str(science), "--mask", str(mask), "--out", str(out), "--no-plots",
                  "--psf", "auto"]) == 0
     info = json.loads((out / "psf.json").read_text())
-    # --psf auto: the empirical PSF built on the PSF stars, the choice and both reserve figures written;
+    # --psf auto: the empirical PSF built on the selected stars, the choice and both reserve figures written;
     # the GalSim PSF is a Moffat, so either may win, but both must be finite and the choice consistent
     choice = info["psf_choice"]
     figures = choice["reserve_median_reduced_chi2"]

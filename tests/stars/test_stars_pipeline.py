@@ -133,9 +133,8 @@ def test_photometry_shape_converts_ellipticity_to_shear():
 
 
 def test_auto_keeps_the_analytic_psf_when_too_few_stars_for_the_empirical_one(result):
-    # 10 PSF stars, 8 of them built on: oversampling 2, degree 1 and flux degree 2 need 2 x 2^2 x (3 + 2) = 40.
-    # auto says so (a warning, the reason in psf.json) and keeps the analytic fit; empirical, asked for, is an
-    # error naming both numbers.
+    # 10 PSF stars, 8 of them built on: oversampling 2 and degree 1 need 24.  auto says so (a warning, the
+    # reason in psf.json) and keeps the analytic fit; empirical, asked for, is an error naming both numbers.
     import dataclasses
 
     from psfax.psf import TooFewStarsError
@@ -144,9 +143,9 @@ def test_auto_keeps_the_analytic_psf_when_too_few_stars_for_the_empirical_one(re
 
     few = _take(result.psf_stamps, np.arange(10))
     chi2 = result.psf_stars["reduced_chi2"][:10]
-    with pytest.warns(EmpiricalNotBuiltWarning, match="need at least 40 build stars, got 8"):
+    with pytest.warns(EmpiricalNotBuiltWarning, match="need at least 24 build stars, got 8"):
         choice = choose_psf(result.exposure, result.background, few, chi2, result.options)
     summary = choice.summary()
-    assert choice.psf is None and summary["chosen"] == "moffat" and "40" in summary["not_built"]
-    with pytest.raises(TooFewStarsError, match="need at least 40 build stars, got 8"):
+    assert choice.psf is None and summary["chosen"] == "moffat" and "24" in summary["not_built"]
+    with pytest.raises(TooFewStarsError, match="need at least 24 build stars, got 8"):
         choose_psf(result.exposure, result.background, few, chi2, dataclasses.replace(result.options, psf="empirical"))

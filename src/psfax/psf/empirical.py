@@ -3,7 +3,7 @@
 For a star at image position (X, Y) and a pixel whose centre lies at offset
 (dx, dy) px from the star, the pixel-integrated PSF per unit flux is
 
-    P(dx, dy; X, Y, F) = [C(dx, dy) + sum_k b_k(X, Y) G_k(dx, dy) + sum_d phi^d H_d(dx, dy)] / s(X, Y, F)
+    P(dx, dy; X, Y) = [C(dx, dy) + sum_k b_k(X, Y) G_k(dx, dy)] / s(X, Y)
 
 * ``G_k``: the grid of term k, values at the nodes ``dx = (j - c) h``,
   ``dy = (i - c) h`` with ``h = 1 / oversampling`` (2-4 samples per pixel) and
@@ -17,17 +17,9 @@ For a star at image position (X, Y) and a pixel whose centre lies at offset
   the grid the residuals.  It is the same everywhere: the variation is the grid's.
 * ``b_k``: the monomials of :class:`psfax.fitting.spatial.PolynomialBasis`
   (degree 0-2 in the scaled image coordinates).
-* ``H_d``: the optional **flux terms** (``flux_degree`` 1 or 2): grids weighted by
-  powers ``d = 1 .. flux_degree`` of ``phi = min(F, F_max) / F_max``, ``F`` the
-  star's flux [ADU, the light within ``norm_radius``] and ``F_max`` (``flux_max``)
-  the brightest build star's, so that the shape follows the brightness (a CCD's
-  brighter-fatter effect, its non-linearity towards saturation); beyond
-  ``F_max`` the shape stays that at ``F_max`` (no extrapolation).  Evaluating
-  the PSF then needs an estimate of each star's flux; ``P`` at ``F = 0`` is the
-  faint-star PSF.
-* ``s(X, Y, F) = s_C + sum_k b_k s_k + sum_d phi^d s_d``: the sum of the numerator over the pixels
+* ``s(X, Y) = s_C + sum_k b_k s_k``: the sum of the numerator over the pixels
   whose centres lie within ``norm_radius`` px of a star centred on a pixel
-  (``s_C``, ``s_k`` and ``s_d`` the sums of the core and of each grid alone).  Hence
+  (``s_C`` and ``s_k`` the sums of the core and of each grid alone).  Hence
 
   **normalisation**: at every position the PSF sums to one over the pixels
   within ``norm_radius`` (default: (stamp - 1) / 2 px) of a star centred on a
@@ -64,9 +56,8 @@ class EmpiricalPSF:
 
     ``grid``: (terms, L, L) node values per unit flux, ``L = 2 R oversampling + 1`` with
     ``R = TableGrid((stamp_size,) * 2, oversampling).half_extent``; ``basis``: the spatial
-    polynomial (``terms`` is its ``size`` plus ``flux_degree``, the flux terms last); ``core``: Moffat
-    ``(fwhm, beta)`` in px, or None; ``meta``: provenance and build statistics (JSON-ready);
-    ``flux_degree`` (0-2) and ``flux_max`` [ADU]: the flux terms (``flux_max`` None without them).
+    polynomial (its ``size`` is ``terms``); ``core``: Moffat ``(fwhm, beta)`` in px, or None;
+    ``meta``: provenance and build statistics (JSON-ready).
     """
 
     grid: np.ndarray
@@ -77,24 +68,17 @@ class EmpiricalPSF:
     norm_radius: float | None = None
     aperture_correction: float = 1.0
     meta: dict = field(default_factory=dict)
-    flux_degree: int = 0
-    flux_max: float | None = None
 
     def __post_init__(self):
         if self.oversampling not in OVERSAMPLINGS:
             raise InputError(f"oversampling must be one of {OVERSAMPLINGS}, got {self.oversampling!r}")
         if self.stamp_size < 5 or self.stamp_size % 2 == 0:
             raise InputError(f"stamp_size must be an odd number >= 5, got {self.stamp_size}")
-        if self.flux_degree not in (0, 1, 2):
-            raise InputError(f"flux_degree must be 0, 1 or 2, got {self.flux_degree!r}")
-        if self.flux_degree and not (self.flux_max is not None and np.isfinite(self.flux_max) and self.flux_max > 0):
-            raise InputError(f"flux terms (flux_degree {self.flux_degree}) need flux_max, a positive flux [ADU]; "
-                             f"got {self.flux_max!r}")
         length = self.table_grid.length
-        if np.shape(self.grid) != (self.terms, length, length):
-            raise InputError(f"grid must have shape {(self.terms, length, length)} for {self.basis.size} "
-                             f"spatial terms and {self.flux_degree} flux terms, oversampling "
-                             f"{self.oversampling} and stamp {self.stamp_size}, got {np.shape(self.grid)}")
+        if np.shape(self.grid) != (self.basis.size, length, length):
+            raise InputError(f"grid must have shape {(self.basis.size, length, length)} for {self.basis.size} "
+                             f"spatial terms, oversampling {self.oversampling} and stamp {self.stamp_size}, "
+                             f"got {np.shape(self.grid)}")
         if self.norm_radius is None:
             object.__setattr__(self, "norm_radius", (self.stamp_size - 1) / 2)
         if not 0 < self.norm_radius <= (self.stamp_size - 1) / 2:
@@ -117,25 +101,6 @@ class EmpiricalPSF:
     @property
     def degree(self) -> int:
         return self.basis.degree
-
-    @property
-    def terms(self) -> int:
-        """Planes of ``grid``: the spatial terms, then the flux terms."""
-        return self.basis.size + self.flux_degree
-
-    def term_values(self, x, y, flux=None) -> np.ndarray:
-        """The weights ``(b_k(X, Y), phi, phi^2 ..)`` (N, terms) of the grid planes at image positions ``(x, y)``
-        (the module docstring); ``flux`` [ADU] (N,), needed with flux terms (non-finite or negative values count
-        as 0)."""
-        b = self.basis(np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float)))
-        if not self.flux_degree:
-            return b
-        if flux is None:
-            raise InputError("this empirical PSF changes with the star's flux (it has flux terms): give each "
-                             "star's flux estimate")
-        f = np.broadcast_to(np.nan_to_num(np.asarray(flux, float), nan=0.0, posinf=0.0), (len(b),))
-        phi = np.clip(f, 0.0, self.flux_max) / self.flux_max
-        return np.column_stack([b] + [phi**d for d in range(1, self.flux_degree + 1)])
 
     def core_table(self, dtype=np.float64):
         """Polyphase table of the core (or None)."""
@@ -165,21 +130,19 @@ class EmpiricalPSF:
         s_c, s_k = _centred_sums(self.arrays(), inside)
         return float(s_c), np.asarray(s_k)
 
-    def weights_at(self, x, y, flux=None) -> tuple[np.ndarray, np.ndarray]:
-        """Mixture weights at image positions (and fluxes, :meth:`term_values`): grid ``b_k / s`` (N, terms) and
-        core ``1 / s`` (N,)."""
-        b = self.term_values(x, y, flux)
+    def weights_at(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Mixture weights at image positions: grid ``b_k / s`` (N, terms) and core ``1 / s`` (N,)."""
+        b = self.basis(np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float)))
         s_c, s_k = self.norm_sums()
         s = s_c + b @ s_k
         if np.any(s <= 0):
             raise InputError("the PSF's normalisation sum is not positive at some positions (a bad model)")
         return b / s[:, None], 1.0 / s
 
-    def render(self, x_stamp, y_stamp, x_image, y_image, flux=None) -> np.ndarray:
+    def render(self, x_stamp, y_stamp, x_image, y_image) -> np.ndarray:
         """Stamps (N, S, S) of unit-flux stars at stamp positions ``x_stamp, y_stamp`` (px, (0, 0) the
-        first pixel's centre) whose image positions are ``x_image, y_image`` (for the spatial terms) and whose
-        fluxes are ``flux`` (for the flux terms, if any)."""
-        coef, core_w = self.weights_at(x_image, y_image, flux)
+        first pixel's centre) whose image positions are ``x_image, y_image`` (for the spatial terms)."""
+        coef, core_w = self.weights_at(x_image, y_image)
         n = len(coef)
         xs, ys = (np.broadcast_to(np.asarray(v, float), (n,)) for v in (x_stamp, y_stamp))
         with jax.enable_x64(True):
@@ -187,10 +150,10 @@ class EmpiricalPSF:
             return np.asarray(psf_stamps(arrays, jnp.asarray(coef), jnp.asarray(core_w), jnp.asarray(xs),
                                          jnp.asarray(ys))[0])
 
-    def image_at(self, x_image: float, y_image: float, flux: float | None = None) -> np.ndarray:
-        """The normalised node values (L, L) at one image position (and ``flux``, with flux terms): the PSF
-        sampled ``oversampling`` times per pixel; a core is sampled at the nodes and added."""
-        coef, core_w = self.weights_at(x_image, y_image, flux)
+    def image_at(self, x_image: float, y_image: float) -> np.ndarray:
+        """The normalised node values (L, L) at one image position (the PSF sampled ``oversampling``
+        times per pixel; a core is sampled at the nodes and added)."""
+        coef, core_w = self.weights_at(x_image, y_image)
         values = np.tensordot(coef[0], self.grid, axes=1)
         if self.core is not None:
             values = values + core_w[0] * self._core_at_nodes()

@@ -3,14 +3,12 @@
 Layout (pixel conventions only, no WCS):
 
 * HDU 0 (primary, no data): provenance and the model's scalars: ``PSFKIND = 'EMPIRICAL'``, ``PSFAXVER``,
-  ``DATE``, ``OVERSAMP`` (K, grid nodes per pixel), ``STAMPSZ``, ``DEGREE``, ``FLUXDEG`` (degree of the flux
-  terms, 0 for none; absent in older files: 0) with ``FLUXMAX`` [ADU], ``NTERMS``, ``XMID, XHALF,
+  ``DATE``, ``OVERSAMP`` (K, grid nodes per pixel), ``STAMPSZ``, ``DEGREE``, ``NTERMS``, ``XMID, XHALF,
   YMID, YHALF`` (the polynomial's scaling: ``X = (x - XMID) / XHALF``, x in 0-based image pixels, (0, 0) the
   centre of the first pixel), ``NORMRAD`` (px: the PSF sums to one within it), ``APCORR`` (total flux /
   flux within NORMRAD), ``CORE`` ('NONE' or 'MOFFAT') with ``COREFWHM``, ``COREBETA`` (px), and ``BUILD``,
   the build's options and statistics as JSON text.
-* HDU 1 ``GRID``: float64 (NTERMS, L, L).  Plane k is the grid of the term ``TERMk``: a monomial (e.g.
-  ``x^1 y^0``), or after them a flux term ``phi^d`` with ``phi = min(flux, FLUXMAX) / FLUXMAX``;
+* HDU 1 ``GRID``: float64 (NTERMS, L, L).  Plane k is the grid of the monomial ``TERMk`` (e.g. ``x^1 y^0``);
   ``[k, i, j]`` is the value per unit flux of a pixel whose centre lies at ``dx = (j - CENTRE) / OVERSAMP``,
   ``dy = (i - CENTRE) / OVERSAMP`` px from the star (already pixel-integrated), before the normalisation
   by ``s(x, y)`` described in :mod:`psfax.psf.empirical`.
@@ -44,10 +42,7 @@ def write_psf_fits(psf: EmpiricalPSF, path) -> Path:
     head["STAMPSZ"] = (psf.stamp_size, "stamp side the grid serves [px]")
     b = psf.basis
     head["DEGREE"] = (b.degree, "degree of the polynomial in (x, y)")
-    head["FLUXDEG"] = (psf.flux_degree, "degree of the flux terms (0: none)")
-    if psf.flux_degree:
-        head["FLUXMAX"] = (psf.flux_max, "phi = min(flux, FLUXMAX) / FLUXMAX [ADU]")
-    head["NTERMS"] = (psf.terms, "grid planes: polynomial terms, then flux terms")
+    head["NTERMS"] = (b.size, "polynomial terms (planes of GRID)")
     for key, value in (("XMID", b.x_mid), ("XHALF", b.x_half), ("YMID", b.y_mid), ("YHALF", b.y_half)):
         head[key] = (value, "X = (x - XMID) / XHALF, 0-based pixels")
     head["NORMRAD"] = (psf.norm_radius, "PSF sums to 1 within this radius [px]")
@@ -59,9 +54,8 @@ def write_psf_fits(psf: EmpiricalPSF, path) -> Path:
     grid = fits.ImageHDU(np.asarray(psf.grid, np.float64), name="GRID")
     grid.header["CENTRE"] = ((psf.grid.shape[-1] - 1) // 2, "0-based index of offset 0 on both axes")
     grid.header["STEP"] = (1.0 / psf.oversampling, "node spacing [px]")
-    names = b.names() + [f"phi^{d}" for d in range(1, psf.flux_degree + 1)]
-    for k, name in enumerate(names):
-        grid.header[f"TERM{k}"] = (name, f"term of plane {k}")
+    for k, name in enumerate(b.names()):
+        grid.header[f"TERM{k}"] = (name, f"monomial of plane {k}")
     with atomic_path(path) as tmp:
         fits.HDUList([fits.PrimaryHDU(header=head), grid]).writeto(tmp, overwrite=True)
     return path
@@ -81,10 +75,8 @@ def read_psf_fits(path) -> EmpiricalPSF:
             basis = PolynomialBasis(int(head["DEGREE"]), float(head["XMID"]), float(head["XHALF"]),
                                     float(head["YMID"]), float(head["YHALF"]))
             core = None if head["CORE"] == "NONE" else (float(head["COREFWHM"]), float(head["COREBETA"]))
-            flux_degree = int(head.get("FLUXDEG", 0))
             return EmpiricalPSF(grid, int(head["OVERSAMP"]), int(head["STAMPSZ"]), basis, core,
-                                float(head["NORMRAD"]), float(head["APCORR"]), json.loads(head.get("BUILD", "{}")),
-                                flux_degree, float(head["FLUXMAX"]) if flux_degree else None)
+                                float(head["NORMRAD"]), float(head["APCORR"]), json.loads(head.get("BUILD", "{}")))
     except (OSError, KeyError, ValueError) as exc:
         if isinstance(exc, BadFileError):
             raise

@@ -1,8 +1,7 @@
 """The empirical PSF as an engine PSF kind: ``psfax.fit_stamps(stamps, psf=empirical_kind(model, x, y))``.
 
 :class:`Empirical` holds the model's device arrays (shared by every star) and each star's mixture weights
-(``coef`` (N, terms) and ``core_w`` (N,), :meth:`EmpiricalPSF.weights_at` at the star's image position and
-flux estimate),
+(``coef`` (N, terms) and ``core_w`` (N,), :meth:`EmpiricalPSF.weights_at` at the star's image position),
 and linearises one star through :func:`psfax.psf.empirical.star_psf` (one table gather gives P, dP/dx0,
 dP/dy0) on the model's own stamp centred on the star's nearest pixel, placed into the stamp or footprint of
 any size asked (:func:`psfax.fitting.table.shift_into`: zero beyond the model's stamp, so its sources can be
@@ -49,10 +48,9 @@ class Empirical(PSF):
         return table_linearise(v, shift_into(window, ox, oy, size))
 
 
-def empirical_kind(psf: EmpiricalPSF, x_image, y_image, dtype=np.float64, flux=None) -> Empirical:
-    """The kind for stars at image positions ``(x_image, y_image)`` (each (N,)) with flux estimates ``flux``
-    [ADU] (needed when ``psf`` has flux terms): their mixture weights."""
-    coef, core_w = psf.weights_at(x_image, y_image, flux)
+def empirical_kind(psf: EmpiricalPSF, x_image, y_image, dtype=np.float64) -> Empirical:
+    """The kind for stars at image positions ``(x_image, y_image)`` (each (N,)): their mixture weights."""
+    coef, core_w = psf.weights_at(x_image, y_image)
     arrays = psf.arrays(dtype)
     return Empirical(arrays.tables, arrays.core, jnp.asarray(coef, dtype), jnp.asarray(core_w, dtype),
                      arrays.grid, arrays.core_grid, float(psf.norm_radius))

@@ -10,7 +10,7 @@ interpolation.  Errors are the square roots of the diagonal of the inverse Fishe
 the solution.
 
 The PSF's spatial terms are evaluated at each star's starting image position (the PSF changes by far
-less than its errors over the < 1 px a fit moves a star), its flux term (if any) at the flux estimate given.
+less than its errors over the < 1 px a fit moves a star).
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ CHI2_STOP = 1e-4
 
 
 def fit_psf_photometry(psf: EmpiricalPSF, data, variance, mask, x_init, y_init, x_corner, y_corner, *,
-                       flux=None, fit_bkg: bool = True, max_iter: int = 30, dtype=None, device=None) -> Table:
+                       fit_bkg: bool = True, max_iter: int = 30, dtype=None, device=None) -> Table:
     """Fit every stamp (N, S, S) with ``psf``; ``x_init, y_init`` the starting stamp positions, ``x_corner,
-    y_corner`` the image position of stamp pixel (0, 0); ``flux`` (N,) [ADU] the stars' flux estimates, which
-    set a flux term's weight (needed when ``psf`` has one).  Non-finite data or variance <= 0 are masked.
+    y_corner`` the image position of stamp pixel (0, 0).  Non-finite data or variance <= 0 are masked.
     ``fit_bkg=False`` holds the background at zero (data already sky-subtracted; ``bkg_err`` is then NaN).
 
     Returns a table with ``x_fit, y_fit`` (stamp pixels), ``flux_fit`` (the light within
@@ -46,7 +45,7 @@ def fit_psf_photometry(psf: EmpiricalPSF, data, variance, mask, x_init, y_init, 
     usable = ~np.asarray(mask, bool) & np.isfinite(data) & np.isfinite(variance) & (np.asarray(variance) > 0)
     w = np.where(usable, 1.0 / np.where(usable, variance, 1.0), 0.0)
     x_init, y_init = np.asarray(x_init, float), np.asarray(y_init, float)
-    coef, core_w = psf.weights_at(np.asarray(x_corner) + x_init, np.asarray(y_corner) + y_init, flux)
+    coef, core_w = psf.weights_at(np.asarray(x_corner) + x_init, np.asarray(y_corner) + y_init)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     with compute_context(dt, dev):

@@ -22,25 +22,23 @@ from psfax.fitting.table import TableGrid
 from psfax.psf.empirical import OVERSAMPLINGS, EmpiricalPSF
 
 
-def to_photutils(psf: EmpiricalPSF, x: float | None = None, y: float | None = None, *, grid_shape=None,
-                 flux: float | None = None):
+def to_photutils(psf: EmpiricalPSF, x: float | None = None, y: float | None = None, *, grid_shape=None):
     """``ImagePSF`` at image position (x, y) (default: the polynomial's centre), or with ``grid_shape``
-    (ny, nx) a ``GriddedPSFModel`` over the model's extent; a model with flux terms at one ``flux`` [ADU]
-    (photutils' models have one shape for every brightness)."""
+    (ny, nx) a ``GriddedPSFModel`` over the model's extent."""
     from photutils.psf import GriddedPSFModel, ImagePSF
 
     b = psf.basis
     if grid_shape is None:
         x = b.x_mid if x is None else x
         y = b.y_mid if y is None else y
-        return ImagePSF(psf.image_at(x, y, flux), oversampling=psf.oversampling)
+        return ImagePSF(psf.image_at(x, y), oversampling=psf.oversampling)
     from astropy.nddata import NDData
 
     ny, nx = grid_shape
     xs = np.linspace(b.x_mid - b.x_half, b.x_mid + b.x_half, nx)
     ys = np.linspace(b.y_mid - b.y_half, b.y_mid + b.y_half, ny)
     positions = [(float(px), float(py)) for py in ys for px in xs]
-    data = np.stack([psf.image_at(px, py, flux) for px, py in positions])
+    data = np.stack([psf.image_at(px, py) for px, py in positions])
     return GriddedPSFModel(NDData(data, meta={"grid_xypos": positions, "oversampling": psf.oversampling}))
 
 

@@ -4,9 +4,8 @@
 
 1. builds an :class:`~psfax.psf.EmpiricalPSF` (:func:`psfax.psf.build_psf`) from the stamps of every star
    the selection cuts passed (not only those the analytic fit's chi2 clipping kept: that clip removes the
-   bright stars a Moffat cannot describe, and with them the PSF bright sources need), with flux terms of
-   degree ``FitOptions.psf_flux_degree`` (the shape follows the brightness), the sky held at sep's background
-   map, 20 % of the stars reserved (never in the build);
+   bright stars a Moffat cannot describe, and with them the PSF bright sources need), the sky held at sep's
+   background map, 20 % of the stars reserved (never in the build);
    (with ``auto``, too few PSF stars for the grid and degree or a singular grid leave the analytic fit as the
    photometry's PSF, with an :class:`EmpiricalNotBuiltWarning` and the reason in ``psf.json``; with
    ``empirical`` they are an error);
@@ -48,8 +47,8 @@ class EmpiricalNotBuiltWarning(UserWarning):
 
 @dataclasses.dataclass
 class PSFChoice:
-    """The outcome of :func:`choose_psf`: the model (None when the analytic one is used), the build, and the
-    figures written to ``psf.json`` (:meth:`summary`)."""
+    """The outcome of :func:`choose_psf`: the model (None when the analytic one is used), the build (its
+    stamps ``stamps``, rows of ``build.table``), and the figures written to ``psf.json`` (:meth:`summary`)."""
 
     chosen: str
     asked: str
@@ -60,6 +59,8 @@ class PSFChoice:
     aperture_correction: float
     aperture_stars: int
     not_built: str | None = None
+    stamps: object = None
+    reserve_stars: dict = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict:
         if self.build is None:
@@ -69,9 +70,11 @@ class PSFChoice:
         build = self.build.psf
         return {"asked": self.asked, "chosen": self.chosen,
                 "reserve_median_reduced_chi2": self.reserve_chi2,
-                "reserve_note": ("the reserve stars the analytic fit kept ('stars' of them), under each model; the "
-                                 "analytic fit included them, the empirical build did not; and the empirical "
-                                 "model's median over every reserve star"),
+                "reserve_stars": self.reserve_stars,
+                "reserve_note": ("median over the reserve stars the analytic fit kept (reserve_stars.compared of "
+                                 "reserve_stars.reserve), under each model: the analytic fit included them, the "
+                                 "empirical build did not; reserve_stars.empirical_every_reserve_star: the "
+                                 "empirical model's median over every reserve star"),
                 "flux_convention": ("flux_fit is the light within norm_radius_px of the PSF centre (empirical) "
                                     if self.chosen == "empirical" else
                                     ANALYTIC_FLUX),
@@ -98,7 +101,7 @@ def choose_psf(exposure, background, stamps, analytic_chi2, options) -> PSFChoic
     ``options`` a :class:`~psfax.stars.pipeline.FitOptions`."""
     sky = stamp_sky(background, stamps)
     build_options = BuildOptions(oversampling=options.psf_oversampling, degree=options.spatial_degree,
-                                 saturation=exposure.saturate, flux_degree=options.psf_flux_degree)
+                                 saturation=exposure.saturate)
     try:
         built = build_psf(stamps.data, stamps.variance, stamps.mask, stamps.x_init, stamps.y_init, stamps.x0,
                           stamps.y0, options=build_options, sky=sky, image_shape=exposure.shape, dtype=options.dtype,
@@ -126,10 +129,10 @@ def choose_psf(exposure, background, stamps, analytic_chi2, options) -> PSFChoic
                               meta={**psf.meta, "model_error_floor": floor, "aperture_radius": APERTURE_RADIUS})
     built.psf = psf
     every = float(np.nanmedian(empirical_chi2[reserve]))
+    stars = {"compared": int(both.sum()), "reserve": int(reserve.sum()), "empirical_every_reserve_star": every}
     return PSFChoice(chosen, options.psf, psf if chosen == "empirical" else None, built,
-                     {"empirical": empirical, options.model: analytic, "stars": int(both.sum()),
-                      "empirical_every_reserve_star": every, "every_reserve_star": int(reserve.sum())},
-                     floor, apcorr, n_ap)
+                     {"empirical": empirical, options.model: analytic}, floor, apcorr, n_ap, stamps=stamps,
+                     reserve_stars=stars)
 
 
 def _bright_half(flux, keep):
@@ -146,7 +149,7 @@ def model_error_floor(built: BuildResult, stamps, sky, reserve) -> float:
     if len(bright) < 5:
         return 0.0
     x, y = np.asarray(table["x_fit"], float)[bright], np.asarray(table["y_fit"], float)[bright]
-    model = built.psf.render(x, y, stamps.x0[bright] + x, stamps.y0[bright] + y, flux[bright]) * flux[bright, None, None]
+    model = built.psf.render(x, y, stamps.x0[bright] + x, stamps.y0[bright] + y) * flux[bright, None, None]
     data = stamps.data[bright] - sky[bright]
     use = ~stamps.mask[bright]
     resid2 = np.where(use, (data - model) ** 2, 0.0)
@@ -199,7 +202,7 @@ def apply_floor(table, corners, residual, variance, psf: EmpiricalPSF, floor: fl
     size = residual.shape[-1]
     x, y = (np.nan_to_num(np.asarray(table[c], float), nan=(size - 1) / 2) for c in ("x_fit", "y_fit"))
     flux = np.nan_to_num(np.asarray(table["flux_fit"], float))
-    unit = psf.render(x, y, corners.x0 + x, corners.y0 + y, flux)
+    unit = psf.render(x, y, corners.x0 + x, corners.y0 + y)
     use = np.isfinite(residual)
     var2 = variance + (floor * flux[:, None, None] * unit) ** 2
     info = [np.sum(np.where(use, unit**2 / v, 0.0), axis=(1, 2)) for v in (variance, var2)]

@@ -186,9 +186,8 @@ def fit_at_positions(stamp_data, usable, sky_var, x, y, psf, gain, *, lost=None,
 
 @dataclasses.dataclass(frozen=True)
 class ImagePSF:
-    """The PSF of one image as forced photometry uses it: ``value_at(x, y, flux)`` gives a PSF value
-    (:mod:`psfax.fitting.psf`) with one row per image position (or none, the same everywhere) for targets of
-    those flux estimates [ADU] (they matter only to an empirical PSF with flux terms);
+    """The PSF of one image as forced photometry uses it: ``value_at(x, y)`` gives a PSF value
+    (:mod:`psfax.fitting.psf`) with one row per image position (or none, the same everywhere);
     ``fwhm_at(x, y)`` its FWHM [px] for the table (None: not known); ``ok`` False flags every target
     ``bad_psf``."""
 
@@ -203,7 +202,7 @@ class ImagePSF:
         from psfax.fitting.params import shape_to_u
 
         profile = get_profile(model)
-        return cls(lambda x, y, flux: Fixed(profile, pixel_integrated, shape_u=shape_to_u(profile, shape_at(x, y))),
+        return cls(lambda x, y: Fixed(profile, pixel_integrated, shape_u=shape_to_u(profile, shape_at(x, y))),
                    lambda x, y: np.asarray(shape_at(x, y)["fwhm"], float))
 
     @classmethod
@@ -233,8 +232,8 @@ class ImagePSF:
         """A PSF value without per-star fields (e.g. an empirical PSF), the same at every position."""
         if psf.star_fields:
             raise InputError(f"psf: a {psf.name} PSF value has per-star fields {psf.star_fields}; give an "
-                             "ImagePSF whose value_at(x, y, flux) builds it for the targets")
-        return cls(lambda x, y, flux: psf)
+                             "ImagePSF whose value_at(x, y) builds it for the targets")
+        return cls(lambda x, y: psf)
 
 
 def image_psf(psf, exposure: Exposure, background: Background | None = None, **fit_options):
@@ -293,24 +292,6 @@ def read_targets(targets) -> Table:
 
 
 # --- one image -------------------------------------------------------------------------------
-
-APERTURE_RADIUS = 5.0
-"""Radius [px] of the aperture whose sum is each target's flux estimate for the PSF value (an empirical PSF's
-flux terms; detection's ``aper_flux`` uses the same radius)."""
-
-
-def aperture_flux(exposure: Exposure, background: Background, x, y) -> np.ndarray:
-    """The sky-subtracted light [ADU] within :data:`APERTURE_RADIUS` of each target (sep's ``sum_circle``, bad
-    pixels masked; 0 off the image): the flux estimate an empirical PSF's flux terms are evaluated at."""
-    import sep
-
-    if not len(x):
-        return np.zeros(0)
-    image = np.ascontiguousarray(np.where(exposure.bad, 0.0, exposure.data - background.level), dtype=np.float64)
-    flux, _, _ = sep.sum_circle(image, np.asarray(x, float), np.asarray(y, float), APERTURE_RADIUS,
-                                mask=exposure.bad)
-    return np.nan_to_num(np.asarray(flux, float))
-
 
 def cut_target_stamps(exposure: Exposure, background: Background, x, y, size: int):
     """Stamps of ``size`` px around the rounded (x, y), pixels off the image unusable:
@@ -375,8 +356,7 @@ def cut_epoch(exposure: Exposure, targets: Table, *, psf=None, background: Backg
     fwhm = np.full(len(index), np.nan) if psf.fwhm_at is None else psf.fwhm_at(x[index], y[index])
     return EpochStamps(exposure.name, image_mjd(exposure), exposure.zero_point, exposure.gain, psf.ok, targets, x, y,
                        index, data, usable, sky_var, np.stack([~usable & ~outside, saturated, outside], axis=1),
-                       x0, y0, psf.value_at(x[index], y[index], aperture_flux(exposure, background, x[index], y[index])),
-                       np.asarray(fwhm, float))
+                       x0, y0, psf.value_at(x[index], y[index]), np.asarray(fwhm, float))
 
 
 def join_psfs(values: Sequence):

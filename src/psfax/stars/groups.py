@@ -460,8 +460,7 @@ def grouped_photometry(exposure, background, detections, start, psf_at, fwhm: fl
 
     ``detections``: the sep table of the sources (``x, y`` ... as :func:`~psfax.stars.detect.detect_sources`);
     ``start``: their first estimates ``x, y, flux`` [image px, ADU] (e.g. the detections' and aperture fluxes);
-    ``psf_at(x, y, flux)``: the image's PSF value at positions for those flux estimates (each pass gives the
-    fluxes it starts from); ``fwhm`` [px] scales ``options.group_radius``.
+    ``psf_at(x, y)``: the image's PSF value at positions; ``fwhm`` [px] scales ``options.group_radius``.
     Each pass groups the sources by their detections (:func:`group_sources`, linking length
     ``group_radius * fwhm``), fits
     every group with the others' models subtracted (:func:`fit_groups`), refits the members whose fit
@@ -478,7 +477,7 @@ def grouped_photometry(exposure, background, detections, start, psf_at, fwhm: fl
     sources = detections
     x, y, flux = (np.asarray(start[k], float) for k in ("x", "y", "flux"))
     x_det, y_det = x, y
-    psf = psf_at(x_det, y_det, flux)
+    psf = psf_at(x_det, y_det)
     group_id, group_size = group_sources(x_det, y_det, radius)
     model = render_model(psf, x, y, flux, exposure.shape, render_size)
     added = [len(detections)]
@@ -499,7 +498,7 @@ def grouped_photometry(exposure, background, detections, start, psf_at, fwhm: fl
         x, y = np.append(fit["x_fit"], new_x), np.append(fit["y_fit"], new_y)
         flux = np.append(fit["flux_fit"], new_flux)
         x_det, y_det = np.append(x_det, new_x), np.append(y_det, new_y)
-        psf = psf_at(x_det, y_det, flux)
+        psf = psf_at(x_det, y_det)
         now = end_model + render_model(psf.rows(np.arange(len(fit["x_fit"]), len(x))), new_x, new_y, new_flux,
                                        exposure.shape, render_size)
         group_id, group_size = group_sources(x_det, y_det, radius)

@@ -70,8 +70,7 @@ class FitOptions:
     ``psf``: the photometry's PSF: ``auto`` (the default: the empirical one when its reserve stars' chi2 beats
     the analytic fit's, the analytic one when it cannot be built; :mod:`psfax.stars.empirical`), ``empirical``
     or ``analytic`` (``model``; a model's name sets ``model``), its grid sampled ``psf_oversampling`` times per
-    pixel, its spatial degree ``spatial_degree``, its flux terms' degree ``psf_flux_degree`` (0-2; the shape as
-    a polynomial in the star's flux, :mod:`psfax.psf.empirical`).
+    pixel, its spatial degree ``spatial_degree``.
     ``group_radius``: sources closer than this many FWHM (pixel-convolved, at the image centre) are fitted
     together; ``passes``: photometry passes, each after the first adding the sources found in the residual.
     """
@@ -94,7 +93,6 @@ class FitOptions:
     photometry_dtype: str | None = "float32"
     psf: str = "auto"
     psf_oversampling: int = 2
-    psf_flux_degree: int = 2
     group_radius: float = 3.0
     passes: int = 2
     selection: SelectionOptions = SelectionOptions()
@@ -110,8 +108,6 @@ class FitOptions:
                              f"got {self.psf!r}")
         if self.psf_oversampling not in (2, 3, 4):
             raise InputError(f"psf_oversampling must be 2, 3 or 4, got {self.psf_oversampling!r}")
-        if self.psf_flux_degree not in (0, 1, 2):
-            raise InputError(f"psf_flux_degree must be 0, 1 or 2, got {self.psf_flux_degree!r}")
         if self.spatial_degree not in (0, 1, 2):
             raise InputError(f"spatial_degree must be 0, 1 or 2, got {self.spatial_degree}")
         if not self.clip_sigma > 0 or self.clip_iterations < 0:
@@ -372,14 +368,13 @@ def psf_model_at(result, x: np.ndarray, y: np.ndarray) -> Fixed:
 
 
 def photometry_psf_at(result, choice, dtype) -> Callable:
-    """``psf_at(x, y, flux)``, the photometry's PSF value at image positions for sources of those flux
-    estimates [ADU]: the empirical PSF of ``choice`` when it was chosen (tables in ``dtype``; the fluxes set its
-    flux terms), else the analytic fit ``result`` (:func:`psf_model_at`; the fluxes do not enter)."""
+    """``psf_at(x, y)``, the photometry's PSF value at image positions: the empirical PSF of ``choice`` when it
+    was chosen (tables in ``dtype``), else the analytic fit ``result`` (:func:`psf_model_at`)."""
     if choice is not None and choice.psf is not None:
         from psfax.psf.kind import empirical_kind
 
-        return lambda x, y, flux: empirical_kind(choice.psf, x, y, dtype, flux)
-    return lambda x, y, flux: psf_model_at(result, x, y)
+        return lambda x, y: empirical_kind(choice.psf, x, y, dtype)
+    return lambda x, y: psf_model_at(result, x, y)
 
 
 def grouping_fwhm(result, image_shape) -> float:
