@@ -10,8 +10,8 @@ import sys
 
 from _common import REPO
 
-SCRIPTS = ["bench_fit.py", "bench_ztf.py", "bench_groups.py", "bench_injection.py", "bench_forced.py", "bench_epsf.py", "bench_aia.py",
-           "bench_clusters.py", "bench_run.py"]
+SCRIPTS = ["bench_fit.py", "bench_ztf.py", "bench_groups.py", "bench_injection.py", "bench_forced.py", "bench_epsf.py", "bench_aperture.py",
+           "bench_aia.py", "bench_clusters.py", "bench_run.py"]
 
 
 def main(argv=None) -> int:
