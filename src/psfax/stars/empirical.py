@@ -11,8 +11,9 @@
    ``empirical`` they are an error);
 2. compares the median reduced chi2 of the **reserve** stars that the analytic fit kept, under the empirical
    model and under the analytic fit (the analytic fit saw them: its figure is, if anything, optimistic);
-   ``auto`` takes the empirical model when its figure is lower, ``empirical`` always; the empirical model's
-   figure over every reserve star is reported beside them;
+   ``auto`` takes the empirical model unless the analytic fit's figure is lower or equal (with no such star to
+   compare on, the empirical model), ``empirical`` always; the empirical model's figure over every reserve star is reported
+   beside them;
 3. measures on the image the **aperture correction** (median over the brighter half of the unflagged build
    stars of the sky-subtracted light within ``APERTURE_RADIUS`` px, sep's ``sum_circle``, over the fitted flux,
    the light within the normalisation radius) and the **model-error floor** ``f``: the smallest fraction such
@@ -30,6 +31,7 @@ import numpy as np
 
 from psfax.psf import BuildOptions, BuildResult, EmpiricalPSF, TooFewStarsError, build_psf
 from psfax.psf.normal import SingularGridError
+from psfax.stars.stamps import Stamps
 
 APERTURE_RADIUS = 14.0
 """Radius [px] of the aperture the empirical fluxes are corrected to (twice the default normalisation radius
@@ -59,7 +61,7 @@ class PSFChoice:
     aperture_correction: float
     aperture_stars: int
     not_built: str | None = None
-    stamps: object = None
+    stamps: Stamps | None = None
     reserve_stars: dict = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict:
@@ -118,10 +120,10 @@ def choose_psf(exposure, background, stamps, analytic_chi2, options) -> PSFChoic
     empirical_chi2 = np.asarray(table["reduced_chi2"], float)
     analytic_chi2 = np.asarray(analytic_chi2, float)
     both = reserve & np.isfinite(analytic_chi2) & np.isfinite(empirical_chi2)
-    if not both.any():
-        both = reserve
-    empirical, analytic = (float(np.nanmedian(c[both])) for c in (empirical_chi2, analytic_chi2))
-    chosen = "empirical" if options.psf == "empirical" or empirical < analytic else options.model
+    empirical, analytic = (float(np.median(c[both])) if both.any() else float("nan")
+                           for c in (empirical_chi2, analytic_chi2))
+    # with no reserve star that the analytic fit kept there is nothing to compare: the empirical model stands
+    chosen = options.model if options.psf == "auto" and analytic <= empirical else "empirical"
     floor = model_error_floor(built, stamps, sky, reserve)
     apcorr, n_ap = aperture_correction(exposure, background, built, stamps)
     psf = built.psf
