@@ -130,8 +130,11 @@ def main() -> None:
          f"fit; CPU time {cpu_many:.2f} s"],
         ["  rate", f"{100 * 100 / t_many:,.0f} target-epochs/s", ""],
     ]
-    body = ("Forced photometry on the real ZTF quadrant (3072 x 3080), 15 x 15 stamps, pixel-integrated Moffat "
-            "PSF varying over the image (degree 1), float64 on the CPU. Epochs of the 100 x 100 case: the real "
+    chosen = fit.psf_choice.chosen if fit.psf_choice is not None else fit.options.model
+    psf_text = ("the image's empirical PSF (degree 1, its tables in float32)" if chosen == "empirical" else
+                f"the image's pixel-integrated {chosen} varying over the image (degree 1)")
+    body = (f"Forced photometry on the real ZTF quadrant (3072 x 3080), 15 x 15 stamps, {psf_text} as "
+            "`psfax.fit_exposure` chose it, fits in float64 on the CPU. Epochs of the 100 x 100 case: the real "
             "quadrant with its WCS shifted (< 150 px, sub-pixel parts included), PSF and background reused.\n\n"
             + markdown_table(["step", "time", "note"], rows))
     if args.pipeline:
