@@ -229,21 +229,23 @@ def render_model(psf_value, x, y, flux, shape, size: int) -> np.ndarray:
     ``size`` x ``size`` window around its rounded centre (the Moffat wing beyond 15 px of a star holds
     < 1e-4 of its flux per pixel ring); ``psf_value`` has one row per source; NaN sources are skipped."""
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
-    image = np.zeros(shape, np.float64)
     if not ok.any():
-        return image
+        return np.zeros(shape, np.float64)
     index = np.flatnonzero(ok)
     half = size // 2
     x0 = np.rint(x[index]).astype(int) - half
     y0 = np.rint(y[index]).astype(int) - half
-    unit = unit_windows(psf_value, index, x[index] - x0, y[index] - y0, size)
+    values = flux[index, None, None] * unit_windows(psf_value, index, x[index] - x0, y[index] - y0, size)
     ny, nx = shape
-    rows = y0[:, None, None] + np.arange(size)[None, :, None]
-    cols = x0[:, None, None] + np.arange(size)[None, None, :]
-    inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
-    values = flux[index, None, None] * unit
-    image += np.bincount((rows * nx + cols)[inside], values[inside], minlength=ny * nx).reshape(shape)
-    return image
+    offsets = np.arange(size)
+    pixels = (y0 * nx + x0)[:, None, None] + (offsets[:, None] * nx + offsets[None, :])[None]  # flat indices
+    across = (x0 < 0) | (y0 < 0) | (x0 + size > nx) | (y0 + size > ny)
+    if across.any():  # windows over the edge: keep their pixels on the image only
+        rows = y0[:, None, None] + offsets[None, :, None]
+        cols = x0[:, None, None] + offsets[None, None, :]
+        inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+        pixels, values = pixels[inside], values[inside]
+    return np.bincount(pixels.ravel(), values.ravel(), minlength=ny * nx).reshape(shape)
 
 
 def moved_model(model, psf_value, before, after, size: int) -> np.ndarray:
