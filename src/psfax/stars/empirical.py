@@ -86,7 +86,9 @@ class PSFChoice:
                 "model_error_floor_about": ("chi2, reduced_chi2 and flux_err of every source under the variance + "
                                             "(floor * star model)^2 at the fit's solution (the fit keeps the CCD "
                                             "variance)"),
-                "empirical": build.meta, "rounds": self.build.rounds}
+                "empirical": build.meta, "rounds": self.build.rounds,
+                "rounds_note": ("each round's chi2 is under the build's weights (the CCD variance plus the profile "
+                                "error, psfax.psf.build); the reserve figures above under the CCD variance")}
 
 
 def stamp_sky(background, stamps) -> np.ndarray:
