@@ -58,8 +58,8 @@ def ratios(fit, radius: float, isolation: float):
         sel = good & (mag >= lo) & (mag < lo + 0.5)
         if sel.sum() >= 5:
             med = float(np.median(ratio[sel]))
-            out[f"{lo:.1f}-{lo + 0.5:.1f}"] = (int(sel.sum()), med,
-                                               1.25 * 1.4826 * float(np.median(np.abs(ratio[sel] - med))) / np.sqrt(sel.sum()))
+            spread = 1.4826 * float(np.median(np.abs(ratio[sel] - med)))
+            out[f"{lo:.1f}-{lo + 0.5:.1f}"] = (int(sel.sum()), med, 1.25 * spread / np.sqrt(sel.sum()))
     return out, apcorr
 
 
@@ -74,12 +74,9 @@ def main(argv=None) -> None:
     parser.add_argument("--isolation", type=float, default=20.0)
     args = parser.parse_args(argv)
     exposure = read_exposure(*sample_files())
-    columns = {}
-    for psf in ("auto", "analytic"):
-        fit = fit_exposure(exposure, psf=psf)
-        columns[psf] = ratios(fit, args.radius, args.isolation)
-        if psf == "auto":
-            chosen = fit.psf_choice.chosen
+    fits = {psf: fit_exposure(exposure, psf=psf) for psf in ("auto", "analytic")}
+    columns = {psf: ratios(fit, args.radius, args.isolation) for psf, fit in fits.items()}
+    chosen = fits["auto"].psf_choice.chosen
     bins = [b for b in columns["auto"][0] if b in columns["analytic"][0]]
     rows = [[b] + [f"{columns[p][0][b][1]:.4f} +- {columns[p][0][b][2]:.4f} ({columns[p][0][b][0]})"
                    for p in ("auto", "analytic")] for b in bins]

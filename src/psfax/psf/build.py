@@ -24,10 +24,10 @@ the grid (the stamp holds no pixel free of the PSF's wings): on GalSim stars wit
 3.5 % low (``benchmarks/bench_epsf_galsim.py --fit-sky``).
 
 Rounds alternate this solve with the per-star fit of (x, y, flux[, bkg])
-(:func:`psfax.psf.photometry.fit_psf_photometry`, under the build's weights) and a chi2 clip (``reduced_chi2 > median + clip_sigma *
-1.4826 MAD``, a flag or a non-finite fit: the star leaves the build) until the total chi2 of the build stars
-that stay changed by less than ``chi2_rtol`` (relative) since the round before and the clip would remove at
-most ``clip_settle`` of the build stars (0.5 %: the tail of the chi2 distribution; they then stay), or
+(:func:`psfax.psf.photometry.fit_psf_photometry`, under the build's weights) and a chi2 clip (``reduced_chi2 >
+median + clip_sigma * 1.4826 MAD``, a flag or a non-finite fit: the star leaves the build) until the total chi2 of
+the build stars that stay changed by less than ``chi2_rtol`` (relative) since the round before and the clip would
+remove at most ``clip_settle`` of the build stars (0.5 %: the tail of the chi2 distribution; they then stay), or
 ``max_rounds`` (no clipping after the first round, whose model comes from the rough starting values).
 
 **Reserve stars** (``reserve_fraction``, default 20 %, drawn with ``seed``) never enter the build; they are
@@ -203,7 +203,8 @@ def build_psf(data, variance, mask, x_init, y_init, x_corner, y_corner, *, optio
             total = float(np.nansum(chi2[stay]))
             rounds.append({"round": number + 1, "n_build": int(active.sum()), "n_outliers": int(outliers.sum()),
                            "chi2": total, "median_reduced_chi2": float(np.nanmedian(red[active]))})
-            settled = previous is not None and abs(float(np.nansum(previous[stay])) - total) <= options.chi2_rtol * total
+            settled = (previous is not None
+                       and abs(float(np.nansum(previous[stay])) - total) <= options.chi2_rtol * total)
             if settled and outliers.sum() <= options.clip_settle * active.sum():
                 break
             active = stay

@@ -12,8 +12,8 @@
 2. compares the median reduced chi2 of the **reserve** stars that the analytic fit kept, under the empirical
    model and under the analytic fit (the analytic fit saw them: its figure is, if anything, optimistic);
    ``auto`` takes the empirical model unless the analytic fit's figure is lower or equal (with no such star to
-   compare on, the empirical model), ``empirical`` always; the empirical model's figure over every reserve star is reported
-   beside them;
+   compare on, the empirical model), ``empirical`` always; the empirical model's figure over every reserve star
+   is reported beside them;
 3. measures on the image the **aperture correction** (median over the brighter half of the unflagged build
    stars of the sky-subtracted light within ``APERTURE_RADIUS`` px, sep's ``sum_circle``, over the fitted flux,
    the light within the normalisation radius) and the **model-error floor** ``f``: the smallest fraction such
