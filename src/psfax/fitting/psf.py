@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 STAR_NAMES = ("x_fit", "y_fit", "flux_fit", "bkg_fit")
 """Reported names of ``v[:4] = [x0, y0, flux, bkg]``, fitted by every kind."""
@@ -80,8 +81,16 @@ class PSF:
         return dataclasses.replace(self, **part) if part else self
 
     def rows(self, index) -> "PSF":
-        """The PSF of the stars at ``index`` (shared fields kept whole)."""
-        return self.with_star({f: jax.tree.map(lambda a: a[index], a) for f, a in self.star_part().items()})
+        """The PSF of the stars at ``index`` (shared fields kept whole).  Concrete arrays are indexed on the
+        host (NumPy): an eager JAX gather would trace and compile a program for every new ``index`` length."""
+        return self.with_star({f: jax.tree.map(lambda a: _take_rows(a, index), a)
+                               for f, a in self.star_part().items()})
+
+
+def _take_rows(a, index):
+    if isinstance(a, jax.core.Tracer) or isinstance(index, jax.core.Tracer):
+        return a[index]
+    return np.asarray(a)[np.asarray(index)]
 
 
 def register_psf(cls):

@@ -5,7 +5,9 @@ usable pixels (variance given, held fixed), by Levenberg-Marquardt on the four p
 at once (``vmap``) for at most ``max_iter`` iterations, each star until a step lowers its chi2 by less than
 :data:`CHI2_STOP` (that last step moved each parameter by about sqrt(1e-4) = 0.01 of its error or less; a
 step is taken only when chi2 drops; the damping is divided by 10 after a success and multiplied by 10 after a
-failure).  The Jacobian ``[flux dP/dx0, flux dP/dy0, P, 1]`` comes in closed form from the table
+failure).  A batch runs as long as its slowest star, so every star gets :data:`FIRST_ROUND` iterations and
+the few unfinished ones (1.5 % of the real ZTF quadrant's PSF stars) go on alone from where they stopped
+(flux and background re-solved there, damping reset) for the rest of ``max_iter``.  The Jacobian ``[flux dP/dx0, flux dP/dy0, P, 1]`` comes in closed form from the table
 interpolation.  Errors are the square roots of the diagonal of the inverse Fisher matrix ``(J^T W J)^-1`` at
 the solution.
 
@@ -15,8 +17,6 @@ less than its errors over the < 1 px a fit moves a star).
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,11 +24,16 @@ from astropy.table import Table
 
 from psfax.device import compute_context, resolve_device, resolve_dtype
 from psfax.fitting import flags as F
+from psfax.fitting.problem import bucket_size
+from psfax.programs import persistent_jit
 from psfax.psf.empirical import EmpiricalPSF, PSFArrays, star_psf
 
 PARAMS = ("x", "y", "flux", "bkg")
 CHI2_STOP = 1e-4
 """A star's fit stops at an accepted step that lowers its chi2 by less than this."""
+FIRST_ROUND = 6
+"""Iterations every star gets before the unfinished ones go on alone (the time per call falls from 0.44 s
+to about 0.2 s on the quadrant's 1,232 stars, 2 cores)."""
 
 
 def fit_psf_photometry(psf: EmpiricalPSF, data, variance, mask, x_init, y_init, x_corner, y_corner, *,
@@ -49,10 +54,9 @@ def fit_psf_photometry(psf: EmpiricalPSF, data, variance, mask, x_init, y_init, 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     with compute_context(dt, dev):
-        arrays = psf.arrays(dt)
-        out = _lm(arrays, *(jnp.asarray(a, dt) for a in (np.nan_to_num(data), w, coef, core_w, x_init, y_init)),
-                  max_iter=int(max_iter), fit_bkg=bool(fit_bkg))
-        v, cov, chi2, converged = (np.array(o, float) for o in out)
+        stars = [np.nan_to_num(data), w, coef, core_w]
+        v, cov, chi2, converged = _lm_in_rounds(psf.arrays(dt), stars, x_init, y_init, int(max_iter),
+                                                bool(fit_bkg), dt)
     n_usable = usable.reshape(n, -1).sum(axis=1)
     if not fit_bkg:
         cov[:, 3, 3] = np.nan
@@ -99,7 +103,26 @@ def _start(arrays, d, w, coef, core_w, x0, y0, free):
     return jnp.stack([x0, y0, fb[0], fb[1]])
 
 
-@partial(jax.jit, static_argnames=("max_iter", "fit_bkg"))
+def _lm_in_rounds(arrays, stars, x_init, y_init, max_iter, fit_bkg, dt):
+    """:func:`_lm` for :data:`FIRST_ROUND` iterations on every star, then for the rest of ``max_iter`` on the
+    unfinished ones (padded to a bucket size with copies of one, so that few programs are compiled): NumPy
+    (values (N, 4), covariances (N, 4, 4), chi2, converged)."""
+    def run(rows, x, y, iterations):
+        inputs = (jnp.asarray(a if rows is None else a[rows], dt) for a in (*stars, x, y))
+        return [np.array(o, float) for o in _lm(arrays, *inputs, max_iter=iterations, fit_bkg=fit_bkg)]
+
+    first = min(FIRST_ROUND, max_iter)
+    v, cov, chi2, converged = run(None, x_init, y_init, first)
+    left = np.flatnonzero(converged == 0)
+    if left.size and max_iter > first:
+        rows = np.concatenate([left, np.repeat(left[:1], bucket_size(left.size) - left.size)])
+        again = run(rows, v[:, 0], v[:, 1], max_iter - first)
+        for full, part in zip((v, cov, chi2, converged), again):
+            full[rows] = np.asarray(part, float)
+    return v, cov, chi2, converged
+
+
+@persistent_jit(static_argnames=("max_iter", "fit_bkg"))
 def _lm(arrays, data, w, coef, core_w, x_init, y_init, *, max_iter, fit_bkg):
     n = data.shape[0]
     d, w = data.reshape(n, -1), w.reshape(n, -1)
