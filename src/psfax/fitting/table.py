@@ -22,7 +22,15 @@ schemes (:class:`TableGrid`):
   pixel reads the bicubic Hermite interpolant of its 2 x 2 nodes: 16 table
   entries per pixel, error O(h^4).
 * **Keys** (tables of values only, such as an empirical PSF's grid): Keys'
-  six-point cubic convolution, 36 entries per pixel, error O(h^4).
+  six-point cubic convolution, 36 entries per pixel, error O(h^4).  Its
+  weights are separable and a stamp's pixels read nodes ``K`` apart, so a
+  stamp's values alone (rendering) are computed in two passes
+  (:func:`_keys_separable`) on the node values themselves, read back from the
+  polyphase layout: 3-5x faster on the CPU than the one matrix product, whose
+  gathered block repeats each node ``(6 / K)^2`` times.  With the derivatives
+  (a fit's Jacobian, inside the batched LM loop) the matrix product measured
+  faster (the grouped photometry of the real ZTF quadrant: 0.27-0.32 s
+  against 0.43 s for its isolated fits) and is kept.
 
 With 16 samples per pixel either stays below 2e-5 of the peak pixel down to
 FWHM = 0.8 px (``tests/test_profiles.py`` measures it against direct
@@ -198,17 +206,19 @@ def axis_taps(grid: TableGrid, c0, n_pix: int):
     return j0.astype(jnp.int32) - before, w, -k * dw
 
 
-def _stamp_taps(grid: TableGrid, x0, y0):
+def _stamp_taps(grid: TableGrid, x0, y0, derivatives: bool = True):
     """Start of the tap block ``(ky % K, 0, kx % K, 0, ky // K, kx // K)`` and the (3, n) weights of
-    P, dP/dx0 and dP/dy0 (outer products of the per-axis tap weights, in the block's order)."""
+    P, dP/dx0 and dP/dy0 (outer products of the per-axis tap weights, in the block's order); (1, n), P's
+    only, without ``derivatives``."""
     ny, nx = grid.size
     k = grid.oversampling
     jy, wy, dwy = axis_taps(grid, y0, ny)
     jx, wx, dwx = axis_taps(grid, x0, nx)
     n = (grid.taps * grid.fields) ** 2
-    w = jnp.stack([jnp.multiply.outer(wy, wx), jnp.multiply.outer(wy, dwx), jnp.multiply.outer(dwy, wx)])
+    pairs = ((wy, wx), (wy, dwx), (dwy, wx)) if derivatives else ((wy, wx),)
+    w = jnp.stack([jnp.multiply.outer(a, b) for a, b in pairs])
     zero = jnp.zeros((), jnp.int32)
-    return (jy % k, zero, jx % k, zero, jy // k, jx // k), w.reshape(3, n)
+    return (jy % k, zero, jx % k, zero, jy // k, jx // k), w.reshape(len(pairs), n)
 
 
 def _block_shape(grid: TableGrid):
@@ -216,37 +226,74 @@ def _block_shape(grid: TableGrid):
 
 
 def _apply_taps(block, w):
-    """Contract a tap block (..., taps, F, taps, F, ny, nx) with weights (3, n): three stamps (..., ny, nx)."""
+    """Contract a tap block (..., taps, F, taps, F, ny, nx) with weights (m, n): m stamps (..., ny, nx)."""
     lead, size = block.shape[:-6], block.shape[-2:]
     out = w @ block.reshape(lead + (w.shape[1], size[0] * size[1]))
-    return tuple(out[..., i, :].reshape(lead + size) for i in range(3))
+    return tuple(out[..., i, :].reshape(lead + size) for i in range(w.shape[0]))
 
 
-def interpolate(grid: TableGrid, tables, x0, y0):
+def keys_nodes(grid: TableGrid, tables):
+    """The node values (..., C K, C K) of a stack of Keys polyphase tables (..., V, 1, V, 1, C, C):
+    ``G[c K + v, d K + u] = E[v, 0, u, 0, c, d]`` for the first K phases (every node of the table, and
+    zeros to the padded length)."""
+    k, c = grid.oversampling, tables.shape[-1]
+    first = tables[..., :k, 0, :k, 0, :, :]  # (..., v, u, c, d)
+    lead = first.ndim - 4
+    order = tuple(range(lead)) + (lead + 2, lead, lead + 3, lead + 1)  # (..., c, v, d, u)
+    return jnp.transpose(first, order).reshape(first.shape[:lead] + (c * k, c * k))
+
+
+def _keys_separable(grid: TableGrid, nodes, x0, y0, coefficients=None):
+    """Keys interpolation of node values (..., N, N) for a star at (x0, y0) in two passes: pixel ``(i, j)``
+    reads ``P = sum_a wy_a sum_b wx_b G[jy + a + K i, jx + b + K j]``; along x on the rows the stamp needs,
+    then along y.  ``coefficients`` (C,): ``nodes`` is (C, N, N) and the block the stamp reads is mixed
+    first.  Returns ``(P,)``."""
+    ny, nx = grid.size
+    k, taps = grid.oversampling, grid.taps
+    jy, wy, _ = axis_taps(grid, y0, ny)
+    jx, wx, _ = axis_taps(grid, x0, nx)
+    lead = nodes.shape[:-2]
+    zero = jnp.zeros((), jnp.int32)
+    block = jax.lax.dynamic_slice(nodes, (zero,) * len(lead) + (jy, jx),
+                                  lead + (k * (ny - 1) + taps, k * (nx - 1) + taps))
+    if coefficients is not None:
+        block = sum(coefficients[c] * block[c] for c in range(block.shape[0]))
+
+    rows = sum(wx[b, 0] * block[..., :, b:b + k * (nx - 1) + 1:k] for b in range(taps))
+    return (sum(wy[a, 0] * rows[..., a:a + k * (ny - 1) + 1:k, :] for a in range(taps)),)
+
+
+def interpolate(grid: TableGrid, tables, x0, y0, derivatives: bool = True):
     """Stamps (..., ny, nx) of a stack of polyphase tables for a star at (x0, y0), and d/dx0, d/dy0.
 
     ``P = sum_ab wy_a wx_b T[ky + a, kx + b]`` for every pixel at once: the
     outer products of the tap weights (value, d/dx0, d/dy0) contract the
-    gathered block's tap and field axes.  Returns ``(P, dP/dx0, dP/dy0)`` with the
-    leading axes of ``tables``.
+    gathered block's tap and field axes (Keys tables, values alone: :func:`_keys_separable`).  Returns ``(P, dP/dx0,
+    dP/dy0)`` with the leading axes of ``tables`` (``(P,)`` without ``derivatives``).
     """
-    start, w = _stamp_taps(grid, x0, y0)
+    if not (grid.hermite or derivatives):
+        return _keys_separable(grid, keys_nodes(grid, tables), x0, y0)
+    start, w = _stamp_taps(grid, x0, y0, derivatives)
     lead = tables.shape[:-6]
     zero = jnp.zeros((), jnp.int32)
     block = jax.lax.dynamic_slice(tables, (zero,) * len(lead) + start, lead + _block_shape(grid))
     return _apply_taps(block, w)
 
 
-def interpolate_mixture(grid: TableGrid, tables, index, coefficients, x0, y0):
-    """``sum_c coefficients_c tables[index, c]`` interpolated at (x0, y0), and d/dx0, d/dy0.
+def interpolate_mixture(grid: TableGrid, tables, index, coefficients, x0, y0, derivatives: bool = True):
+    """``sum_c coefficients_c tables[index, c]`` interpolated at (x0, y0), and d/dx0, d/dy0 (a 1-tuple of the
+    value alone without ``derivatives``: a third of the tap products, for rendering).
 
     ``tables``: (A, C, ...polyphase); the mixture is formed on the gathered
     block only (C x n x ny x nx values), before the taps are applied.
     """
-    start, w = _stamp_taps(grid, x0, y0)
     n_mix = tables.shape[1]
     zero = jnp.zeros((), jnp.int32)
     index = jnp.asarray(index, jnp.int32)
+    if not (grid.hermite or derivatives):
+        nodes = jax.lax.dynamic_index_in_dim(keys_nodes(grid, tables), index, keepdims=False)  # (C, N, N)
+        return _keys_separable(grid, nodes, x0, y0, coefficients)
+    start, w = _stamp_taps(grid, x0, y0, derivatives)
     block = jax.lax.dynamic_slice(tables, (index, zero) + start, (1, n_mix) + _block_shape(grid))[0]
     mixed = sum(coefficients[c] * block[c] for c in range(n_mix))  # (elementwise: faster than a dot here)
     return _apply_taps(mixed, w)

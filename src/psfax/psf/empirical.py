@@ -195,13 +195,14 @@ jax.tree_util.register_pytree_node(
     lambda aux, children: PSFArrays(*children, *aux))
 
 
-def star_psf(arrays: PSFArrays, coef, core_w, x0, y0):
-    """One star's stamp P (S, S) and dP/dx0, dP/dy0 at stamp position (x0, y0), mixture weights ``coef``."""
-    p, px, py = interpolate_mixture(arrays.grid, arrays.tables, 0, coef, x0, y0)
-    if arrays.core is not None:
-        c, cx, cy = interpolate(arrays.core_grid, arrays.core, x0, y0)
-        p, px, py = p + core_w * c, px + core_w * cx, py + core_w * cy
-    return p, px, py
+def star_psf(arrays: PSFArrays, coef, core_w, x0, y0, derivatives: bool = True):
+    """One star's stamp P (S, S) and dP/dx0, dP/dy0 at stamp position (x0, y0), mixture weights ``coef``
+    (``(P,)`` alone without ``derivatives``)."""
+    grid_part = interpolate_mixture(arrays.grid, arrays.tables, 0, coef, x0, y0, derivatives)
+    if arrays.core is None:
+        return grid_part
+    core_part = interpolate(arrays.core_grid, arrays.core, x0, y0)
+    return tuple(g + core_w * c for g, c in zip(grid_part, core_part))
 
 
 @jax.jit

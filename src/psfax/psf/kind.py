@@ -41,11 +41,18 @@ class Empirical(PSF):
         return self.radius
 
     def linearise(self, v, size):
+        return table_linearise(v, self._window(v, size, derivatives=True))
+
+    def evaluate(self, v, size):
+        return v[2] * self._window(v, size, derivatives=False)[0].ravel() + v[3]
+
+    def _window(self, v, size, derivatives: bool):
+        """P (and dP/dx0, dP/dy0) of the star at ``v[:2]`` on a ``size`` window."""
         arrays = PSFArrays(self.tables, self.core, self.grid, self.core_grid)
         centre = (self.grid.size[0] - 1) // 2
         ox, oy = jnp.round(v[0]) - centre, jnp.round(v[1]) - centre
-        window = star_psf(arrays, self.coef, self.core_w, v[0] - ox, v[1] - oy)
-        return table_linearise(v, shift_into(window, ox, oy, size))
+        window = star_psf(arrays, self.coef, self.core_w, v[0] - ox, v[1] - oy, derivatives)
+        return shift_into(window, ox, oy, size)
 
 
 def empirical_kind(psf: EmpiricalPSF, x_image, y_image, dtype=np.float64) -> Empirical:
