@@ -13,7 +13,10 @@ Outputs (written atomically): ``<stem>.clusterprob.fits``, the per-tile
 probability map with the input's celestial WCS resampled to tiles, and
 ``<stem>.candidates.parquet``, one row per group of tiles with probability >=
 threshold (groups less than ``link`` + 1 empty tiles apart are one candidate),
-with ``prob_sum`` (the expected number of member tiles) as its score.
+centred on the peak of the red-sequence member density within its tiles
+(:mod:`psfax.clusters.centres`, read from the image around each candidate), with
+that peak (``members``) as its score and ``prob_sum`` (the expected number of
+member tiles) beside it.
 """
 
 from __future__ import annotations
