@@ -55,7 +55,8 @@ def test_fold_back_puts_every_tile_where_it_belongs():
     np.testing.assert_allclose(probs, expected, atol=1e-6)
 
 
-def _cube_file(path, shape=(4, 300, 420), with_wcs=True):
+def _cube_file(path, shape=(4, 300, 420), with_wcs=True, members=None):
+    """A noise cube (sigma 10) in a FITS file; ``members``: a function painting sources onto it."""
     rng = np.random.default_rng(2)
     header = fits.Header()
     if with_wcs:
@@ -65,13 +66,18 @@ def _cube_file(path, shape=(4, 300, 420), with_wcs=True):
         w.wcs.crpix = [210.5, 150.5]
         w.wcs.cdelt = [-0.263 / 3600, 0.263 / 3600]
         header.update(w.to_header())
-    fits.PrimaryHDU(rng.normal(0, 10, shape).astype(np.float32), header=header).writeto(path)
+    cube = rng.normal(0, 10, shape)
+    if members is not None:
+        members(cube)
+    fits.PrimaryHDU(cube.astype(np.float32), header=header).writeto(path)
     return path
 
 
-def test_infer_file_writes_map_with_tile_wcs_and_candidates(tmp_path):
+def test_infer_file_writes_map_with_tile_wcs_and_candidates(tmp_path, paint):
     model = TileEncoder(SPEC, np.zeros(4), np.full(4, 10.0), jax.random.PRNGKey(0))
-    src = _cube_file(tmp_path / "field.fits")
+    phi = np.arange(10) * np.pi / 5  # ten red-sequence galaxies 15 px around pixel (300, 80)
+    src = _cube_file(tmp_path / "field.fits",
+                     members=lambda cube: paint(cube, np.stack([300 + 15 * np.cos(phi), 80 + 15 * np.sin(phi)], 1)))
     prob_path, cand_path = infer_file(src, (model, SPEC), out_dir=tmp_path / "out", batch_size=2, threshold=0.0)
     with fits.open(prob_path) as hdul:
         probs, header = hdul[0].data, hdul[0].header
@@ -85,8 +91,10 @@ def test_infer_file_writes_map_with_tile_wcs_and_candidates(tmp_path):
     # same tangent projection evaluated at the same point: agreement to 1e-6 arcsec
     assert np.all(a.separation(b).arcsec < 1e-6)
     cand = pq.read_table(cand_path).to_pandas()
-    # threshold 0: every tile is one 4-connected candidate, centred on the image's tile-grid centre
+    # threshold 0: every tile is one 4-connected candidate, centred on its red members (the member density of
+    # a ring peaks at its centre, within a pixel or two of the rounding of the members' positions)
     assert len(cand) == 1 and cand["n_tiles"][0] == 140
+    assert abs(cand["x"][0] - 300) <= 2 and abs(cand["y"][0] - 80) <= 2 and cand["members"][0] > 8
     centre = tile_wcs.pixel_to_world((cand["x"][0] - 15.5) / 32, (cand["y"][0] - 15.5) / 32)
     assert abs(centre.ra.deg - cand["ra"][0]) < 1e-9 and abs(centre.dec.deg - cand["dec"][0]) < 1e-9
     assert header["TILESIZE"] == 32 and header["SRCFILE"] == "field.fits"

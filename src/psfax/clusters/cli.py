@@ -76,7 +76,7 @@ def train(data: Path = typer.Argument(..., help="Data-set directory written by `
               "init": None if start is None else {"model": str(init), "record": start[2]},
               "history": [dataclasses.asdict(h) for h in result.history]}
     if list(Path(data).glob("test-*.images.npy")):
-        record["test"] = json_ready(evaluate_model(result.model, result.spec, data, device=device))
+        record["test"] = json_ready(evaluate_model(result.model, result.spec, data, cfg, device=device))
     paths = save_model(result.model, result.spec, out, record)
     typer.echo(json.dumps(record.get("test", {}), indent=2))
     typer.echo(f"wrote {', '.join(map(str, paths))}")
@@ -110,8 +110,9 @@ def evaluate(data: Path = typer.Argument(..., help="Data-set directory written b
              seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds: simulate and score one fresh "
                                                  "data set per seed (mean and standard error across seeds)."),
              n_fields: int = typer.Option(64, help="With --seeds: test fields per seed (val: a quarter, >= 16)."),
-             config: Optional[str] = typer.Option(None, help="With --seeds: " + CONFIG_HELP +
-                                                  " (default: the model's training config)."),
+             config: Optional[str] = typer.Option(None, help=CONFIG_HELP + " With --seeds: the fields' prior; "
+                                                  "always: the red sequence that centres the candidates "
+                                                  "(default: the model's training config)."),
              match_radius: Optional[float] = typer.Option(None, help="Cluster match radius, pixels "
                                                           "(default: 2 tiles)."),
              figure: Optional[Path] = typer.Option(None, help="Write a completeness-vs-richness-and-redshift "
@@ -138,9 +139,12 @@ def evaluate(data: Path = typer.Argument(..., help="Data-set directory written b
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
             raise InputError(f"--seeds {seeds!r}: expected comma-separated integers") from None
+    from psfax.clusters.infer import model_prior
+
     net, spec, record = load_model(model or default_model_stem())
     if seed_list is None:
-        report = evaluate_model(net, spec, data, split=split, match_radius=match_radius, device=device)
+        prior = load_config(config) if config is not None else model_prior(model)
+        report = evaluate_model(net, spec, data, prior, split=split, match_radius=match_radius, device=device)
         reports = [report]
     else:
         if config is not None:

@@ -9,8 +9,9 @@ F1 on the ``val`` split (fields the scored split never sees).
 
 Both are scored per tile (with bootstrap-over-fields standard errors) and per
 cluster: the candidates of a field are the 4-connected groups of positive tiles
-(:func:`psfax.clusters.infer.find_candidates`, centre weighted by probability or
-count), matched to the true cluster centre within ``match_radius`` pixels
+(:func:`psfax.clusters.infer.find_candidates`; the model's centred on the peak of the
+red-sequence member density, :mod:`psfax.clusters.centres`, the baseline's on the
+count-weighted centroid), matched to the true cluster centre within ``match_radius`` pixels
 (default :data:`MATCH_RADIUS_TILES` tiles).
 
 :func:`evaluate_seeds` simulates fresh data sets (one per seed: a val split for
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from psfax.clusters.centres import RedSequence
 from psfax.clusters.config import ClusterFieldConfig
 from psfax.clusters.dataset import load_split, read_dataset_config, simulate_split
 from psfax.clusters.encoder import EncoderSpec, TileEncoder
@@ -43,13 +45,19 @@ def baseline_threshold(images: np.ndarray, labels: np.ndarray, tile: int) -> flo
     return best_f1_threshold(labels, counts_in_tile(images, tile))
 
 
-def candidate_table(scores: np.ndarray, tile: int, threshold: float) -> list[np.ndarray]:
-    """Per field of (n, T, T) tile scores, the (m, 3) rows (x, y, score) of its candidates at ``threshold``
-    (score: the sum of the group's tile scores, ``prob_sum``)."""
+def candidate_table(scores: np.ndarray, tile: int, threshold: float, images=None,
+                    red_sequence: RedSequence | None = None) -> list[np.ndarray]:
+    """Per field of (n, T, T) tile scores, the (m, 3) rows (x, y, score) of its candidates at ``threshold``.
+
+    Without ``images``: centred on the score-weighted centroid of the group's tiles, score the sum of its
+    tile scores (``prob_sum``); with the (n, 4, H, W) ``images`` and a ``red_sequence``: centred on the
+    red-sequence member-density peak, score its value (``members``; :mod:`psfax.clusters.centres`)."""
     out = []
-    for s in scores:
-        t = find_candidates(np.asarray(s, float), tile, threshold)
-        out.append(np.stack([t["x"].to_numpy(), t["y"].to_numpy(), t["prob_sum"].to_numpy()], axis=1))
+    for i, s in enumerate(scores):
+        image = None if images is None else images[i]
+        t = find_candidates(np.asarray(s, float), tile, threshold, image=image, red_sequence=red_sequence)
+        score = t["prob_sum" if image is None else "members"].to_numpy()
+        out.append(np.stack([t["x"].to_numpy(), t["y"].to_numpy(), score], axis=1))
     return out
 
 
@@ -85,10 +93,10 @@ def _by_radius(truth, cands, tile) -> list[dict]:
     return rows
 
 
-def _scores(labels, scores, threshold, tile, truth, radius, min_score) -> dict:
+def _scores(labels, scores, threshold, tile, truth, radius, min_score, images=None, red_sequence=None) -> dict:
     out = {"tiles": score_tiles_with_se(labels, scores, threshold)}
     if truth is not None:
-        cands = _cut(candidate_table(scores, tile, threshold), min_score)
+        cands = _cut(candidate_table(scores, tile, threshold, images, red_sequence), min_score)
         match = match_clusters(truth, cands, radius)
         out["clusters"] = {**cluster_scores(match, len(labels)), "min_candidate_score": min_score,
                            "by_radius": _by_radius(truth, cands, tile)}
@@ -98,20 +106,21 @@ def _scores(labels, scores, threshold, tile, truth, radius, min_score) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Calibration:
     """What the scored split never sees, chosen on val: the baseline's count threshold and the candidate
-    score cuts of the model and the baseline (best per-cluster F1)."""
+    score cuts of the model (members) and the baseline (prob_sum of counts), each for the best per-cluster F1."""
 
     baseline_count: float
     model_min_score: float = 0.0
     baseline_min_score: float = 0.0
 
 
-def calibrate(model: TileEncoder, spec: EncoderSpec, images, labels, truth, radius: float, *, device=None):
+def calibrate(model: TileEncoder, spec: EncoderSpec, images, labels, truth, radius: float,
+              red_sequence: RedSequence, *, device=None):
     """:class:`Calibration` from val fields (images, labels, truth table)."""
     counts = counts_in_tile(images, spec.tile)
     count_thr = best_f1_threshold(labels, counts)
     probs = predict_fields(model, images, device=device)
-    return Calibration(count_thr,
-                       best_candidate_cut(truth, candidate_table(probs, spec.tile, spec.threshold), radius),
+    model_cands = candidate_table(probs, spec.tile, spec.threshold, images, red_sequence)
+    return Calibration(count_thr, best_candidate_cut(truth, model_cands, radius),
                        best_candidate_cut(truth, candidate_table(counts, spec.tile, count_thr), radius))
 
 
@@ -121,17 +130,19 @@ def match_radius_px(spec: EncoderSpec, match_radius: float | None) -> float:
 
 def evaluate_fields(model: TileEncoder, spec: EncoderSpec, images: np.ndarray, labels: np.ndarray,
                     calibration: Calibration | float, *, truth=None, match_radius: float | None = None,
-                    device=None) -> dict:
+                    red_sequence: RedSequence | None = None, device=None) -> dict:
     """Scores of the model (probability >= spec.threshold) and of the baseline (count >= the calibrated
     count; a float is taken as that count with no candidate cuts).
 
-    ``truth`` (the fields table of the data set) adds the per-cluster scores.
+    ``truth`` (the fields table of the data set) adds the per-cluster scores; the model's candidates
+    are centred on the ``red_sequence`` member density (:mod:`psfax.clusters.centres`).
     """
     cal = calibration if isinstance(calibration, Calibration) else Calibration(float(calibration))
     radius = match_radius_px(spec, match_radius)
     probs = predict_fields(model, images, device=device)
     counts = counts_in_tile(images, spec.tile)
-    model_scores = _scores(labels, probs, spec.threshold, spec.tile, truth, radius, cal.model_min_score)
+    model_scores = _scores(labels, probs, spec.threshold, spec.tile, truth, radius, cal.model_min_score,
+                           images, red_sequence)
     base_scores = _scores(labels, counts, cal.baseline_count, spec.tile, truth, radius, cal.baseline_min_score)
     return {"n_fields": int(len(images)), "n_tiles": int(labels.size), "positive_fraction": float(labels.mean()),
             "model": model_scores, "baseline": base_scores,
@@ -148,15 +159,19 @@ def load_truth(data_dir: str | Path, split: str):
     return pa.concat_tables([pq.read_table(p) for p in paths])
 
 
-def evaluate_model(model: TileEncoder, spec: EncoderSpec, data_dir: str | Path, *, split: str = "test",
-                   match_radius: float | None = None, device=None) -> dict:
-    """Score ``split`` of a simulated data set; the baseline's threshold comes from its ``val`` split."""
+def evaluate_model(model: TileEncoder, spec: EncoderSpec, data_dir: str | Path, prior: ClusterFieldConfig, *,
+                   split: str = "test", match_radius: float | None = None, device=None) -> dict:
+    """Score ``split`` of a simulated data set; thresholds and cuts come from its ``val`` split.
+
+    ``prior``: the config the model was trained under, whose red sequence centres the candidates
+    (the detector's population model, not the scored fields' truth)."""
     fields = load_split(data_dir, split)
     val = load_split(data_dir, "val")
+    red_sequence = RedSequence.from_config(prior)
     cal = calibrate(model, spec, val.images, val.labels, load_truth(data_dir, "val"),
-                    match_radius_px(spec, match_radius), device=device)
-    report = evaluate_fields(model, spec, fields.images, fields.labels, cal,
-                             truth=load_truth(data_dir, split), match_radius=match_radius, device=device)
+                    match_radius_px(spec, match_radius), red_sequence, device=device)
+    report = evaluate_fields(model, spec, fields.images, fields.labels, cal, truth=load_truth(data_dir, split),
+                             match_radius=match_radius, red_sequence=red_sequence, device=device)
     report["split"] = split
     report["calibration"] = {"split": "val", "n_fields": len(val), **dataclasses.asdict(cal)}
     return report
@@ -219,7 +234,9 @@ def summarise(reports: list[dict]) -> dict:
 
 def evaluate_seeds(model: TileEncoder, spec: EncoderSpec, cfg: ClusterFieldConfig, seeds, n_fields: int,
                    work_dir: str | Path, *, match_radius: float | None = None, device=None) -> dict:
-    """Simulate and score one fresh data set per seed; the per-seed reports and their summary."""
+    """Simulate and score one fresh data set per seed; the per-seed reports and their summary.
+
+    ``cfg`` makes the fields and is the prior whose red sequence centres the candidates."""
     seeds = [int(s) for s in seeds]
     if not seeds or n_fields < 1:
         raise InputError(f"need at least one seed and n_fields >= 1 (got seeds={seeds}, n_fields={n_fields})")
@@ -228,7 +245,7 @@ def evaluate_seeds(model: TileEncoder, spec: EncoderSpec, cfg: ClusterFieldConfi
     reports = {}
     for s in seeds:
         data = fresh_fields(cfg, s, n_fields, work_dir, device=device)
-        reports[str(s)] = {**evaluate_model(model, spec, data, match_radius=match_radius, device=device),
+        reports[str(s)] = {**evaluate_model(model, spec, data, cfg, match_radius=match_radius, device=device),
                            "data": str(data)}
     return {"config": cfg.name, "seeds": seeds, "n_fields_per_seed": n_fields,
             "summary": summarise(list(reports.values())), "per_seed": reports}

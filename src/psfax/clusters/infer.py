@@ -13,7 +13,10 @@ Outputs (written atomically): ``<stem>.clusterprob.fits``, the per-tile
 probability map with the input's celestial WCS resampled to tiles, and
 ``<stem>.candidates.parquet``, one row per group of tiles with probability >=
 threshold (groups less than ``link`` + 1 empty tiles apart are one candidate),
-with ``prob_sum`` (the expected number of member tiles) as its score.
+centred on the peak of the red-sequence member density within its tiles
+(:mod:`psfax.clusters.centres`, read from the image around each candidate), with
+that peak (``members``) as its score and ``prob_sum`` (the expected number of
+member tiles) beside it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psfax.clusters.config import ClusterFieldConfig, config_from_dict, load_config
+from psfax.clusters.centres import MIN_MEMBERS, RedSequence, centre_on_members
 from psfax.clusters.encoder import EncoderSpec, TileEncoder, cast_model, default_model_stem, load_model
 from psfax.device import compute_context, resolve_device, resolve_dtype
 from psfax.errors import BadFileError, InputError, MissingFileError
@@ -66,18 +71,29 @@ def plan_windows(ny_tiles: int, nx_tiles: int, window_tiles: int, margin_tiles: 
 
 
 @functools.lru_cache(maxsize=4)
-def _load(stem: str) -> tuple[TileEncoder, EncoderSpec]:
-    model, spec, _ = load_model(stem)
-    return model, spec
+def _load(stem: str) -> tuple[TileEncoder, EncoderSpec, dict]:
+    return load_model(stem)
+
+
+def _stem(model) -> str:
+    """The path stem of ``None`` (the shipped default) or a model path (with or without its suffix)."""
+    if model is None:
+        return str(default_model_stem())
+    return str(Path(model).with_suffix("") if Path(model).suffix in (".npz", ".json") else model)
 
 
 def resolve_model(model) -> tuple[TileEncoder, EncoderSpec]:
     """``None`` (shipped default), a path stem, or an already loaded ``(model, spec)``."""
-    if model is None:
-        return _load(str(default_model_stem()))
-    if isinstance(model, (str, Path)):
-        return _load(str(Path(model).with_suffix("") if Path(model).suffix in (".npz", ".json") else model))
+    if model is None or isinstance(model, (str, Path)):
+        return _load(_stem(model))[:2]
     return model
+
+
+def model_prior(model) -> ClusterFieldConfig:
+    """The prior a model was trained under (its recorded training config) for ``None`` or a path stem;
+    the shipped ``ci`` config for an in-memory ``(model, spec)`` or a model recording none."""
+    record = _load(_stem(model))[2] if model is None or isinstance(model, (str, Path)) else {}
+    return config_from_dict(record["config"], f"model {_stem(model)}") if "config" in record else load_config("ci")
 
 
 @eqx.filter_jit
@@ -188,13 +204,19 @@ LINK_TILES = 1
 2 * LINK_TILES empty tiles are bridged), so the fragments of one cluster make one candidate."""
 
 
-def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None, *, link: int = LINK_TILES):
+def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None, *, link: int = LINK_TILES,
+                    image=None, red_sequence=None):
     """One row per group of tiles with probability >= threshold (pyarrow Table).
 
     A group is a 4-connected component of the selected tiles dilated by ``link`` tiles (3x3
     structuring element), restricted back to the selected tiles.
-    Columns: candidate, x, y (probability-weighted centroid, image pixels), n_tiles, prob_sum
-    (the candidate's score), prob_max, prob_mean, and ra, dec (degrees) when a tile WCS is given.
+    Columns: candidate, x, y (image pixels), n_tiles, prob_sum, prob_max, prob_mean, and ra, dec
+    (degrees) when a tile WCS is given.  Without ``image``, x, y is the probability-weighted centroid
+    of the group's tiles and ``prob_sum`` the candidate's score.  With ``image`` (the (4, ny, nx)
+    g, r, i, z pixels, an array or a FITS ``section``) and ``red_sequence``
+    (:class:`psfax.clusters.centres.RedSequence`), x, y is the peak of the red-sequence member density
+    within the group's tiles dilated by one tile (:func:`psfax.clusters.centres.centre_on_members`),
+    the column ``members`` its value (the score), and groups under ``MIN_MEMBERS`` are dropped.
     """
     import pyarrow as pa
     from scipy import ndimage
@@ -210,25 +232,33 @@ def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None, *,
         return np.asarray(func(values, labels, ids) if n else np.zeros(0), float)
 
     total = per_group(ndimage.sum, probs)
-    tx, ty = per_group(ndimage.sum, probs * cols) / total, per_group(ndimage.sum, probs * rows) / total
-    data = {"candidate": ids.astype(np.int32), "x": tx * tile + (tile - 1) / 2, "y": ty * tile + (tile - 1) / 2,
+    data = {"candidate": ids.astype(np.int32),
+            "x": per_group(ndimage.sum, probs * cols) / total * tile + (tile - 1) / 2,
+            "y": per_group(ndimage.sum, probs * rows) / total * tile + (tile - 1) / 2,
             "n_tiles": per_group(ndimage.sum, np.ones_like(probs)).astype(np.int32), "prob_sum": total,
             "prob_max": per_group(ndimage.maximum, probs), "prob_mean": per_group(ndimage.mean, probs)}
+    if image is not None:
+        around = [ndimage.binary_dilation(labels == k, np.ones((3, 3), bool)) for k in ids]
+        centres = np.array([centre_on_members(image, region, tile, red_sequence) for region in around]).reshape(-1, 3)
+        data["x"], data["y"], data["members"] = centres.T
+        keep = data["members"] >= MIN_MEMBERS
+        data = {k: v[keep] for k, v in data.items()}
     if wcs is not None:
-        sky = wcs.pixel_to_world(tx, ty)
+        sky = wcs.pixel_to_world((data["x"] - (tile - 1) / 2) / tile, (data["y"] - (tile - 1) / 2) / tile)
         data["ra"], data["dec"] = np.asarray(sky.ra.deg, float), np.asarray(sky.dec.deg, float)
     return pa.table(data)
 
 
 def infer_file(path, model=None, *, out_dir, batch_size: int = 8, window: int | None = None,
                margin: int | None = None, threshold: float | None = None, device=None, dtype=None,
-               progress: bool = False) -> list[Path]:
+               progress: bool = False, prior: ClusterFieldConfig | None = None) -> list[Path]:
     """Run the encoder over one FITS cube; write the probability map and candidates; return their paths.
 
     ``model``: ``None`` (the shipped default), a model path stem, or ``(model, spec)``.
     ``window``: window side in pixels (default: the training field size), a multiple of the tile;
     ``margin``: context kept around each core, pixels (default: one tile);
-    ``threshold``: tile probability of the candidates (default: the model's calibrated threshold).
+    ``threshold``: tile probability of the candidates (default: the model's calibrated threshold);
+    ``prior``: the config whose red sequence centres the candidates (default: :func:`model_prior`).
     """
     import pyarrow.parquet as pq
     from astropy.io import fits
@@ -248,12 +278,15 @@ def infer_file(path, model=None, *, out_dir, batch_size: int = 8, window: int | 
         raise InputError(f"batch_size={batch_size} must be >= 1")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    red_sequence = RedSequence.from_config(model_prior(model) if prior is None else prior)
     hdul, hdu, shape = _open_cube(path, len(spec.bands))
     with hdul, compute_context(dt, dev):
         reader = _StripReader(hdu.section, shape, window)
         probs = predict_image(cast_model(net, dt), spec, reader, shape, window=window, margin=margin,
                               batch_size=batch_size, dtype=dt, progress=progress)
         wcs = _tile_wcs(hdu.header, t)
+        candidates = find_candidates(probs, t, spec.threshold if threshold is None else threshold, wcs,
+                                     image=hdu.section, red_sequence=red_sequence)
     header = wcs.to_header() if wcs is not None else fits.Header()
     header["BUNIT"] = ("probability", "P(tile holds a cluster member)")
     header["TILESIZE"] = (t, "pixels per tile side")
@@ -266,5 +299,5 @@ def infer_file(path, model=None, *, out_dir, batch_size: int = 8, window: int | 
     with atomic_path(prob_path) as tmp:
         fits.PrimaryHDU(probs, header=header).writeto(tmp, overwrite=True)
     with atomic_path(cand_path) as tmp:
-        pq.write_table(find_candidates(probs, t, spec.threshold if threshold is None else threshold, wcs), tmp)
+        pq.write_table(candidates, tmp)
     return [prob_path, cand_path]

@@ -103,23 +103,27 @@ def score_tiles(labels, scores, threshold: float) -> dict:
 
 
 @jax.jit
-def _source_counts(images, tile_grid, nsigma):
+def _peak_mask(images, nsigma):
+    """(n, H, W) True at the i-band sources of (n, 4, H, W) images: local maxima (3x3) of the 3x3 mean
+    above ``nsigma`` times its noise (1.4826 MAD of the band / 3)."""
     band = images[:, I_BAND]
     smooth = jax.lax.reduce_window(band, 0.0, jax.lax.add, (1, 3, 3), (1, 1, 1), "SAME") / 9.0
     neighbours = jax.lax.reduce_window(smooth, -jnp.inf, jax.lax.max, (1, 3, 3), (1, 1, 1), "SAME")
     med = jnp.median(band, axis=(1, 2), keepdims=True)
     sigma = 1.4826 * jnp.median(jnp.abs(band - med), axis=(1, 2), keepdims=True) / 3.0  # noise of a 3x3 mean
-    peaks = (smooth >= neighbours) & (smooth > nsigma * sigma)
-    n, h, w = peaks.shape
-    t = h // tile_grid.shape[0]
-    return peaks.reshape(n, h // t, t, w // t, t).sum(axis=(2, 4))
+    return (smooth >= neighbours) & (smooth > nsigma * sigma)
+
+
+def source_peaks(images, nsigma: float = 5.0) -> np.ndarray:
+    """(n, H, W) boolean map of the i-band sources (see :func:`counts_in_tile`) of (n, 4, H, W) images."""
+    return np.asarray(_peak_mask(jnp.asarray(images), nsigma))
 
 
 def counts_in_tile(images, tile: int, nsigma: float = 5.0) -> np.ndarray:
     """(n, H/tile, W/tile) number of i-band peaks above ``nsigma`` noise per tile (the baseline's score)."""
-    images = jnp.asarray(images)
-    grid = jnp.zeros((images.shape[2] // tile,))
-    return np.asarray(_source_counts(images, grid, nsigma))
+    peaks = source_peaks(images, nsigma)
+    n, h, w = peaks.shape
+    return peaks.reshape(n, h // tile, tile, w // tile, tile).sum(axis=(2, 4))
 
 
 N_BOOT = 200

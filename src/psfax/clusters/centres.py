@@ -1,0 +1,134 @@
+"""Candidate centres on the peak of the red-sequence member density (redMaPPer-like centring).
+
+The tile probabilities say *where cluster members are*, but a cluster at the CI size is larger
+than the field, so the probability-weighted centroid of its tiles is pulled towards the field's
+interior.  Here a candidate is centred on the peak of the density of galaxies whose colours fit
+the red sequence, within its tiles:
+
+* **sources**: the i-band peaks of :func:`psfax.clusters.metrics.source_peaks` (> 5 sigma);
+  fluxes f_b = the sum of an ``APERTURE`` x ``APERTURE`` box in each band b (g, r, i, z), with
+  variance v_b = APERTURE^2 sigma_b^2 + max(f_b, 0) / gain + (COLOUR_FLOOR f_b)^2, sigma_b the
+  band's robust pixel noise (1.4826 MAD of the cut-out); the floor absorbs the red sequence's
+  0.05-mag scatter and the bands' different PSFs;
+* **red-sequence fit** at redshift z: the prior's colours give the flux ratios
+  t_b(z) = 10^(-0.4 (m_b - m_i)); the best amplitude A = sum_b f_b t_b / v_b / sum_b t_b^2 / v_b and
+  chi2(z) = sum_b (f_b - A t_b)^2 / v_b; a source is a member at z when chi2(z) < ``CHI2_MAX`` and
+  its magnitude zp - 2.5 log10 A lies within the prior's member luminosities (lum_min..lum_max L*
+  about m*_i(z)) widened by ``MAG_MARGIN``;
+* **member density** at z: sum_j exp(-|x - x_j|^2 / (2 s^2)) over the members at z,
+  s = ``SMOOTHING_PX`` (unit: members, each counting 1 at its own position); the map is its
+  maximum over a grid of z spaced ``Z_STEP`` over the prior's redshift range;
+* **centre**: the map's peak within the candidate's tiles dilated by one tile; its value
+  (``members``) is the candidate's score, and candidates under ``MIN_MEMBERS`` are dropped.
+
+The red sequence, m*_i(z) and the luminosity range are the prior's population model (what the
+detector is built for, taken from the training config), never any field's truth.
+``SMOOTHING_PX`` and ``MIN_MEMBERS`` were chosen on development seeds 19010 and 19011
+(docs/clusters.md), not on the scored seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from psfax.clusters.config import ClusterFieldConfig
+from psfax.clusters.metrics import source_peaks
+from psfax.clusters.prior import mstar_i, red_sequence_colours
+from psfax.errors import InputError
+
+APERTURE = 5
+"""Side (pixels) of the box whose sum is a source's flux in each band."""
+COLOUR_FLOOR = 0.08
+"""Fractional flux error added in quadrature in every band (colour scatter, PSF differences)."""
+CHI2_MAX = 9.0
+"""Largest red-sequence chi^2 (3 degrees of freedom: 4 bands, 1 amplitude) of a member."""
+MAG_MARGIN = 0.25
+"""Magnitudes by which the member window extends beyond the prior's luminosity range."""
+Z_STEP = 0.025
+"""Spacing of the redshift grid of the red-sequence fit."""
+SMOOTHING_PX = 30.0
+"""Gaussian sigma (pixels) of the member density; chosen on development seeds (19011: 20 px -> 30 px
+raised completeness for lambda >= 50 from 0.96 to 1.00)."""
+MIN_MEMBERS = 2.5
+"""Smallest member-density peak of a candidate (members); chosen on development seeds."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RedSequence:
+    """The red-sequence model on a redshift grid: z (nz,), flux ratios to i (nz, 4) in g, r, i, z,
+    the member i-magnitude window (nz, 2), the zero point and the gain (counts per electron^-1)."""
+
+    z: np.ndarray
+    flux_ratio: np.ndarray
+    mag_window: np.ndarray
+    zero_point: float
+    gain: float
+
+    @classmethod
+    def from_config(cls, cfg: ClusterFieldConfig) -> "RedSequence":
+        """The model of a prior: its red-sequence table, m*_i(z) and member luminosities."""
+        if list(cfg.field.bands) != ["g", "r", "i", "z"]:
+            raise InputError(f"config '{cfg.name}': member centring needs bands g, r, i, z, not {cfg.field.bands}")
+        cc = cfg.clusters
+        z = np.arange(cc.redshift.min, cc.redshift.max + Z_STEP / 2, Z_STEP)
+        colours = np.array([red_sequence_colours(zz, cfg) for zz in z])  # g-r, r-i, i-z
+        gr, ri, iz = colours.T
+        ratio = 10.0 ** (-0.4 * np.stack([gr + ri, ri, np.zeros_like(z), -iz], axis=1))
+        bright = mstar_i(z) - 2.5 * math.log10(cc.lum_max) - MAG_MARGIN
+        faint = mstar_i(z) - 2.5 * math.log10(cc.lum_min) + MAG_MARGIN
+        return cls(z, ratio, np.stack([bright, faint], axis=1), cfg.field.zero_point, cfg.noise.gain)
+
+
+def box_photometry(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, gain: float):
+    """(n, 4) box fluxes f_b (counts) of the sources at (rows, cols) of a (4, H, W) image and their
+    (n, 4) variances (see the module docstring)."""
+    med = np.median(image, axis=(1, 2), keepdims=True)
+    sigma = 1.4826 * np.median(np.abs(image - med), axis=(1, 2))
+    flux = np.stack([ndimage.uniform_filter(band, APERTURE, mode="constant")[rows, cols] for band in image], 1)
+    flux = flux * APERTURE**2
+    positive = np.maximum(flux, 0.0)
+    return flux, (APERTURE * sigma) ** 2 + positive / gain + (COLOUR_FLOOR * positive) ** 2
+
+
+def member_flags(flux: np.ndarray, var: np.ndarray, rs: RedSequence) -> np.ndarray:
+    """(n, nz) True where source n fits the red sequence at z (chi^2 and magnitude window)."""
+    w = 1.0 / var[:, None, :]
+    t = rs.flux_ratio[None]
+    amp = np.sum(flux[:, None, :] * t * w, -1) / np.sum(t**2 * w, -1)
+    chi2 = np.sum((flux[:, None, :] - amp[..., None] * t) ** 2 * w, -1)
+    mag = rs.zero_point - 2.5 * np.log10(np.maximum(amp, 1e-30))
+    return (chi2 < CHI2_MAX) & (mag >= rs.mag_window[:, 0]) & (mag <= rs.mag_window[:, 1])
+
+
+def member_density(image: np.ndarray, rs: RedSequence, smoothing: float = SMOOTHING_PX) -> np.ndarray:
+    """(H, W) red-sequence member density of a (4, H, W) image: the maximum over z of the
+    Gaussian-weighted member count (members; see the module docstring)."""
+    image = np.asarray(image, float)
+    rows, cols = np.nonzero(source_peaks(image[None])[0])
+    flux, var = box_photometry(image, rows, cols, rs.gain)
+    counts = np.zeros((len(rs.z),) + image.shape[1:])
+    counts[:, rows, cols] = member_flags(flux, var, rs).T
+    smooth = ndimage.gaussian_filter(counts, (0, smoothing, smoothing), mode="constant")
+    return smooth.max(axis=0) * 2 * np.pi * smoothing**2
+
+
+def centre_on_members(image, region: np.ndarray, tile: int, rs: RedSequence) -> tuple[float, float, float]:
+    """(x, y, members): the member-density peak (image pixels) within the tiles ``region`` (a boolean
+    tile map of the image) and its value.  ``image``: (4, ny, nx), anything sliced as
+    ``image[:, y0:y1, x0:x1]`` (a numpy array, a FITS ``section``); only a cut-out around ``region``,
+    3 smoothing lengths wider, is read."""
+    ty, tx = np.nonzero(region)
+    pad = int(math.ceil(3 * SMOOTHING_PX))
+    ny, nx = image.shape[1:]
+    y0, x0 = max(ty.min() * tile - pad, 0), max(tx.min() * tile - pad, 0)
+    y1, x1 = min((ty.max() + 1) * tile + pad, ny), min((tx.max() + 1) * tile + pad, nx)
+    density = member_density(np.asarray(image[:, y0:y1, x0:x1], float), rs)
+    rows, cols = np.arange(y0, y1) // tile, np.arange(x0, x1) // tile
+    inside = region[rows[:, None], cols[None, :]]
+    j = np.argmax(np.where(inside, density, -np.inf))
+    r, c = divmod(int(j), x1 - x0)
+    return float(c + x0), float(r + y0), float(density[r, c])
