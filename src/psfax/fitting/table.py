@@ -282,7 +282,7 @@ def interpolate(grid: TableGrid, tables, x0, y0, derivatives: bool = True):
 
 def interpolate_mixture(grid: TableGrid, tables, index, coefficients, x0, y0, derivatives: bool = True):
     """``sum_c coefficients_c tables[index, c]`` interpolated at (x0, y0), and d/dx0, d/dy0 (a 1-tuple of the
-    value alone without ``derivatives``: a third of the tap products, for rendering).
+    value alone without ``derivatives``, for rendering; Keys tables: :func:`_keys_separable`).
 
     ``tables``: (A, C, ...polyphase); the mixture is formed on the gathered
     block only (C x n x ny x nx values), before the taps are applied.

@@ -201,7 +201,7 @@ def star_psf(arrays: PSFArrays, coef, core_w, x0, y0, derivatives: bool = True):
     grid_part = interpolate_mixture(arrays.grid, arrays.tables, 0, coef, x0, y0, derivatives)
     if arrays.core is None:
         return grid_part
-    core_part = interpolate(arrays.core_grid, arrays.core, x0, y0)
+    core_part = interpolate(arrays.core_grid, arrays.core, x0, y0, derivatives)
     return tuple(g + core_w * c for g, c in zip(grid_part, core_part))
 
 
