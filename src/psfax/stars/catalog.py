@@ -96,10 +96,10 @@ COLUMNS = {
     "y_err": ("pix", "standard error of y_fit (inverse Fisher matrix)"),
     "flux_fit": ("adu", "fitted flux of the PSF model: the total flux of an analytic PSF, the light within "
                         "the normalisation radius of an empirical one (psf.json psf_choice)"),
-    "flux_err": ("adu", "standard error of flux_fit (inverse Fisher matrix; with an empirical PSF under the "
-                        "variance plus the model-error floor of psf.json psf_choice.model_error_floor)"),
-    "flux_err_stat": ("adu", "statistical error of flux_fit under the CCD variance alone (flux_err without the "
-                             "model-error floor; equal to flux_err with an analytic PSF)"),
+    "flux_err": ("adu", "standard error of flux_fit: flux_err_stat with, for an empirical PSF, the flux model "
+                        "error psf.json psf_choice.flux_model_error x flux_fit added in quadrature"),
+    "flux_err_stat": ("adu", "statistical error of flux_fit under the CCD variance (inverse Fisher matrix; "
+                             "equal to flux_err with an analytic PSF)"),
     "bkg_fit": ("adu", "fitted sky level per pixel under the star"),
     "bkg_err": ("adu", "standard error of bkg_fit"),
     "fwhm": ("pix", "FWHM of the PSF profile before pixel integration (intrinsic)"),

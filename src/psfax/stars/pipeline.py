@@ -388,14 +388,14 @@ def grouping_fwhm(result, image_shape) -> float:
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
                    options: FitOptions, progress: Callable[[str], None] | None = None, choice=None):
     """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF held fixed (the empirical PSF of
-    ``choice`` when it was chosen, its model-error floor then put into ``flux_err`` and ``chi2``:
-    :func:`psfax.stars.empirical.apply_floor`; else the analytic fit ``result``), in groups over
+    ``choice`` when it was chosen, its model-error floor then put into ``chi2`` and its flux model error into
+    ``flux_err``: :mod:`psfax.stars.empirical`; else the analytic fit ``result``), in groups over
     ``options.passes`` passes from the detections' positions and aperture fluxes
     (:func:`psfax.stars.groups.grouped_photometry`).
 
     Returns the catalog and the :class:`~psfax.stars.groups.GroupedPhotometry`.  The catalog has image
     ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS), the fit columns with ``flux_err_stat`` (``flux_err``
-    before the floor), ``mag, mag_err`` (through MAGZP; from ``flux_err``, no zero-point error), ``source_flags``
+    without the flux model error), ``mag, mag_err`` (through MAGZP; from ``flux_err``, no zero-point error), ``source_flags``
     (:data:`SOURCE_FLAGS`) and ``group_id, group_size``.
     """
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
@@ -411,11 +411,12 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     fit_table.add_column(np.asarray(fit_table["flux_err"], float), name="flux_err_stat",
                          index=fit_table.colnames.index("flux_err") + 1)
     if empirical:
-        from psfax.stars.empirical import apply_floor
+        from psfax.stars.empirical import apply_floor, apply_flux_model_error
 
         variance = cut_stamps(exposure, background, sources["x"], sources["y"], options.stamp_size).variance
         apply_floor(fit_table, corners, grouped.residual_stamps(corners, options.stamp_size), variance, choice.psf,
                     choice.model_error_floor)
+        apply_flux_model_error(fit_table, choice.flux_model_error)
     table = _image_table(fit_table, corners, exposure)
     found_later = np.arange(len(sources)) >= len(usable)
     table["source_flags"] = (_source_flags(sources, sources, exposure, options)
