@@ -2,8 +2,9 @@
 
 Pixel-integrated profiles (but the circular Gaussian, :attr:`Analytic.tabulated`) go through tables:
 one shape for all stars -> one :class:`~psfax.fitting.table.Table`; shapes differing per star within
-``settings.max_shape_cells`` shape cells -> :class:`~psfax.fitting.taylor.Cells`, stars sorted by cell
-(so that a chunk's tables stay in cache); otherwise direct integration (:class:`Fixed`).
+``settings.max_shape_cells`` shape cells, with at least ``settings.min_stars_per_cell`` stars per cell ->
+:class:`~psfax.fitting.taylor.Cells`, stars sorted by cell (so that a chunk's tables stay in cache); otherwise
+direct integration (:class:`Fixed`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def known_psf(setup: Setup, analytic: Analytic, shape_u: np.ndarray, dtype):
     if np.all(shape_u == shape_u[0]):
         return Table(grid, _table(analytic, grid, jnp.asarray(shape_u[0], dtype))), None
     centres, cell = shape_cells(shape_u, setup.settings.cell_radius)
-    if len(centres) > setup.settings.max_shape_cells:
+    if (len(centres) > setup.settings.max_shape_cells
+            or len(shape_u) < setup.settings.min_stars_per_cell * len(centres)):
         return fixed, None
     n_cells = 1 << (len(centres) - 1).bit_length()  # padded to a power of two: few shapes to compile for
     padded = np.pad(centres, ((0, n_cells - len(centres)), (0, 0)), mode="edge")
