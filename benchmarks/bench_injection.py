@@ -19,8 +19,9 @@ copies are what is measured, not what the PSF is made of: left to choose among t
 isolated 15-18 mag clones of 30 stars (fluxes came back 1.5 % high, the flux model error doubled), and hosts
 whose copy lies within 1-3 FWHM, unresolved, stayed PSF stars with a companion in their stamps (+0.8 %), and each copy is matched to the nearest catalog
 source within ``min(1 px, half the distance to its neighbour)``.  A copy's true flux is
-``scale x`` the source star's flux in the catalog of the uninjected image, so the flux ratio tests the
-photometry's linearity and its handling of neighbours, whatever the PSF's normalisation.  Two pulls:
+``scale x`` the source star's flux, so the flux ratio tests the
+photometry's linearity and its handling of neighbours, whatever the PSF's normalisation; the source star's
+flux is the one in the injected image's catalog, measured with the same PSF as its copies.  Two pulls:
 
 * with the catalog's ``flux_err`` (as a user has it: the statistical error with the flux model error ``phi``
   of ``psf.json`` in quadrature) and the source star's scaled ``flux_err_stat``;
@@ -74,6 +75,17 @@ def source_stars(fit, n: int = 30):
     d, row = cKDTree(np.column_stack([cat["x_fit"], cat["y_fit"]])).query(np.column_stack([x[order], y[order]]))
     assert np.all(d < 0.5) and np.all(np.asarray(cat["flags"])[row] == 0)
     return x[order], y[order], np.asarray(cat["flux_fit"], float)[row], np.asarray(cat["flux_err_stat"], float)[row]
+
+
+def source_fluxes(cat, stars):
+    """``flux_fit, flux_err_stat`` of the source stars ``stars`` (:func:`source_stars`) in catalog ``cat``: the
+    unflagged source within 0.5 px of each."""
+    pos = np.column_stack([cat["x_fit"], cat["y_fit"]]).astype(float)
+    ok = np.flatnonzero(np.isfinite(pos).all(axis=1))
+    d, row = cKDTree(pos[ok]).query(np.column_stack(stars[:2]))
+    row = ok[row]
+    assert np.all(d < 0.5) and np.all(np.asarray(cat["flags"])[row] == 0)
+    return np.asarray(cat["flux_fit"], float)[row], np.asarray(cat["flux_err_stat"], float)[row]
 
 
 def clear_sites(fit, n: int, rng, clear: float = 25.0):
@@ -251,6 +263,11 @@ def main(argv=None) -> None:
         after = fit_exposure(dataclasses.replace(exposure, data=image), catalog=str(reference))
         t_after = time.perf_counter() - t0
     cat = after.catalog
+    # the truth in the injected image's own catalog: its PSF (built on other stars) differs a little from the
+    # uninjected image's, and the source stars are measured with it as their copies are
+    flux_after, err_after = source_fluxes(cat, stars)
+    ratio = flux_after[pick] / stars[2][pick]
+    truth, truth_err = truth * ratio, truth * err_after[pick] / stars[2][pick]
     neighbour = np.full(len(x), np.inf)
     neighbour[kind == "near 4-8 px"] = np.hypot(*(np.column_stack([tx, ty])[kind == "near 4-8 px"]
                                                   - host_xy[near_host]).T)

@@ -23,10 +23,12 @@
 4. measures on the image the **flux model error** ``phi``: the fraction of a star's flux by which the model's
    mismatch to the star moves its PSF flux.  A star's own residuals cannot show it (the fit makes them
    orthogonal to the model), so it is measured against light no model shaped: the ratio of the PSF flux to
-   the light within ``FLUX_ERROR_APERTURE`` of the bright reserve stars (brighter half of the unflagged reserve
-   stars) scatters by ``sqrt(n_i^2 + phi^2)``, with ``n_i`` the ratio's statistical error (sep's aperture
-   error under sep's noise map and Poisson noise, the PSF flux's inverse-Fisher error); ``phi`` is where the
-   robust spread (1.4826 MAD) of the ratios in units of that scatter is 1 (0 when it already is).  What
+   the light within ``FLUX_ERROR_APERTURE`` of the bright stars (brighter half of the unflagged selected
+   stars, reserved, built on or clipped: one star's pull on the grid moves its own flux by ~1/N, and the
+   clipped ones are stars of the image too) scatters by ``sqrt(n_i^2 + phi^2)``, with ``n_i`` the ratio's
+   statistical error (sep's aperture error under sep's noise map and Poisson noise, the PSF flux's
+   inverse-Fisher error); ``phi`` is where the robust spread (1.4826 MAD) of the ratios in units of that
+   scatter is 1 (0 when it already is), its standard error from 100 bootstrap resamplings of the stars.  What
    else moves an aperture (faint neighbours, the sky's error) enters ``phi`` too: it is an upper bound.
    Every ``flux_err`` is ``sqrt(flux_err_stat^2 + (phi flux)^2)`` (:func:`apply_flux_model_error`).
 """
@@ -49,7 +51,7 @@ of 15-px stamps; PSF stars have no other detection within ``isolation``, 20 arcs
 FLUX_ERROR_APERTURE = 5.0
 """Radius [px] of the aperture the flux model error is measured against: the catalog's ``mag_aper`` aperture
 (:func:`psfax.stars.detect.detect_sources`' default).  Larger apertures gather more of the sky's error and of
-faint neighbours, which the ratio's noise does not hold: on the ZTF quadrant ``phi`` was 0.9 % at 5 px, 1.2 %
+faint neighbours, which the ratio's noise does not hold: on the ZTF quadrant's reserve stars ``phi`` was 0.9 % at 5 px, 1.2 %
 at 10 px and 2.1 % at 14 px."""
 
 
@@ -76,6 +78,7 @@ class PSFChoice:
     aperture_correction: float
     aperture_stars: int
     flux_model_error: float = 0.0
+    flux_model_error_se: float = 0.0
     flux_model_error_stars: int = 0
     not_built: str | None = None
     stamps: Stamps | None = None
@@ -103,10 +106,11 @@ class PSFChoice:
                 "model_error_floor_about": ("chi2 and reduced_chi2 of every source under the variance + "
                                             "(floor * star model)^2 at the fit's solution (the fit keeps the CCD "
                                             "variance)"),
-                "flux_model_error": self.flux_model_error, "flux_model_error_stars": self.flux_model_error_stars,
+                "flux_model_error": self.flux_model_error, "flux_model_error_se": self.flux_model_error_se,
+                "flux_model_error_stars": self.flux_model_error_stars,
                 "flux_model_error_about": ("fraction of the flux: flux_err = sqrt(flux_err_stat^2 + (phi flux)^2), "
-                                           "phi measured on the bright reserve stars against their light within "
-                                           f"{FLUX_ERROR_APERTURE:g} px (an upper bound)"),
+                                           "phi measured on the bright selected stars against their light within "
+                                           f"{FLUX_ERROR_APERTURE:g} px (an upper bound; se: bootstrap)"),
                 "empirical": build.meta, "rounds": self.build.rounds,
                 "rounds_note": ("each round's chi2 is under the build's weights (the CCD variance plus the profile "
                                 "error, psfax.psf.build); the reserve figures above under the CCD variance")}
@@ -149,7 +153,7 @@ def choose_psf(exposure, background, stamps, analytic_chi2, options) -> PSFChoic
     chosen = options.model if options.psf == "auto" and analytic <= empirical else "empirical"
     floor = model_error_floor(built, stamps, sky, reserve)
     apcorr, n_ap = aperture_correction(exposure, background, built, stamps)
-    phi, n_phi = flux_model_error(exposure, background, built, stamps)
+    phi, phi_se, n_phi = flux_model_error(exposure, background, built, stamps)
     psf = built.psf
     psf = dataclasses.replace(psf, aperture_correction=apcorr,
                               meta={**psf.meta, "model_error_floor": floor, "flux_model_error": phi,
@@ -158,7 +162,7 @@ def choose_psf(exposure, background, stamps, analytic_chi2, options) -> PSFChoic
     every = float(np.nanmedian(empirical_chi2[reserve]))
     stars = {"compared": int(both.sum()), "reserve": int(reserve.sum()), "empirical_every_reserve_star": every}
     return PSFChoice(chosen, options.psf, psf if chosen == "empirical" else None, built,
-                     {"empirical": empirical, options.model: analytic}, floor, apcorr, n_ap, phi, n_phi,
+                     {"empirical": empirical, options.model: analytic}, floor, apcorr, n_ap, phi, phi_se, n_phi,
                      stamps=stamps, reserve_stars=stars)
 
 
@@ -195,15 +199,15 @@ def model_error_floor(built: BuildResult, stamps, sky, reserve) -> float:
     return hi
 
 
-def aperture_ratios(exposure, background, built: BuildResult, stamps, role: str, radius: float):
-    """Light within ``radius`` px over the fitted flux of the brighter half of the unflagged ``role``
-    (``build`` or ``reserve``) stars, and that ratio's statistical error (sep's aperture error, under sep's
+def aperture_ratios(exposure, background, built: BuildResult, stamps, roles: tuple[str, ...], radius: float):
+    """Light within ``radius`` px over the fitted flux of the brighter half of the unflagged stars of the
+    ``roles`` (``build``, ``reserve``, ``rejected``), and that ratio's statistical error (sep's aperture error, under sep's
     noise map plus Poisson noise, and ``flux_err``, in quadrature); stars with a clean aperture only."""
     import sep
 
     table = built.table
     flux, flux_err = (np.asarray(table[c], float) for c in ("flux_fit", "flux_err"))
-    good = (np.asarray(table["role"]) == role) & (np.asarray(table["flags"]) == 0) & np.isfinite(flux) & (flux > 0)
+    good = np.isin(np.asarray(table["role"]), roles) & (np.asarray(table["flags"]) == 0) & np.isfinite(flux) & (flux > 0)
     use = np.flatnonzero(_bright_half(flux, good)) if good.any() else np.zeros(0, int)
     x = stamps.x0[use] + np.asarray(table["x_fit"], float)[use]
     y = stamps.y0[use] + np.asarray(table["y_fit"], float)[use]
@@ -222,15 +226,21 @@ def aperture_ratios(exposure, background, built: BuildResult, stamps, role: str,
 
 def aperture_correction(exposure, background, built: BuildResult, stamps) -> tuple[float, int]:
     """(median light within :data:`APERTURE_RADIUS` / fitted flux, stars used): bright unflagged build stars."""
-    ratio, _ = aperture_ratios(exposure, background, built, stamps, "build", APERTURE_RADIUS)
+    ratio, _ = aperture_ratios(exposure, background, built, stamps, ("build",), APERTURE_RADIUS)
     return (float(np.median(ratio)), len(ratio)) if len(ratio) >= 5 else (1.0, 0)
 
 
-def flux_model_error(exposure, background, built: BuildResult, stamps) -> tuple[float, int]:
-    """(``phi`` of the module docstring, stars used): the bright unflagged reserve stars' ratios to
-    :data:`FLUX_ERROR_APERTURE` apertures (:func:`excess_fraction`); (0, n) with fewer than 10 stars."""
-    ratio, noise = aperture_ratios(exposure, background, built, stamps, "reserve", FLUX_ERROR_APERTURE)
-    return (excess_fraction(ratio, noise), len(ratio)) if len(ratio) >= 10 else (0.0, len(ratio))
+def flux_model_error(exposure, background, built: BuildResult, stamps) -> tuple[float, float, int]:
+    """(``phi`` of the module docstring, its bootstrap standard error, stars used): the bright unflagged
+    selected stars' ratios to :data:`FLUX_ERROR_APERTURE` apertures (:func:`excess_fraction`); (0, 0, n) with
+    fewer than 10 stars."""
+    ratio, noise = aperture_ratios(exposure, background, built, stamps, ("build", "reserve", "rejected"),
+                                   FLUX_ERROR_APERTURE)
+    if len(ratio) < 10:
+        return 0.0, 0.0, len(ratio)
+    rng = np.random.default_rng(0)
+    draws = [excess_fraction(ratio[i], noise[i]) for i in rng.integers(0, len(ratio), (100, len(ratio)))]
+    return excess_fraction(ratio, noise), float(np.std(draws)), len(ratio)
 
 
 def excess_fraction(values, noise) -> float:

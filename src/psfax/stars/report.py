@@ -158,7 +158,8 @@ def summary_rows(info: dict) -> list[tuple[str, str]]:
                                        f"chi2: {figures}; aperture correction to {choice['aperture_radius_px']:g} px "
                                        f"{choice['aperture_correction']:.4f}; model-error floor "
                                        f"{choice['model_error_floor']:.4f}; flux model error "
-                                       f"{100 * choice['flux_model_error']:.2f} %)"))
+                                       f"{100 * choice['flux_model_error']:.2f} ± "
+                                       f"{100 * choice['flux_model_error_se']:.2f} %)"))
     if counts["photometry_sources"] is not None:
         rows.append(("PSF photometry", f"{counts['photometry_sources']} sources"))
         passes = info.get("photometry_passes")
