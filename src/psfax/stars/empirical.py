@@ -172,7 +172,7 @@ def _bright_half(flux, keep):
 
 
 def model_error_floor(built: BuildResult, stamps, sky, reserve) -> float:
-    """The floor ``f`` of the module docstring (bisection to 1e-4 on [0, 0.5])."""
+    """The floor ``f`` of the module docstring (:func:`fraction_reaching_one` on [0, 0.5])."""
     table = built.table
     flux = np.asarray(table["flux_fit"], float)
     good = reserve & (np.asarray(table["flags"]) == 0) & np.isfinite(flux)
@@ -190,12 +190,18 @@ def model_error_floor(built: BuildResult, stamps, sky, reserve) -> float:
         var = stamps.variance[bright] + (f * model) ** 2
         return np.median(np.sum(resid2 / var, axis=(1, 2)) / dof)
 
-    if median_chi2(0.0) <= 1.0:
+    return fraction_reaching_one(median_chi2, 0.5)
+
+
+def fraction_reaching_one(statistic, upper: float) -> float:
+    """The fraction ``f`` in [0, ``upper``] where ``statistic(f)``, decreasing in ``f``, falls to 1 (bisection to
+    1e-4, the upper end of the last bracket); 0 when ``statistic(0) <= 1``."""
+    if statistic(0.0) <= 1.0:
         return 0.0
-    lo, hi = 0.0, 0.5
+    lo, hi = 0.0, upper
     while hi - lo > 1e-4:
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if median_chi2(mid) > 1.0 else (lo, mid)
+        lo, hi = (mid, hi) if statistic(mid) > 1.0 else (lo, mid)
     return hi
 
 
@@ -244,7 +250,7 @@ def flux_model_error(exposure, background, built: BuildResult, stamps) -> tuple[
 
 
 def excess_fraction(values, noise) -> float:
-    """The fraction ``phi`` (bisection to 1e-4 on [0, 0.2]) such that ``values`` (positive, one quantity per
+    """The fraction ``phi`` (:func:`fraction_reaching_one` on [0, 0.2]) such that ``values`` (positive, one quantity per
     star) about their median ``m`` have a robust spread (1.4826 MAD) of 1 in units of ``sqrt(noise^2 +
     (phi m)^2)``: the scatter beyond ``noise`` as a fraction of ``m``; 0 when ``noise`` already covers it."""
     m = np.median(values)
@@ -254,13 +260,7 @@ def excess_fraction(values, noise) -> float:
         z = offset / np.sqrt(noise**2 + (phi * m) ** 2)
         return 1.4826 * np.median(np.abs(z - np.median(z)))
 
-    if spread(0.0) <= 1.0:
-        return 0.0
-    lo, hi = 0.0, 0.2
-    while hi - lo > 1e-4:
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if spread(mid) > 1.0 else (lo, mid)
-    return hi
+    return fraction_reaching_one(spread, 0.2)
 
 
 def apply_floor(table, corners, residual, variance, psf: EmpiricalPSF, floor: float) -> None:
