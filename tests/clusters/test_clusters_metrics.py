@@ -123,3 +123,6 @@ def test_best_candidate_cut_by_hand():
     # at a 100-px radius the 5-member candidate matches too: every cut up to 4 finds all three
     # (C 1, P 3/5 at 0 and 3, 3/4 at 3.5, 3/3 at 4): the cut stays 4, now with F1 1
     assert best_candidate_cut(truth, cands, 100.0) == 4.0
+    # only the lambda >= 50 cluster (field 0, score 9) counts for completeness: the highest cut that keeps it,
+    # 9, gives C 1 and P 1
+    assert best_candidate_cut(truth, cands, 64.0, min_richness=50) == 9.0

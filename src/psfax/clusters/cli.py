@@ -88,9 +88,12 @@ def train(data: Path = typer.Argument(..., help="Data-set directory written by `
 def calibrate(data: Path = typer.Argument(..., help="Data-set directory written by `simulate` (its val split)."),
               out: Path = typer.Option(..., help="Model path stem to write (the same weights, the new cut)."),
               model: Optional[Path] = typer.Option(None, help="Model stem (default: the shipped model)."),
+              min_richness: float = typer.Option(50.0, help="The cut balances the completeness of clusters "
+                                                 "this rich (0: all) against the purity of all candidates."),
               device: Optional[str] = typer.Option(None, help="cpu or gpu.")) -> None:
-    """Choose a model's candidate cut (members) on the val split of DATA for the best per-cluster F1 and
-    write the model with it; `train` does the same on its own val split."""
+    """Choose a model's candidate cut (members) on the val split of DATA for the best per-cluster F1
+    (completeness for richness >= --min-richness, purity) and write the model with it; `train` does the
+    same on its own val split with the default richness."""
     from psfax.clusters.dataset import load_split
     from psfax.clusters.encoder import default_model_stem, load_model, save_model
     from psfax.clusters.evaluate import calibrate_candidate_cut, load_truth
@@ -102,7 +105,7 @@ def calibrate(data: Path = typer.Argument(..., help="Data-set directory written 
     net, spec, record = load_model(stem)
     val = load_split(data, "val")
     spec, cut_record = calibrate_candidate_cut(net, spec, val.images, load_truth(data, "val"), model_prior(stem),
-                                               device=device)
+                                               min_richness=min_richness, device=device)
     record["candidate_cut"] = {"data": str(data), "split": "val", **cut_record}
     paths = save_model(net, spec, out, record)
     typer.echo(json.dumps(record["candidate_cut"], indent=2))

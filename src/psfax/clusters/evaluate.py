@@ -68,12 +68,14 @@ def _cut(cands: list[np.ndarray], min_score: float) -> list[np.ndarray]:
     return [c[c[:, 2] >= min_score, :2] for c in cands]
 
 
-def best_candidate_cut(truth, cands: list[np.ndarray], radius: float) -> float:
-    """The candidate score cut with the best per-cluster F1 = 2 C P / (C + P) (C completeness, P purity)."""
+def best_candidate_cut(truth, cands: list[np.ndarray], radius: float, min_richness: float = 0.0) -> float:
+    """The candidate score cut with the best per-cluster F1 = 2 C P / (C + P): C the completeness of the
+    clusters with richness >= ``min_richness``, P the purity of all candidates."""
     best, best_f1 = 0.0, -1.0
     for cut in np.unique(np.concatenate([c[:, 2] for c in cands] + [np.zeros(1)])):
         m = match_clusters(truth, _cut(cands, cut), radius)
-        c = m.found.mean() if len(m.found) else 0.0
+        found = m.found[m.richness >= min_richness]
+        c = found.mean() if len(found) else 0.0
         p = m.cand_matched.mean() if len(m.cand_matched) else 0.0
         f1 = 2 * c * p / (c + p) if c + p else 0.0
         if f1 > best_f1:
@@ -110,7 +112,8 @@ def _scores(labels, scores, threshold, tile, truth, radius, min_score, images=No
 class Calibration:
     """The baseline's choices, made on the scored data set's val split (fields the scored split never
     sees): its count threshold (best tile F1) and its candidate score cut (prob_sum of counts, best
-    per-cluster F1).  The model's own threshold and candidate cut are stored with it (its spec)."""
+    per-cluster F1 of all clusters' completeness and purity).  The model's own threshold and candidate
+    cut are stored with it (its spec)."""
 
     baseline_count: float
     baseline_min_score: float = 0.0
@@ -124,17 +127,20 @@ def calibrate(images, labels, truth, tile: int, radius: float) -> Calibration:
 
 
 def calibrate_candidate_cut(model: TileEncoder, spec: EncoderSpec, images, truth, prior: ClusterFieldConfig, *,
-                            match_radius: float | None = None, device=None) -> tuple[EncoderSpec, dict]:
-    """The spec with ``candidate_cut`` chosen on the given (val) fields for the best per-cluster F1, and
-    what the choice saw (fields, clusters, completeness and purity at the cut)."""
+                            min_richness: float = RICH, match_radius: float | None = None,
+                            device=None) -> tuple[EncoderSpec, dict]:
+    """The spec with ``candidate_cut`` chosen on the given (val) fields for the best per-cluster F1 of the
+    completeness of clusters with richness >= ``min_richness`` (default: the issue's population, RICH) and
+    the purity, and what the choice saw (fields, clusters, found, candidates at the cut)."""
     radius = match_radius_px(spec, match_radius)
     cands = candidate_table(predict_fields(model, images, device=device), spec.tile, spec.threshold, images,
                             RedSequence.from_config(prior))
-    cut = best_candidate_cut(truth, cands, radius)
+    cut = best_candidate_cut(truth, cands, radius, min_richness)
     m = match_clusters(truth, _cut(cands, cut), radius)
     rich = m.richness >= RICH
     return dataclasses.replace(spec, candidate_cut=cut), {
-        "candidate_cut": cut, "match_radius_px": radius, "n_fields": int(len(images)),
+        "candidate_cut": cut, "min_richness": float(min_richness), "match_radius_px": radius,
+        "n_fields": int(len(images)),
         "n_clusters": int(len(m.found)), "n_found": int(m.found.sum()), f"n_clusters_rich{RICH}": int(rich.sum()),
         f"n_found_rich{RICH}": int(m.found[rich].sum()), "n_candidates": int(len(m.cand_matched)),
         "n_matched_candidates": int(m.cand_matched.sum())}
