@@ -49,7 +49,8 @@ def train(data: Path = typer.Argument(..., help="Data-set directory written by `
           init: Optional[Path] = typer.Option(None, help="Start from this model's weights (stem; same architecture) "
                                               "instead of fresh ones."),
           device: Optional[str] = typer.Option(None, help="cpu or gpu.")) -> None:
-    """Train the tile encoder on the train split, early-stopped on the val split; score it on test."""
+    """Train the tile encoder on the train split, early-stopped on the val split; choose its decision threshold
+    and candidate cut on the val split; score it on test."""
     import dataclasses
 
     from psfax.clusters.dataset import load_split, read_dataset_config
