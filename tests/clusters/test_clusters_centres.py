@@ -81,3 +81,14 @@ def test_candidates_without_members_are_dropped_and_centres_stay_in_their_tiles(
     x, y, members = centre_on_members(cube, probs >= 0.5, 32, red_sequence)
     assert (x, y) == (191.0, 191.0) and members < table["members"][0]
     assert SMOOTHING_PX == 30.0  # the scale the tolerances above assume
+
+
+def test_candidates_under_the_cut_are_dropped(red_sequence, paint):
+    cube = paint(_noise(), _ring(200, 200, 12, 20.0), z=0.35)
+    probs = np.zeros((8, 8))
+    probs[5:7, 5:7] = 0.8
+    members = find_candidates(probs, 32, 0.5, image=cube, red_sequence=red_sequence)["members"][0].as_py()
+    # 12 members within ~20 px under a 30-px Gaussian: the peak counts most of them (about 10)
+    assert 6 < members <= 12
+    for cut, n in ((members, 1), (members + 0.01, 0)):
+        assert len(find_candidates(probs, 32, 0.5, image=cube, red_sequence=red_sequence, min_members=cut)) == n

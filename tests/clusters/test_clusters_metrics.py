@@ -107,3 +107,22 @@ def test_match_clusters_and_cluster_scores_by_hand():
     assert s["se"]["completeness"] > 0
     with pytest.raises(InputError, match="match radius 0.0 must be a positive"):
         match_clusters(truth, cands, 0.0)
+
+
+def test_best_candidate_cut_by_hand():
+    from psfax.clusters.evaluate import best_candidate_cut
+
+    truth = _truth([1, 1, 1, 0], [100, 100, 100, 0], [100, 100, 100, 0], [60, 30, 40, 0], [0.3, 0.3, 0.3, 0])
+    cands = [np.array([[105.0, 100.0, 9.0]]),                         # found, score 9
+             np.array([[100.0, 110.0, 4.0], [220.0, 30.0, 3.0]]),     # found (4) and a false one (3)
+             np.array([[30.0, 30.0, 5.0]]),                           # 99 px off: false, the cluster missed
+             np.array([[128.0, 128.0, 3.5]])]                         # no cluster: false
+    # per-cluster F1 = 2CP/(C+P) by cut: 0 or 3: C 2/3, P 2/5 -> 0.50; 3.5: P 2/4 -> 0.57;
+    # 4: P 2/3 -> 0.67; 5: C 1/3, P 1/2 -> 0.40; 9: C 1/3, P 1 -> 0.50
+    assert best_candidate_cut(truth, cands, 64.0) == 4.0
+    # at a 100-px radius the 5-member candidate matches too: every cut up to 4 finds all three
+    # (C 1, P 3/5 at 0 and 3, 3/4 at 3.5, 3/3 at 4): the cut stays 4, now with F1 1
+    assert best_candidate_cut(truth, cands, 100.0) == 4.0
+    # only the lambda >= 50 cluster (field 0, score 9) counts for completeness: the highest cut that keeps it,
+    # 9, gives C 1 and P 1
+    assert best_candidate_cut(truth, cands, 64.0, min_richness=50) == 9.0

@@ -41,6 +41,8 @@ CASES = {
     "field_size_not_multiple": (_set_spec("field_size", 18), r"spec.field_size=18 must be a positive multiple"),
     "bands_empty": (_set_spec("bands", []), r"spec.bands=\[\] must be a non-empty list"),
     "threshold_nan": (_set_spec("threshold", float("nan")), r"spec.threshold=nan must be a probability"),
+    "cut_negative": (_set_spec("candidate_cut", -1.0), r"spec.candidate_cut=-1.0 must be a finite number >= 0"),
+    "cut_text": (_set_spec("candidate_cut", "4"), r"spec.candidate_cut='4' must be a finite number >= 0"),
     "unknown_key": (_set_spec("depth", 3), r"spec has unknown keys \['depth'\]"),
     "missing_record": (lambda meta: meta.pop("record"), r"'record' is missing or not an object"),
     "missing_spec": (lambda meta: meta.pop("spec"), r"'spec' is missing or not an object"),

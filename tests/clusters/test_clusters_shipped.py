@@ -36,3 +36,11 @@ def test_shipped_model_meets_the_f1_target_on_fresh_fields():
     # the target (F1 >= 0.9, >= 0.1 above the baseline) is checked with no extra slack
     assert report["model"]["tiles"]["f1"] >= 0.9, report
     assert report["f1_gain"] >= 0.1, report
+
+
+def test_shipped_candidate_cut_is_the_recorded_calibration():
+    _, spec, record = load_model(default_model_stem())
+    chosen = record["candidate_cut"]
+    # the cut in the spec is the one chosen on the recorded val fields (hundreds of them, not a seed's 16)
+    assert spec.candidate_cut == chosen["candidate_cut"] and chosen["split"] == "val"
+    assert chosen["n_fields"] >= 256 and chosen["match_radius_px"] == 2 * spec.tile

@@ -106,14 +106,18 @@ def member_flags(flux: np.ndarray, var: np.ndarray, rs: RedSequence) -> np.ndarr
 
 def member_density(image: np.ndarray, rs: RedSequence, smoothing: float = SMOOTHING_PX) -> np.ndarray:
     """(H, W) red-sequence member density of a (4, H, W) image: the maximum over z of the
-    Gaussian-weighted member count (members; see the module docstring)."""
+    Gaussian-weighted member count (members; see the module docstring).  One redshift at a time, so
+    memory stays a few (H, W) maps however large the image."""
     image = np.asarray(image, float)
     rows, cols = np.nonzero(source_peaks(image[None])[0])
     flux, var = box_photometry(image, rows, cols, rs.gain)
-    counts = np.zeros((len(rs.z),) + image.shape[1:])
-    counts[:, rows, cols] = member_flags(flux, var, rs).T
-    smooth = ndimage.gaussian_filter(counts, (0, smoothing, smoothing), mode="constant")
-    return smooth.max(axis=0) * 2 * np.pi * smoothing**2
+    flags = member_flags(flux, var, rs)
+    best = np.zeros(image.shape[1:])
+    counts = np.zeros(image.shape[1:])
+    for k in range(len(rs.z)):
+        counts[rows, cols] = flags[:, k]
+        np.maximum(best, ndimage.gaussian_filter(counts, smoothing, mode="constant"), out=best)
+    return best * 2 * np.pi * smoothing**2
 
 
 def centre_on_members(image, region: np.ndarray, tile: int, rs: RedSequence) -> tuple[float, float, float]:

@@ -49,13 +49,13 @@ def train(data: Path = typer.Argument(..., help="Data-set directory written by `
           init: Optional[Path] = typer.Option(None, help="Start from this model's weights (stem; same architecture) "
                                               "instead of fresh ones."),
           device: Optional[str] = typer.Option(None, help="cpu or gpu.")) -> None:
-    """Train the tile encoder on the train split, early-stopped on the val split; score it on test."""
+    """Train the tile encoder on the train split, early-stopped on the val split; choose its decision threshold
+    and candidate cut on the val split; score it on test."""
     import dataclasses
 
     from psfax.clusters.dataset import load_split, read_dataset_config
     from psfax.clusters.encoder import load_model, save_model
-    from psfax.clusters.evaluate import evaluate_model, json_ready
-
+    from psfax.clusters.evaluate import calibrate_candidate_cut, evaluate_model, json_ready, load_truth
     from psfax.outputs import check_output_file
 
     check_output_file(out.with_suffix(".npz"))
@@ -69,16 +69,47 @@ def train(data: Path = typer.Argument(..., help="Data-set directory written by `
 
     result = train_encoder(cfg, train_set, val_set, seed=seed, max_epochs=max_epochs,
                           patience=patience, init=None if start is None else start[:2], device=device)
+    spec, cut_record = calibrate_candidate_cut(result.model, result.spec, val_set.images, load_truth(data, "val"),
+                                               cfg, device=device)
     record = {"data": str(data), "config": cfg.to_dict(), "seed": seed, "best_epoch": result.best_epoch,
               "max_epochs": cfg.train.max_epochs if max_epochs is None else max_epochs,
               "patience": cfg.train.patience if patience is None else patience,
               "n_train": len(train_set), "n_val": len(val_set), "wall_s": round(time.perf_counter() - t0, 1),
               "init": None if start is None else {"model": str(init), "record": start[2]},
-              "history": [dataclasses.asdict(h) for h in result.history]}
+              "history": [dataclasses.asdict(h) for h in result.history],
+              "candidate_cut": {"data": str(data), "split": "val", **cut_record}}
     if list(Path(data).glob("test-*.images.npy")):
-        record["test"] = json_ready(evaluate_model(result.model, result.spec, data, cfg, device=device))
-    paths = save_model(result.model, result.spec, out, record)
+        record["test"] = json_ready(evaluate_model(result.model, spec, data, cfg, device=device))
+    paths = save_model(result.model, spec, out, record)
     typer.echo(json.dumps(record.get("test", {}), indent=2))
+    typer.echo(f"wrote {', '.join(map(str, paths))}")
+
+
+@app.command()
+def calibrate(data: Path = typer.Argument(..., help="Data-set directory written by `simulate` (its val split)."),
+              out: Path = typer.Option(..., help="Model path stem to write (the same weights, the new cut)."),
+              model: Optional[Path] = typer.Option(None, help="Model stem (default: the shipped model)."),
+              min_richness: float = typer.Option(50.0, help="The cut balances the completeness of clusters "
+                                                 "this rich (0: all) against the purity of all candidates."),
+              device: Optional[str] = typer.Option(None, help="cpu or gpu.")) -> None:
+    """Choose a model's candidate cut (members) on the val split of DATA for the best per-cluster F1
+    (completeness for richness >= --min-richness, purity) and write the model with it; `train` does the
+    same on its own val split with the default richness."""
+    from psfax.clusters.dataset import load_split
+    from psfax.clusters.encoder import default_model_stem, load_model, save_model
+    from psfax.clusters.evaluate import calibrate_candidate_cut, load_truth
+    from psfax.clusters.infer import model_prior
+    from psfax.outputs import check_output_file
+
+    check_output_file(out.with_suffix(".npz"))
+    stem = model or default_model_stem()
+    net, spec, record = load_model(stem)
+    val = load_split(data, "val")
+    spec, cut_record = calibrate_candidate_cut(net, spec, val.images, load_truth(data, "val"), model_prior(stem),
+                                               min_richness=min_richness, device=device)
+    record["candidate_cut"] = {"data": str(data), "split": "val", **cut_record}
+    paths = save_model(net, spec, out, record)
+    typer.echo(json.dumps(record["candidate_cut"], indent=2))
     typer.echo(f"wrote {', '.join(map(str, paths))}")
 
 

@@ -44,6 +44,8 @@ class EncoderSpec:
     field_size: int           # size of the training fields (the default inference window)
     bands: tuple[str, ...] = ("g", "r", "i", "z")
     threshold: float = 0.5    # tile probability called positive: the best-F1 threshold on the val split
+    candidate_cut: float = 0.0  # smallest `members` score of a candidate (0: the centring's floor alone):
+    #                             the best per-cluster F1 on the val split (psfax.clusters.evaluate)
 
 
 class ConvBlock(eqx.Module):
@@ -173,8 +175,12 @@ def spec_from_description(info, where) -> EncoderSpec:
     threshold = raw.get("threshold", 0.5)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise bad(f"spec.threshold={threshold!r} must be a probability in (0, 1)")
+    cut = raw.get("candidate_cut", 0.0)
+    if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0 <= cut < math.inf:
+        raise bad(f"spec.candidate_cut={cut!r} must be a finite number >= 0")
     return EncoderSpec(tile=tile, widths=tuple(widths), context_layers=ctx, groups=groups,
-                       field_size=raw["field_size"], bands=tuple(bands), threshold=float(threshold))
+                       field_size=raw["field_size"], bands=tuple(bands), threshold=float(threshold),
+                       candidate_cut=float(cut))
 
 
 def load_model(path_stem: str | Path) -> tuple[TileEncoder, EncoderSpec, dict]:

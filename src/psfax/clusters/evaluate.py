@@ -2,10 +2,13 @@
 
 The model predicts a tile positive when its probability is >= its calibrated
 threshold (``EncoderSpec.threshold``, the best-F1 threshold on its val split;
-0.5 for models made before calibration).  The baseline
+0.5 for models made before calibration), and keeps the candidates whose member-density
+score is >= its candidate cut (``EncoderSpec.candidate_cut``, the best per-cluster F1 on
+its val split, :func:`calibrate_candidate_cut`; 0, the centring's floor alone, for older
+models): both are chosen once, with the model, never on the scored data set.  The baseline
 (:func:`psfax.clusters.metrics.counts_in_tile`) predicts positive when the
 number of i-band sources in the tile is >= a count threshold chosen for the best
-F1 on the ``val`` split (fields the scored split never sees).
+F1 on the scored data set's ``val`` split (fields the scored split never sees).
 
 Both are scored per tile (with bootstrap-over-fields standard errors) and per
 cluster: the candidates of a field are the 4-connected groups of positive tiles
@@ -65,12 +68,14 @@ def _cut(cands: list[np.ndarray], min_score: float) -> list[np.ndarray]:
     return [c[c[:, 2] >= min_score, :2] for c in cands]
 
 
-def best_candidate_cut(truth, cands: list[np.ndarray], radius: float) -> float:
-    """The candidate score cut with the best per-cluster F1 = 2 C P / (C + P) (C completeness, P purity)."""
+def best_candidate_cut(truth, cands: list[np.ndarray], radius: float, min_richness: float = 0.0) -> float:
+    """The candidate score cut with the best per-cluster F1 = 2 C P / (C + P): C the completeness of the
+    clusters with richness >= ``min_richness``, P the purity of all candidates."""
     best, best_f1 = 0.0, -1.0
     for cut in np.unique(np.concatenate([c[:, 2] for c in cands] + [np.zeros(1)])):
         m = match_clusters(truth, _cut(cands, cut), radius)
-        c = m.found.mean() if len(m.found) else 0.0
+        found = m.found[m.richness >= min_richness]
+        c = found.mean() if len(found) else 0.0
         p = m.cand_matched.mean() if len(m.cand_matched) else 0.0
         f1 = 2 * c * p / (c + p) if c + p else 0.0
         if f1 > best_f1:
@@ -105,23 +110,40 @@ def _scores(labels, scores, threshold, tile, truth, radius, min_score, images=No
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """What the scored split never sees, chosen on val: the baseline's count threshold and the candidate
-    score cuts of the model (members) and the baseline (prob_sum of counts), each for the best per-cluster F1."""
+    """The baseline's choices, made on the scored data set's val split (fields the scored split never
+    sees): its count threshold (best tile F1) and its candidate score cut (prob_sum of counts, best
+    per-cluster F1 of all clusters' completeness and purity).  The model's own threshold and candidate
+    cut are stored with it (its spec)."""
 
     baseline_count: float
-    model_min_score: float = 0.0
     baseline_min_score: float = 0.0
 
 
-def calibrate(model: TileEncoder, spec: EncoderSpec, images, labels, truth, radius: float,
-              red_sequence: RedSequence, *, device=None):
-    """:class:`Calibration` from val fields (images, labels, truth table)."""
-    counts = counts_in_tile(images, spec.tile)
+def calibrate(images, labels, truth, tile: int, radius: float) -> Calibration:
+    """The baseline's :class:`Calibration` from val fields (images, labels, truth table)."""
+    counts = counts_in_tile(images, tile)
     count_thr = best_f1_threshold(labels, counts)
-    probs = predict_fields(model, images, device=device)
-    model_cands = candidate_table(probs, spec.tile, spec.threshold, images, red_sequence)
-    return Calibration(count_thr, best_candidate_cut(truth, model_cands, radius),
-                       best_candidate_cut(truth, candidate_table(counts, spec.tile, count_thr), radius))
+    return Calibration(count_thr, best_candidate_cut(truth, candidate_table(counts, tile, count_thr), radius))
+
+
+def calibrate_candidate_cut(model: TileEncoder, spec: EncoderSpec, images, truth, prior: ClusterFieldConfig, *,
+                            min_richness: float = RICH, match_radius: float | None = None,
+                            device=None) -> tuple[EncoderSpec, dict]:
+    """The spec with ``candidate_cut`` chosen on the given (val) fields for the best per-cluster F1 of the
+    completeness of clusters with richness >= ``min_richness`` (default: the issue's population, RICH) and
+    the purity, and what the choice saw (fields, clusters, found, candidates at the cut)."""
+    radius = match_radius_px(spec, match_radius)
+    cands = candidate_table(predict_fields(model, images, device=device), spec.tile, spec.threshold, images,
+                            RedSequence.from_config(prior))
+    cut = best_candidate_cut(truth, cands, radius, min_richness)
+    m = match_clusters(truth, _cut(cands, cut), radius)
+    rich = m.richness >= RICH
+    return dataclasses.replace(spec, candidate_cut=cut), {
+        "candidate_cut": cut, "min_richness": float(min_richness), "match_radius_px": radius,
+        "n_fields": int(len(images)),
+        "n_clusters": int(len(m.found)), "n_found": int(m.found.sum()), f"n_clusters_rich{RICH}": int(rich.sum()),
+        f"n_found_rich{RICH}": int(m.found[rich].sum()), "n_candidates": int(len(m.cand_matched)),
+        "n_matched_candidates": int(m.cand_matched.sum())}
 
 
 def match_radius_px(spec: EncoderSpec, match_radius: float | None) -> float:
@@ -132,16 +154,17 @@ def evaluate_fields(model: TileEncoder, spec: EncoderSpec, images: np.ndarray, l
                     calibration: Calibration | float, *, truth=None, match_radius: float | None = None,
                     red_sequence: RedSequence | None = None, device=None) -> dict:
     """Scores of the model (probability >= spec.threshold) and of the baseline (count >= the calibrated
-    count; a float is taken as that count with no candidate cuts).
+    count; a float is taken as that count with no candidate cut).
 
     ``truth`` (the fields table of the data set) adds the per-cluster scores; the model's candidates
-    are centred on the ``red_sequence`` member density (:mod:`psfax.clusters.centres`).
+    are centred on the ``red_sequence`` member density (:mod:`psfax.clusters.centres`) and cut at
+    ``spec.candidate_cut`` members.
     """
     cal = calibration if isinstance(calibration, Calibration) else Calibration(float(calibration))
     radius = match_radius_px(spec, match_radius)
     probs = predict_fields(model, images, device=device)
     counts = counts_in_tile(images, spec.tile)
-    model_scores = _scores(labels, probs, spec.threshold, spec.tile, truth, radius, cal.model_min_score,
+    model_scores = _scores(labels, probs, spec.threshold, spec.tile, truth, radius, spec.candidate_cut,
                            images, red_sequence)
     base_scores = _scores(labels, counts, cal.baseline_count, spec.tile, truth, radius, cal.baseline_min_score)
     return {"n_fields": int(len(images)), "n_tiles": int(labels.size), "positive_fraction": float(labels.mean()),
@@ -161,19 +184,19 @@ def load_truth(data_dir: str | Path, split: str):
 
 def evaluate_model(model: TileEncoder, spec: EncoderSpec, data_dir: str | Path, prior: ClusterFieldConfig, *,
                    split: str = "test", match_radius: float | None = None, device=None) -> dict:
-    """Score ``split`` of a simulated data set; thresholds and cuts come from its ``val`` split.
+    """Score ``split`` of a simulated data set: the model with its stored threshold and candidate cut,
+    the baseline with its threshold and cut from the data set's ``val`` split.
 
     ``prior``: the config the model was trained under, whose red sequence centres the candidates
     (the detector's population model, not the scored fields' truth)."""
     fields = load_split(data_dir, split)
     val = load_split(data_dir, "val")
-    red_sequence = RedSequence.from_config(prior)
-    cal = calibrate(model, spec, val.images, val.labels, load_truth(data_dir, "val"),
-                    match_radius_px(spec, match_radius), red_sequence, device=device)
+    cal = calibrate(val.images, val.labels, load_truth(data_dir, "val"), spec.tile, match_radius_px(spec, match_radius))
     report = evaluate_fields(model, spec, fields.images, fields.labels, cal, truth=load_truth(data_dir, split),
-                             match_radius=match_radius, red_sequence=red_sequence, device=device)
+                             match_radius=match_radius, red_sequence=RedSequence.from_config(prior), device=device)
     report["split"] = split
-    report["calibration"] = {"split": "val", "n_fields": len(val), **dataclasses.asdict(cal)}
+    report["calibration"] = {"split": "val", "n_fields": len(val), **dataclasses.asdict(cal),
+                             "model_threshold": spec.threshold, "model_candidate_cut": spec.candidate_cut}
     return report
 
 

@@ -15,8 +15,8 @@ probability map with the input's celestial WCS resampled to tiles, and
 threshold (groups less than ``link`` + 1 empty tiles apart are one candidate),
 centred on the peak of the red-sequence member density within its tiles
 (:mod:`psfax.clusters.centres`, read from the image around each candidate), with
-that peak (``members``) as its score and ``prob_sum`` (the expected number of
-member tiles) beside it.
+that peak (``members``) as its score (kept from the model's ``candidate_cut``, at least
+``MIN_MEMBERS``) and ``prob_sum`` (the expected number of member tiles) beside it.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ LINK_TILES = 1
 
 
 def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None, *, link: int = LINK_TILES,
-                    image=None, red_sequence=None):
+                    image=None, red_sequence=None, min_members: float = MIN_MEMBERS):
     """One row per group of tiles with probability >= threshold (pyarrow Table).
 
     A group is a 4-connected component of the selected tiles dilated by ``link`` tiles (3x3
@@ -216,7 +216,7 @@ def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None, *,
     g, r, i, z pixels, an array or a FITS ``section``) and ``red_sequence``
     (:class:`psfax.clusters.centres.RedSequence`), x, y is the peak of the red-sequence member density
     within the group's tiles dilated by one tile (:func:`psfax.clusters.centres.centre_on_members`),
-    the column ``members`` its value (the score), and groups under ``MIN_MEMBERS`` are dropped.
+    the column ``members`` its value (the score), and groups under ``min_members`` are dropped.
     """
     import pyarrow as pa
     from scipy import ndimage
@@ -241,7 +241,7 @@ def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None, *,
         around = [ndimage.binary_dilation(labels == k, np.ones((3, 3), bool)) for k in ids]
         centres = np.array([centre_on_members(image, region, tile, red_sequence) for region in around]).reshape(-1, 3)
         data["x"], data["y"], data["members"] = centres.T
-        keep = data["members"] >= MIN_MEMBERS
+        keep = data["members"] >= min_members
         data = {k: v[keep] for k, v in data.items()}
     if wcs is not None:
         sky = wcs.pixel_to_world((data["x"] - (tile - 1) / 2) / tile, (data["y"] - (tile - 1) / 2) / tile)
@@ -286,7 +286,8 @@ def infer_file(path, model=None, *, out_dir, batch_size: int = 8, window: int | 
                               batch_size=batch_size, dtype=dt, progress=progress)
         wcs = _tile_wcs(hdu.header, t)
         candidates = find_candidates(probs, t, spec.threshold if threshold is None else threshold, wcs,
-                                     image=hdu.section, red_sequence=red_sequence)
+                                     image=hdu.section, red_sequence=red_sequence,
+                                     min_members=max(MIN_MEMBERS, spec.candidate_cut))
     header = wcs.to_header() if wcs is not None else fits.Header()
     header["BUNIT"] = ("probability", "P(tile holds a cluster member)")
     header["TILESIZE"] = (t, "pixels per tile side")

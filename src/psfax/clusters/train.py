@@ -128,7 +128,7 @@ def train_encoder(cfg: ClusterFieldConfig, train: FieldSet, val: FieldSet, *, se
             model, spec = init_model(cfg, train, seed)
         else:
             model, spec = init[0], spec_from_config(cfg)
-            if dataclasses.replace(init[1], threshold=spec.threshold) != spec:
+            if dataclasses.replace(init[1], threshold=spec.threshold, candidate_cut=spec.candidate_cut) != spec:
                 raise InputError(f"the initial model's architecture {init[1]} is not the config's {spec}")
         model = cast_model(model, dtype)
         steps = len(train) // t.batch_size
