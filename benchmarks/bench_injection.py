@@ -17,11 +17,11 @@ kinds of site of the real image:
 (``--catalog``), among the uninjected image's sources farther than :data:`ISOLATION` from every copy.  The
 copies are what is measured, not what the PSF is made of: left to choose among them, the build took in ~400
 isolated 15-18 mag clones of 30 stars (fluxes came back 1.5 % high, the flux model error doubled), and hosts
-whose copy lies within 1-3 FWHM, unresolved, stayed PSF stars with a companion in their stamps (+0.8 %), and each copy is matched to the nearest catalog
-source within ``min(1 px, half the distance to its neighbour)``.  A copy's true flux is
-``scale x`` the source star's flux, so the flux ratio tests the
-photometry's linearity and its handling of neighbours, whatever the PSF's normalisation; the source star's
-flux is the one in the injected image's catalog, measured with the same PSF as its copies.  Two pulls:
+whose copy lies within 1-3 FWHM, unresolved, stayed PSF stars with a companion in their stamps (+0.8 %), and
+each copy is matched to the nearest catalog source within ``min(1 px, half the distance to its neighbour)``.
+A copy's true flux is ``scale x`` the source star's flux, so the flux ratio tests the photometry's linearity
+and its handling of neighbours, whatever the PSF's normalisation; the source star's flux is the one in the
+injected image's catalog, measured with the same PSF as its copies.  Two pulls:
 
 * with the catalog's ``flux_err`` (as a user has it: the statistical error with the flux model error ``phi``
   of ``psf.json`` in quadrature) and the source star's scaled ``flux_err_stat``;
@@ -258,7 +258,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         reference = Path(folder) / "sources.parquet"
         clear = cKDTree(np.column_stack([tx, ty])).query(host_xy)[0] > ISOLATION
-        Table({"ra": fit.catalog["ra"], "dec": fit.catalog["dec"], "mag": fit.catalog["mag_aper"]})[clear].write(reference)
+        sources = Table({"ra": fit.catalog["ra"], "dec": fit.catalog["dec"], "mag": fit.catalog["mag_aper"]})
+        sources[clear].write(reference)
         t0 = time.perf_counter()
         after = fit_exposure(dataclasses.replace(exposure, data=image), catalog=str(reference))
         t_after = time.perf_counter() - t0

@@ -51,8 +51,8 @@ of 15-px stamps; PSF stars have no other detection within ``isolation``, 20 arcs
 FLUX_ERROR_APERTURE = 5.0
 """Radius [px] of the aperture the flux model error is measured against: the catalog's ``mag_aper`` aperture
 (:func:`psfax.stars.detect.detect_sources`' default).  Larger apertures gather more of the sky's error and of
-faint neighbours, which the ratio's noise does not hold: on the ZTF quadrant's reserve stars ``phi`` was 0.9 % at 5 px, 1.2 %
-at 10 px and 2.1 % at 14 px."""
+faint neighbours, which the ratio's noise does not hold: on the ZTF quadrant's reserve stars ``phi`` was 0.9 %
+at 5 px, 1.2 % at 10 px and 2.1 % at 14 px."""
 
 
 ANALYTIC_FLUX = "flux_fit is the total flux of the unit-flux analytic profile"
@@ -207,13 +207,14 @@ def fraction_reaching_one(statistic, upper: float) -> float:
 
 def aperture_ratios(exposure, background, built: BuildResult, stamps, roles: tuple[str, ...], radius: float):
     """Light within ``radius`` px over the fitted flux of the brighter half of the unflagged stars of the
-    ``roles`` (``build``, ``reserve``, ``rejected``), and that ratio's statistical error (sep's aperture error, under sep's
-    noise map plus Poisson noise, and ``flux_err``, in quadrature); stars with a clean aperture only."""
+    ``roles`` (``build``, ``reserve``, ``rejected``), and that ratio's statistical error (sep's aperture error,
+    under sep's noise map plus Poisson noise, and ``flux_err``, in quadrature); stars with a clean aperture only."""
     import sep
 
     table = built.table
     flux, flux_err = (np.asarray(table[c], float) for c in ("flux_fit", "flux_err"))
-    good = np.isin(np.asarray(table["role"]), roles) & (np.asarray(table["flags"]) == 0) & np.isfinite(flux) & (flux > 0)
+    good = (np.isin(np.asarray(table["role"]), roles) & (np.asarray(table["flags"]) == 0) & np.isfinite(flux)
+            & (flux > 0))
     use = np.flatnonzero(_bright_half(flux, good)) if good.any() else np.zeros(0, int)
     x = stamps.x0[use] + np.asarray(table["x_fit"], float)[use]
     y = stamps.y0[use] + np.asarray(table["y_fit"], float)[use]
@@ -250,8 +251,8 @@ def flux_model_error(exposure, background, built: BuildResult, stamps) -> tuple[
 
 
 def excess_fraction(values, noise) -> float:
-    """The fraction ``phi`` (:func:`fraction_reaching_one` on [0, 0.2]) such that ``values`` (positive, one quantity per
-    star) about their median ``m`` have a robust spread (1.4826 MAD) of 1 in units of ``sqrt(noise^2 +
+    """The fraction ``phi`` (:func:`fraction_reaching_one` on [0, 0.2]) such that ``values`` (positive, one
+    quantity per star) about their median ``m`` have a robust spread (1.4826 MAD) of 1 in units of ``sqrt(noise^2 +
     (phi m)^2)``: the scatter beyond ``noise`` as a fraction of ``m``; 0 when ``noise`` already covers it."""
     m = np.median(values)
     offset = values - m
