@@ -411,14 +411,21 @@ class GroupedPhotometry:
     """What :func:`grouped_photometry` returns: ``sources`` (the detections, then those found in the residual,
     with the detection columns), ``fit`` (per-source columns of :func:`fit_groups`; ``fixed_position`` True
     where the position was held), ``group_id, group_size``, ``added`` (sources detected per pass: the first
-    detection, then each residual pass) and ``residual`` (image minus sky minus every model [ADU], float32)."""
+    detection, then each residual pass), the :class:`GroupImage` fitted and ``model`` (every source's model
+    [ADU]); :attr:`residual` is the image minus sky minus ``model``, formed when asked for."""
 
     sources: object
     fit: dict
     group_id: np.ndarray
     group_size: np.ndarray
     added: list[int]
-    residual: np.ndarray
+    image: GroupImage
+    model: np.ndarray
+
+    @property
+    def residual(self) -> np.ndarray:
+        """Image minus sky minus every model [ADU], NaN on bad pixels (float32)."""
+        return np.where(self.image.usable, self.image.sky_subtracted - self.model, np.nan).astype(np.float32)
 
     def summary(self) -> dict:
         """JSON-ready counts for ``psf.json``: sources per pass and groups per size."""
@@ -452,8 +459,10 @@ class GroupedPhotometry:
     def residual_stamps(self, corners, size: int) -> np.ndarray:
         """Each source's ``size`` stamp at ``corners`` (``.x0, .y0``) of the residual image minus its group's
         background offset (N, size, size) [ADU]: its data minus every model; NaN on bad pixels and off the image."""
-        (cut,), inside = _cut([self.residual], corners.x0, corners.y0, size)
-        return np.where(inside, cut - np.nan_to_num(self.fit["bkg_fit"])[:, None, None], np.nan)
+        (data, usable, model), inside = _cut([self.image.sky_subtracted, self.image.usable, self.model], corners.x0,
+                                             corners.y0, size)
+        residual = (data - model).astype(np.float32)  # as :attr:`residual`, on the stamps only
+        return np.where(inside & usable, residual - np.nan_to_num(self.fit["bkg_fit"])[:, None, None], np.nan)
 
 
 def grouped_photometry(exposure, background, detections, start, psf_at, fwhm: float, options,
@@ -519,8 +528,7 @@ def grouped_photometry(exposure, background, detections, start, psf_at, fwhm: fl
         for name, values in again.items():
             fit[name][index] = values
         model = now
-    residual = np.where(image.usable, image.sky_subtracted - end_model, np.nan).astype(np.float32)
-    return GroupedPhotometry(sources, fit, group_id, group_size, added, residual)
+    return GroupedPhotometry(sources, fit, group_id, group_size, added, image, end_model)
 
 
 REFIT_CHANGE = 0.1
