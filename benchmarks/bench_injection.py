@@ -24,7 +24,8 @@ and its handling of neighbours, whatever the PSF's normalisation; the source sta
 injected image's catalog, measured with the same PSF as its copies.  Two pulls:
 
 * with the catalog's ``flux_err`` (as a user has it: the statistical error with the flux model error ``phi``
-  of ``psf.json`` in quadrature) and the source star's scaled ``flux_err_stat``;
+  of ``psf.json`` and, in a group, the blend variance in quadrature) and the source star's scaled
+  ``flux_err_stat``;
 * with ``flux_err_stat`` for both: the statistical errors alone.  A copy carries its source star's PSF, so
   where it lands far from the source its shape differs from the image's PSF there by the PSF's variation
   across the quadrant (on ZTF ~1 % in flux, the model's own variation between the two places), a mismatch a

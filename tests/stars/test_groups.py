@@ -251,3 +251,75 @@ def test_residual_finds_the_companion_of_a_pair_detected_as_one_elongated_source
     # the companion (S/N ~ 100: its centroid good to ~0.05 px), within 0.5 px
     assert len(new) == 1 and np.hypot(new["x"][0] - companion[0], new["y"][0] - companion[1]) < 0.5
 
+
+
+def _sheared_pairs(shear, rng):
+    """Single stars and pairs at 1.5 FWHM, each star sheared by |g| ~ ``shear`` with ``10 shear`` px of shift on
+    3 % of its light (an asymmetric shape error), on the crowded field's sky and noise."""
+    import galsim
+
+    x, y, flux, pair = [], [], [], []
+    for cell in range(400):
+        cx, cy = 30 + 40 * (cell // 20) + rng.uniform(-0.5, 0.5), 30 + 40 * (cell % 20) + rng.uniform(-0.5, 0.5)
+        f = 10 ** rng.uniform(3.6, 4.3)
+        members = [(cx, cy, f)]
+        if cell % 2:
+            a = rng.uniform(0, 2 * np.pi)
+            members.append((cx + 1.5 * FWHM * np.cos(a), cy + 1.5 * FWHM * np.sin(a), f * rng.uniform(0.3, 1.0)))
+        for mx, my, mf in members:
+            x.append(mx), y.append(my), flux.append(mf), pair.append(len(members) == 2)
+    x, y, flux, pair = map(np.array, (x, y, flux, pair))
+    image = np.zeros((840, 840))
+    for xi, yi, fi in zip(x, y, flux):  # test set-up: one GalSim drawing per star
+        g1, g2 = rng.normal(0, shear, 2)
+        shape = galsim.Moffat(beta=BETA, fwhm=FWHM, flux=0.97 * fi).shear(g1=g1, g2=g2)
+        shape += galsim.Moffat(beta=BETA, fwhm=FWHM, flux=0.03 * fi).shift(10 * g1, 10 * g2)
+        ix, iy = int(np.rint(xi)), int(np.rint(yi))
+        image[iy - 15:iy + 16, ix - 15:ix + 16] += shape.drawImage(nx=31, ny=31, scale=1.0,
+                                                                    offset=(xi - ix, yi - iy)).array
+    data = (rng.poisson(np.maximum(image + SKY, 0.0) * GAIN) + rng.normal(0.0, READ_NOISE, image.shape)) / GAIN
+    return {"data": data, "x": x, "y": y, "flux": flux, "pair": pair}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shear", [0.0, 0.03])
+def test_blend_variance_covers_what_a_neighbours_shape_error_does(shear):
+    # An asymmetric shape error leaves a single star's flux alone (its fitted centre absorbs it, measured: no
+    # scatter beyond the noise) but moves a blended neighbour's: pairs at 1.5 FWHM scatter 1.3 % beyond the noise
+    # (pull std 2.0).  blend_variance, from the per-pixel floor measured on the single stars, must take the pairs'
+    # pull std well toward 1 (measured 1.33: by more than 0.4) without going below 0.9; with no shape error the
+    # floor is ~0 and the pulls must stay as they are (to 0.02).
+    from psfax.stars.empirical import blend_variance, fraction_reaching_one
+    from psfax.psf.kind import empirical_kind
+
+    field = _sheared_pairs(shear, np.random.default_rng(21))
+    model = _galsim_empirical_psf()
+    s_c, s_k = model.norm_sums()
+    within = field["flux"] * (s_c + s_k[0])
+    grouped, group_size, x1, y1 = _fit_crowded(field, empirical_kind(model, field["x"], field["y"]), within, 23)
+    flux, err = np.asarray(grouped["flux_fit"]), np.asarray(grouped["flux_err"])
+    xf, yf = np.asarray(grouped["x_fit"]), np.asarray(grouped["y_fit"])
+    sky_var = SKY / GAIN + (READ_NOISE / GAIN) ** 2
+    single = np.flatnonzero(~field["pair"] & (group_size == 1))
+    resid2, var, light = [], [], []
+    for i in single:  # test set-up: each single star's stamp, data and fitted model
+        ix, iy = int(np.rint(xf[i])), int(np.rint(yf[i]))
+        stamp = field["data"][iy - 7:iy + 8, ix - 7:ix + 8] - SKY - grouped["bkg_fit"][i]
+        m = flux[i] * model.render(xf[i:i + 1] - ix + 7, yf[i:i + 1] - iy + 7, xf[i:i + 1], yf[i:i + 1])[0]
+        resid2.append((stamp - m) ** 2), var.append(sky_var + np.maximum(m, 0) / GAIN), light.append(m)
+    resid2, var, light = map(np.array, (resid2, var, light))
+    def median_chi2(f):  # 15 x 15 pixels, 4 parameters: as the pipeline's model_error_floor
+        return np.median(np.sum(resid2 / (var + (f * light) ** 2), axis=(1, 2)) / 221)
+
+    floor = fraction_reaching_one(median_chi2, 0.5)
+    group_id = np.unique(np.round(np.column_stack([x1, y1]) / 40).astype(int), axis=0, return_inverse=True)[1]
+    extra = blend_variance(model, xf, yf, flux, group_id.ravel(), np.full(field["data"].shape, sky_var),
+                           np.zeros(field["data"].shape, bool), GAIN, 15, floor)
+    pairs = field["pair"] & np.asarray(grouped["converged"], bool)
+    before = np.std(((flux - within) / err)[pairs])
+    after = np.std(((flux - within) / np.sqrt(err**2 + extra))[pairs])
+    print(f"shear {shear}: floor {floor:.4f}, pair pull std {before:.3f} -> {after:.3f}")
+    if shear:
+        assert before - after > 0.4 and after > 0.9
+    else:
+        assert abs(after - before) < 0.02

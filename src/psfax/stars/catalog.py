@@ -97,7 +97,8 @@ COLUMNS = {
     "flux_fit": ("adu", "fitted flux of the PSF model: the total flux of an analytic PSF, the light within "
                         "the normalisation radius of an empirical one (psf.json psf_choice)"),
     "flux_err": ("adu", "standard error of flux_fit: flux_err_stat with, for an empirical PSF, the flux model "
-                        "error psf.json psf_choice.flux_model_error x flux_fit added in quadrature"),
+                        "error psf.json psf_choice.flux_model_error x flux_fit and, in a group, what the other "
+                        "members' model errors bring, added in quadrature"),
     "flux_err_stat": ("adu", "statistical error of flux_fit under the CCD variance (inverse Fisher matrix; "
                              "equal to flux_err with an analytic PSF)"),
     "bkg_fit": ("adu", "fitted sky level per pixel under the star"),

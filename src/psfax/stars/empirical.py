@@ -30,7 +30,10 @@
    inverse-Fisher error); ``phi`` is where the robust spread (1.4826 MAD) of the ratios in units of that
    scatter is 1 (0 when it already is), its standard error from 100 bootstrap resamplings of the stars.  What
    else moves an aperture (faint neighbours, the sky's error) enters ``phi`` too: it is an upper bound.
-   Every ``flux_err`` is ``sqrt(flux_err_stat^2 + (phi flux)^2)`` (:func:`apply_flux_model_error`).
+   Every ``flux_err`` is ``sqrt(flux_err_stat^2 + (phi flux)^2 + b)`` (:func:`apply_flux_model_error`), ``b``
+   what the other members of its group bring (:func:`blend_variance`, from the floor ``f``: an asymmetric
+   mismatch leaves a single star's flux alone, its fitted centre absorbs it, but moves a blended
+   neighbour's).
 """
 
 from __future__ import annotations
@@ -108,7 +111,8 @@ class PSFChoice:
                                             "variance)"),
                 "flux_model_error": self.flux_model_error, "flux_model_error_se": self.flux_model_error_se,
                 "flux_model_error_stars": self.flux_model_error_stars,
-                "flux_model_error_about": ("fraction of the flux: flux_err = sqrt(flux_err_stat^2 + (phi flux)^2), "
+                "flux_model_error_about": ("fraction of the flux: flux_err = sqrt(flux_err_stat^2 + (phi flux)^2 + "
+                                           "the blend variance from the other members of a group), "
                                            "phi measured on the bright selected stars against their light within "
                                            f"{FLUX_ERROR_APERTURE:g} px (an upper bound; se: bootstrap)"),
                 "empirical": build.meta, "rounds": self.build.rounds,
@@ -286,8 +290,61 @@ def apply_floor(table, corners, residual, variance, psf: EmpiricalPSF, floor: fl
         table["reduced_chi2"] = np.where(np.asarray(table["dof"]) > 0, chi2 / np.asarray(table["dof"]), np.nan)
 
 
-def apply_flux_model_error(table, phi: float) -> None:
-    """``flux_err = sqrt(flux_err^2 + (phi flux_fit)^2)`` in ``table`` (in place; ``phi`` of the module
-    docstring, a fraction)."""
-    flux = np.asarray(table["flux_fit"], float)
-    table["flux_err"] = np.hypot(np.asarray(table["flux_err"], float), phi * np.abs(flux))
+def apply_flux_model_error(table, phi: float, blend_variance=None) -> None:
+    """``flux_err = sqrt(flux_err^2 + (phi flux_fit)^2 + blend_variance)`` in ``table`` (in place; ``phi`` of the
+    module docstring, a fraction; ``blend_variance`` [ADU^2] per source, :func:`blend_variance`, 0 when not
+    given)."""
+    flux = np.nan_to_num(np.asarray(table["flux_fit"], float))
+    extra = 0.0 if blend_variance is None else blend_variance
+    table["flux_err"] = np.sqrt(np.asarray(table["flux_err"], float) ** 2 + (phi * flux) ** 2 + extra)
+
+
+def blend_variance(psf: EmpiricalPSF, x, y, flux, group_id, sky_var, bad, gain: float, size: int,
+                   floor: float, step: float = 0.05) -> np.ndarray:
+    """Per source [ADU^2], the variance its fitted flux takes from the other members' model errors: each
+    member j's mismatch taken as independent per pixel, ``floor flux_j P_j`` (the model-error floor's form),
+    through the group's estimator ``G = W J (J^T W J)^-1`` of every member's x, y, flux and a common sky
+    (``J`` the derivatives of the group model, x and y by central differences of ``step`` px; ``W`` the inverse
+    of sep's sky variance plus the models' Poisson noise, ``gain`` [e-/ADU]) on the members' ``size``-px
+    stamps: ``sum_{j != i} sum G_i^2 (floor flux_j P_j)^2``.  A single star's own mismatch is in ``phi``; a
+    neighbour's reaches it through the positions too (an asymmetric mismatch moves a fitted centre, and with it
+    the neighbour's light under a member), which ``phi``, measured on single stars, does not see.  ``x, y``
+    image positions [px], ``flux`` [ADU] (NaN: no model); 0 for sources alone in their group."""
+    out = np.zeros(len(flux))
+    flux = np.nan_to_num(np.asarray(flux, float))
+    ok = np.isfinite(x) & np.isfinite(y)
+    group_id = np.asarray(group_id)
+    ids, counts = np.unique(group_id[ok], return_counts=True)
+    members = np.flatnonzero(ok & np.isin(group_id, ids[counts > 1]))
+    if not len(members) or floor <= 0:
+        return out
+    half = size // 2
+    xm, ym = x[members], y[members]
+    x0, y0 = np.rint(xm).astype(int) - half, np.rint(ym).astype(int) - half
+    shifts = ((0.0, 0.0), (step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step))
+    unit, right, left, up, down = (psf.render(xm - x0 + dx, ym - y0 + dy, xm, ym) for dx, dy in shifts)
+    fields = np.stack([unit, (right - left) / (2 * step), (up - down) / (2 * step)], axis=1)  # (M, 3, S, S)
+    ny, nx = sky_var.shape
+    for g in np.unique(group_id[members]):
+        k = np.flatnonzero(group_id[members] == g)
+        lo_x, lo_y = x0[k].min(), y0[k].min()
+        side_x, side_y = x0[k].max() - lo_x + size, y0[k].max() - lo_y + size
+        canvas = np.zeros((len(k), 3, side_y, side_x))
+        for m, i in enumerate(k):  # each member's stamp placed on the group's canvas
+            canvas[m, :, y0[i] - lo_y:y0[i] - lo_y + size, x0[i] - lo_x:x0[i] - lo_x + size] = fields[i]
+        rows, cols = np.arange(lo_y, lo_y + side_y), np.arange(lo_x, lo_x + side_x)
+        inside = ((rows >= 0) & (rows < ny))[:, None] & ((cols >= 0) & (cols < nx))[None, :]
+        r, c = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
+        f = flux[members[k]]
+        light = np.tensordot(f, canvas[:, 0], axes=1)
+        use = inside & ~bad[np.ix_(r, c)] & (canvas[:, 0].sum(axis=0) > 0)
+        w = np.where(use, 1.0 / (sky_var[np.ix_(r, c)] + np.maximum(light, 0.0) / gain), 0.0).ravel()
+        columns = [canvas[m, 0].ravel() for m in range(len(k))]  # fluxes first, then x, y (times flux), sky
+        columns += [f[m] * canvas[m, a].ravel() for m in range(len(k)) for a in (1, 2)]
+        design = np.column_stack(columns + [np.ones(side_y * side_x)])
+        estimator = (w[:, None] * design) @ np.linalg.pinv(design.T @ (w[:, None] * design))
+        spread = (floor * f[:, None] * canvas[:, 0].reshape(len(k), -1)) ** 2  # (members, pixels)
+        share = (estimator[:, :len(k)] ** 2).T @ spread.T  # share[i, j]
+        np.fill_diagonal(share, 0.0)
+        out[members[k]] = share.sum(axis=1)
+    return out

@@ -388,8 +388,9 @@ def grouping_fwhm(result, image_shape) -> float:
 def psf_photometry(exposure: Exposure, background: Background, detections: Table, result,
                    options: FitOptions, progress: Callable[[str], None] | None = None, choice=None):
     """Fit (x, y, flux, sky) of every detection whose stamp fits, the PSF held fixed (the empirical PSF of
-    ``choice`` when it was chosen, its model-error floor then put into ``chi2`` and its flux model error into
-    ``flux_err``: :mod:`psfax.stars.empirical`; else the analytic fit ``result``), in groups over
+    ``choice`` when it was chosen, its model-error floor then put into ``chi2`` and its flux model error and
+    the blends' share into ``flux_err``: :mod:`psfax.stars.empirical`; else the analytic fit ``result``), in
+    groups over
     ``options.passes`` passes from the detections' positions and aperture fluxes
     (:func:`psfax.stars.groups.grouped_photometry`).
 
@@ -411,12 +412,17 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
     fit_table.add_column(np.asarray(fit_table["flux_err"], float), name="flux_err_stat",
                          index=fit_table.colnames.index("flux_err") + 1)
     if empirical:
-        from psfax.stars.empirical import apply_floor, apply_flux_model_error
+        from psfax.stars.empirical import apply_floor, apply_flux_model_error, blend_variance
 
         variance = cut_stamps(exposure, background, sources["x"], sources["y"], options.stamp_size).variance
         apply_floor(fit_table, corners, grouped.residual_stamps(corners, options.stamp_size), variance, choice.psf,
                     choice.model_error_floor)
-        apply_flux_model_error(fit_table, choice.flux_model_error)
+        blends = blend_variance(choice.psf, corners.x0 + np.asarray(fit_table["x_fit"], float),
+                                corners.y0 + np.asarray(fit_table["y_fit"], float),
+                                np.asarray(fit_table["flux_fit"], float), grouped.group_id,
+                                background.rms_map.astype(float) ** 2, exposure.bad, exposure.gain,
+                                options.stamp_size, choice.model_error_floor)
+        apply_flux_model_error(fit_table, choice.flux_model_error, blends)
     table = _image_table(fit_table, corners, exposure)
     found_later = np.arange(len(sources)) >= len(usable)
     table["source_flags"] = (_source_flags(sources, sources, exposure, options)
