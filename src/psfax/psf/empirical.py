@@ -142,13 +142,17 @@ class EmpiricalPSF:
     def render(self, x_stamp, y_stamp, x_image, y_image) -> np.ndarray:
         """Stamps (N, S, S) of unit-flux stars at stamp positions ``x_stamp, y_stamp`` (px, (0, 0) the
         first pixel's centre) whose image positions are ``x_image, y_image`` (for the spatial terms)."""
+        return self.render_with_derivatives(x_stamp, y_stamp, x_image, y_image)[0]
+
+    def render_with_derivatives(self, x_stamp, y_stamp, x_image, y_image) -> tuple[np.ndarray, ...]:
+        """:meth:`render`'s stamps P and their derivatives dP/dx_stamp, dP/dy_stamp, each (N, S, S)."""
         coef, core_w = self.weights_at(x_image, y_image)
         n = len(coef)
         xs, ys = (np.broadcast_to(np.asarray(v, float), (n,)) for v in (x_stamp, y_stamp))
         with jax.enable_x64(True):
             arrays = self.arrays()
-            return np.asarray(psf_stamps(arrays, jnp.asarray(coef), jnp.asarray(core_w), jnp.asarray(xs),
-                                         jnp.asarray(ys))[0])
+            out = psf_stamps(arrays, jnp.asarray(coef), jnp.asarray(core_w), jnp.asarray(xs), jnp.asarray(ys))
+            return tuple(np.asarray(a) for a in out)
 
     def image_at(self, x_image: float, y_image: float) -> np.ndarray:
         """The normalised node values (L, L) at one image position (the PSF sampled ``oversampling``

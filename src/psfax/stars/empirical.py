@@ -300,16 +300,16 @@ def apply_flux_model_error(table, phi: float, blend_variance=None) -> None:
 
 
 def blend_variance(psf: EmpiricalPSF, x, y, flux, group_id, sky_var, bad, gain: float, size: int,
-                   floor: float, step: float = 0.05) -> np.ndarray:
+                   floor: float) -> np.ndarray:
     """Per source [ADU^2], the variance its fitted flux takes from the other members' model errors: each
     member j's mismatch taken as independent per pixel, ``floor flux_j P_j`` (the model-error floor's form),
     through the group's estimator ``G = W J (J^T W J)^-1`` of every member's x, y, flux and a common sky
-    (``J`` the derivatives of the group model, x and y by central differences of ``step`` px; ``W`` the inverse
-    of sep's sky variance plus the models' Poisson noise, ``gain`` [e-/ADU]) on the members' ``size``-px
-    stamps: ``sum_{j != i} sum G_i^2 (floor flux_j P_j)^2``.  A single star's own mismatch is in ``phi``; a
-    neighbour's reaches it through the positions too (an asymmetric mismatch moves a fitted centre, and with it
-    the neighbour's light under a member), which ``phi``, measured on single stars, does not see.  ``x, y``
-    image positions [px], ``flux`` [ADU] (NaN: no model); 0 for sources alone in their group."""
+    (``J`` the derivatives of the group model, :meth:`~psfax.psf.EmpiricalPSF.render_with_derivatives`;
+    ``W`` the inverse of sep's sky variance plus the models' Poisson noise, ``gain`` [e-/ADU]) on the members'
+    ``size``-px stamps: ``sum_{j != i} sum G_i^2 (floor flux_j P_j)^2``.  A single star's own mismatch is in
+    ``phi``; a neighbour's reaches it through the positions too (an asymmetric mismatch moves a fitted centre,
+    and with it the neighbour's light under a member), which ``phi``, measured on single stars, does not see.
+    ``x, y`` image positions [px], ``flux`` [ADU] (NaN: no model); 0 for sources alone in their group."""
     out = np.zeros(len(flux))
     flux = np.nan_to_num(np.asarray(flux, float))
     ok = np.isfinite(x) & np.isfinite(y)
@@ -321,9 +321,7 @@ def blend_variance(psf: EmpiricalPSF, x, y, flux, group_id, sky_var, bad, gain: 
     half = size // 2
     xm, ym = x[members], y[members]
     x0, y0 = np.rint(xm).astype(int) - half, np.rint(ym).astype(int) - half
-    shifts = ((0.0, 0.0), (step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step))
-    unit, right, left, up, down = (psf.render(xm - x0 + dx, ym - y0 + dy, xm, ym) for dx, dy in shifts)
-    fields = np.stack([unit, (right - left) / (2 * step), (up - down) / (2 * step)], axis=1)  # (M, 3, S, S)
+    fields = np.stack(psf.render_with_derivatives(xm - x0, ym - y0, xm, ym), axis=1)  # P, dP/dx, dP/dy (M, 3, S, S)
     ny, nx = sky_var.shape
     for g in np.unique(group_id[members]):
         k = np.flatnonzero(group_id[members] == g)

@@ -396,8 +396,8 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
 
     Returns the catalog and the :class:`~psfax.stars.groups.GroupedPhotometry`.  The catalog has image
     ``x_fit, y_fit``, ``ra, dec`` (deg, from the WCS), the fit columns with ``flux_err_stat`` (``flux_err``
-    without the flux model error), ``mag, mag_err`` (through MAGZP; from ``flux_err``, no zero-point error), ``source_flags``
-    (:data:`SOURCE_FLAGS`) and ``group_id, group_size``.
+    without the flux model error), ``mag, mag_err`` (through MAGZP; from ``flux_err``, no zero-point error),
+    ``source_flags`` (:data:`SOURCE_FLAGS`) and ``group_id, group_size``.
     """
     x, y = np.asarray(detections["x"], float), np.asarray(detections["y"], float)
     usable = np.flatnonzero(stamp_fits(x, y, exposure.shape, options.stamp_size))
@@ -419,9 +419,9 @@ def psf_photometry(exposure: Exposure, background: Background, detections: Table
                     choice.model_error_floor)
         blends = blend_variance(choice.psf, corners.x0 + np.asarray(fit_table["x_fit"], float),
                                 corners.y0 + np.asarray(fit_table["y_fit"], float),
-                                np.asarray(fit_table["flux_fit"], float), grouped.group_id,
-                                background.rms_map.astype(float) ** 2, exposure.bad, exposure.gain,
-                                options.stamp_size, choice.model_error_floor)
+                                np.asarray(fit_table["flux_fit"], float), grouped.group_id, grouped.image.sky_var,
+                                ~grouped.image.usable, grouped.image.gain, options.stamp_size,
+                                choice.model_error_floor)
         apply_flux_model_error(fit_table, choice.flux_model_error, blends)
     table = _image_table(fit_table, corners, exposure)
     found_later = np.arange(len(sources)) >= len(usable)
