@@ -4,13 +4,17 @@ Truth the code did not make: the image's own brightest isolated PSF stars, cut o
 subtracted), scaled to AB magnitudes uniform in [15, 21] and added, with their own Poisson noise, at three
 kinds of site of the real image:
 
-* **clear**: no 3-sigma detection within 25 px;
+* **clear**: no 3-sigma detection within 25 px, the copy of any of the source stars;
 * **clear, own PSF**: the same, within :data:`OWN_PSF_RADIUS` of the copy's source star (the copy taken from the
   nearest one), where the PSF is the source's own;
 * **near**: 4-8 px from an unflagged 15-19 mag catalog source (the issue's "4-8 px from a source"), and
   **close**: 1-3 FWHM (pixel-convolved, 1.3-3.8 px on ZTF) from one, reported apart below and above 1.5 FWHM
   (by the copy's true distance; closer pairs are not resolved, and the issue asks for both members from 1.5);
 * **pairs**: two copies on clear sky at 1.5-3 FWHM from each other, magnitudes drawn alike.
+
+Every kind but **clear** is an own-PSF site: within :data:`OWN_PSF_RADIUS` of a source star, whose copy it gets
+(both members of a pair the star nearest the first), so that their pulls test the photometry, not the PSF's
+variation across the quadrant (below); **clear** shows what that variation does.
 
 ``psfax.stars.fit_exposure`` (detection, PSF, grouped photometry, residual passes: the defaults of
 ``psfax stars fit``) then runs on the injected image, its PSF stars chosen, as from a reference catalog
@@ -29,7 +33,7 @@ injected image's catalog, measured with the same PSF as its copies.  Two pulls:
 * with ``flux_err_stat`` for both: the statistical errors alone.  A copy carries its source star's PSF, so
   where it lands far from the source its shape differs from the image's PSF there by the PSF's variation
   across the quadrant (on ZTF ~1 % in flux, the model's own variation between the two places), a mismatch a
-  star at its own place does not have; only the **own PSF** sites test the statistical errors alone.
+  star at its own place does not have: hence the own-PSF sites.
 
 S/N uses ``flux_err``, as a user would.
 
@@ -121,10 +125,12 @@ def split_clear_sites(fit, stars, n_clear: int, n_own: int, rng):
     return x[rest], y[rest], x[own], y[own], star[own]
 
 
-def near_sites(fit, n: int, rng, distance: tuple[float, float], taken):
+def near_sites(fit, stars, n: int, rng, distance: tuple[float, float], taken):
     """``n`` positions at ``distance`` px (uniform) from distinct unflagged 15-19 mag catalog sources, in a
     random direction, with no other catalog source nearer than the host, away from bad pixels and edges,
-    and >= 25 px from every position in ``taken`` (a list, extended); the sites and their hosts' rows."""
+    >= 25 px from every position in ``taken`` (a list, extended) and :data:`ISOLATION` to :data:`OWN_PSF_RADIUS`
+    from a source star (:func:`source_stars`); the sites, their hosts' rows and the row of each site's nearest
+    source star."""
     cat, exposure = fit.catalog, fit.exposure
     x, y = np.asarray(cat["x_fit"], float), np.asarray(cat["y_fit"], float)
     mag = np.asarray(cat["mag"], float)
@@ -132,8 +138,9 @@ def near_sites(fit, n: int, rng, distance: tuple[float, float], taken):
                            & (mag > 15) & (mag < 19))
     rng.shuffle(hosts)
     tree = cKDTree(np.column_stack([x, y]))
+    star_tree = cKDTree(np.column_stack(stars[:2]))
     ny, nx = exposure.shape
-    sites, used = [], []
+    sites, used, own = [], [], []
     for h in hosts:
         r, phi = rng.uniform(*distance), rng.uniform(0, 2 * np.pi)
         px, py = x[h] + r * np.cos(phi), y[h] + r * np.sin(phi)
@@ -144,10 +151,13 @@ def near_sites(fit, n: int, rng, distance: tuple[float, float], taken):
             continue
         if any((px - a) ** 2 + (py - b) ** 2 < 25.0 ** 2 for a, b in taken):
             continue
-        sites.append((px, py)), used.append(h), taken.append((px, py))
+        d, star = star_tree.query([px, py])
+        if not ISOLATION <= d < OWN_PSF_RADIUS:  # near a source star, but not in its stamp
+            continue
+        sites.append((px, py)), used.append(h), own.append(star), taken.append((px, py))
         if len(sites) == n:
             break
-    return np.array(sites)[:, 0], np.array(sites)[:, 1], np.array(used)
+    return np.array(sites)[:, 0], np.array(sites)[:, 1], np.array(used), np.array(own)
 
 
 def inject(fit, stars, x_new, y_new, mags, pick, rng):
@@ -240,20 +250,23 @@ def main(argv=None) -> None:
     stars = source_stars(fit)
     n = args.per_kind
     n_pairs = n // 2
-    cx, cy, ox, oy, own_pick = split_clear_sites(fit, stars, n + n_pairs, n, rng)
+    cx, cy, ox, oy, own_pick = split_clear_sites(fit, stars, n, n + n_pairs, rng)
+    n_pairs = len(ox) - n  # as many as the own-PSF clear sites allow
     taken = list(zip(cx, cy)) + list(zip(ox, oy))
-    nx_, ny_, near_host = near_sites(fit, n, rng, (4.0, 8.0), taken)
-    kx, ky, close_host = near_sites(fit, n, rng, (fwhm, 3 * fwhm), taken)
+    nx_, ny_, near_host, near_pick = near_sites(fit, stars, n, rng, (4.0, 8.0), taken)
+    kx, ky, close_host, close_pick = near_sites(fit, stars, n, rng, (fwhm, 3 * fwhm), taken)
     sep = rng.uniform(1.5 * fwhm, 3 * fwhm, n_pairs)
     phi = rng.uniform(0, 2 * np.pi, n_pairs)
-    px, py = cx[n:] + sep * np.cos(phi), cy[n:] + sep * np.sin(phi)
-    x = np.concatenate([cx, nx_, kx, px, ox])
-    y = np.concatenate([cy, ny_, ky, py, oy])
-    # the clear sites after the first n are the pairs' first members; their second members follow
+    px, py = ox[n:] + sep * np.cos(phi), oy[n:] + sep * np.sin(phi)
+    x = np.concatenate([cx, ox[n:], nx_, kx, px, ox[:n]])
+    y = np.concatenate([cy, oy[n:], ny_, ky, py, oy[:n]])
+    # the pairs' first members (own-PSF clear sites), then the near and close sites, the second members
     kind = np.repeat(np.array(["clear", "pair", "near 4-8 px", "close 1-3 FWHM", "pair", "clear, own PSF"],
-                              dtype=object), [n, n_pairs, len(nx_), len(kx), n_pairs, len(ox)])
+                              dtype=object), [n, n_pairs, len(nx_), len(kx), n_pairs, n])
     mags = rng.uniform(*MAG_RANGE, len(x))
-    pick = np.concatenate([rng.integers(0, len(stars[0]), len(x) - len(ox)), own_pick])
+    pair_pick = own_pick[n:]  # both members copy the star nearest the first
+    pick = np.concatenate([rng.integers(0, len(stars[0]), n), pair_pick, near_pick, close_pick, pair_pick,
+                           own_pick[:n]])
     image, tx, ty, truth, truth_err = inject(fit, stars, x, y, mags, pick, rng)
     host_xy = np.column_stack([fit.catalog["x_fit"], fit.catalog["y_fit"]]).astype(float)
     with tempfile.TemporaryDirectory() as folder:
@@ -328,9 +341,9 @@ that flux.  The catalog of the uninjected image has its counts peak at 18-19 mag
 {markdown_table(header, rows)}
 
 Pulls with the catalog's `flux_err` (its flux model error on the injected image: {100 * phi:.2f} %) or with
-`flux_err_stat`, each with the source star's scaled `flux_err_stat` in quadrature.  Copies far from their
-source star carry a PSF that differs from the image's there (the module docstring): the own-PSF sites, within
-{OWN_PSF_RADIUS:.0f} px of the source, are the test of the statistical errors alone.
+`flux_err_stat`, each with the source star's scaled `flux_err_stat` in quadrature.  Every kind but "clear" is
+within {OWN_PSF_RADIUS:.0f} px of its copy's source star, whose PSF it has; "clear" copies, from any of the source
+stars, carry a PSF that differs from the image's where they land (the module docstring).
 
 Completeness by magnitude (copies per bin in brackets):
 

@@ -4,9 +4,12 @@ PSF at image position (X, Y) in a ``FIELD`` x ``FIELD`` px image (u = X / FIELD 
 ``(1 - h) * Kolmogorov(fwhm) * OpticalPSF(defocus, coma, astigmatism) + h * Gaussian(2 fwhm0)`` (a
 halo), with ``fwhm = fwhm0 (1 + 0.1 u)``, ``h = 0.08 (1 + 0.5 v)`` and the whole sheared by ``g1 = 0.03 u``
 (the optical part, fixed, is built once per ``fwhm0``: GalSim's OpticalPSF is slow to construct).
-Each stamp is drawn (profile convolved with the pixel) at a sub-pixel offset within +-0.5 px of its centre,
-Poisson and read noise added; the noise-free stamp and the unit-flux stamp of the star centred on its pixel
-(which defines the flux within the normalisation radius) are kept.
+Each stamp is drawn (profile convolved with the pixel), Poisson and read noise added; the noise-free stamp is kept.  The truth is stated in psfax's convention for
+an empirical PSF (:func:`psfax.psf.normal.phase_constraints`): a star's position is its light centroid under
+the phase window.  Each star's windowed centroid ``(cx, cy)`` relative to GalSim's profile centre is measured
+on the pixel-integrated profile sampled at the window's nodes; the positions ``x, y`` are those centroids (within
++-0.5 px of the stamp centre, as for stamps cut around detections), and the unit-flux stamp ``centred`` (which
+defines the flux within the normalisation radius) is drawn with the centroid on the central pixel centre.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ class Field:
     variance: np.ndarray  # from the noise-free truth (independent of the noise)
     truth_images: np.ndarray  # noise-free, with sky
     centred: np.ndarray  # unit flux, star on the stamp's central pixel centre
-    x: np.ndarray  # stamp positions
+    x: np.ndarray  # stamp positions (windowed light centroids)
     y: np.ndarray
     x_image: np.ndarray
     y_image: np.ndarray
     flux: np.ndarray
     fwhm0: float
+    cx: np.ndarray  # windowed light centroid minus the profile centre [px]
+    cy: np.ndarray
 
 
 @functools.cache
@@ -52,6 +57,36 @@ def psf_at(X, Y, fwhm0):
                        halo * galsim.Gaussian(fwhm=2.0 * fwhm0)]).shear(g1=0.03 * u)
 
 
+def windowed_centroid(profile, oversampling: int = 4) -> tuple[float, float]:
+    """Offset [px] from its centre of the point about which the pixel-integrated ``profile``'s first moments
+    under psfax's phase window (SIZE-px stamps, the window centred on that point) vanish, from the profile's
+    values at the window's nodes (``oversampling`` per px): Newton's method on the windowed moment ``m(c)``
+    (its Jacobian by finite differences at the start), to 1e-6 px."""
+    import galsim
+
+    from psfax.fitting.table import TableGrid
+    from psfax.psf.normal import node_offsets, phase_window
+
+    grid = TableGrid((SIZE, SIZE), oversampling)
+    offsets, window = node_offsets(grid), phase_window(grid)
+    pixelated = galsim.Convolve(profile, galsim.Pixel(1.0))
+
+    def moment(c):
+        values = pixelated.drawImage(nx=len(offsets), ny=len(offsets), scale=1.0 / oversampling, method="no_pixel",
+                                     offset=tuple(-np.asarray(c) * oversampling)).array * window
+        return np.array([(values * offsets[None, :]).sum(), (values * offsets[:, None]).sum()]) / values.sum()
+
+    c, h = np.zeros(2), 1e-3
+    m = moment(c)
+    jacobian = np.column_stack([(moment(c + h * e) - m) / h for e in np.eye(2)])
+    for _ in range(20):
+        c = c - np.linalg.solve(jacobian, m)
+        m = moment(c)
+        if np.abs(m).max() < 1e-6:
+            return float(c[0]), float(c[1])
+    raise RuntimeError("the windowed centroid did not converge")
+
+
 def make_field(n: int, fwhm0: float, seed: int = 0, flux_range=(2e4, 5e5)) -> Field:
     import galsim
 
@@ -62,13 +97,16 @@ def make_field(n: int, fwhm0: float, seed: int = 0, flux_range=(2e4, 5e5)) -> Fi
     X, Y = rng.uniform(0, FIELD, n), rng.uniform(0, FIELD, n)
     flux = np.exp(rng.uniform(*np.log(flux_range), n))
     truth, centred = np.empty((n, SIZE, SIZE)), np.empty((n, SIZE, SIZE))
+    cx, cy = np.empty(n), np.empty(n)
     for i in range(n):
         psf = psf_at(X[i], Y[i], fwhm0)
+        cx[i], cy[i] = windowed_centroid(psf)
         img = galsim.ImageD(SIZE, SIZE, scale=1.0)
-        psf.withFlux(flux[i]).drawImage(img, offset=(x[i] - centre, y[i] - centre))
+        psf.withFlux(flux[i]).drawImage(img, offset=(x[i] - cx[i] - centre, y[i] - cy[i] - centre))
         truth[i] = img.array + SKY
-        psf.drawImage(img)
+        psf.drawImage(img, offset=(-cx[i], -cy[i]))
         centred[i] = img.array
     electrons = rng.poisson(truth * GAIN) + rng.normal(0.0, READ_NOISE, truth.shape)
     variance = truth / GAIN + (READ_NOISE / GAIN) ** 2
-    return Field(electrons / GAIN, variance, truth, centred, x, y, X + x - centre, Y + y - centre, flux, fwhm0)
+    return Field(electrons / GAIN, variance, truth, centred, x, y, X + x - centre, Y + y - centre, flux, fwhm0,
+                 cx, cy)

@@ -146,10 +146,10 @@ def _block_indices(terms: int, nodes: int):
 
 def _block_tridiagonal_solve(diag, upper, rhs):
     """Solve a symmetric positive-definite block-tridiagonal system: diagonal blocks ``diag`` (nb, m, m),
-    blocks ``upper[P]`` coupling block P to P + 1, right-hand side (nb, m), by a block Cholesky
+    blocks ``upper[P]`` coupling block P to P + 1, right-hand sides (nb, m, R), by a block Cholesky
     ``L_P L_P^T = D_P - C_P C_P^T``, ``C_P = U_{P-1}^T L_{P-1}^{-T}`` (one scan down, one up)."""
     tri = jax.scipy.linalg.solve_triangular
-    m = diag.shape[1]
+    m, n_rhs = rhs.shape[1:]
 
     def down(carry, inputs):
         chol_prev, y_prev = carry
@@ -162,7 +162,7 @@ def _block_tridiagonal_solve(diag, upper, rhs):
     zero = jnp.zeros((m, m), diag.dtype)
     upper_prev = jnp.concatenate([zero[None], upper[:-1]])  # block P's coupling to P - 1 (none for P = 0)
     eye = jnp.eye(m, dtype=diag.dtype)
-    _, (chols, cs, ys) = jax.lax.scan(down, (eye, jnp.zeros(m, diag.dtype)), (diag, upper_prev, rhs))
+    _, (chols, cs, ys) = jax.lax.scan(down, (eye, jnp.zeros((m, n_rhs), diag.dtype)), (diag, upper_prev, rhs))
 
     def up(x_next, inputs):
         chol, c_next, y = inputs
@@ -170,13 +170,16 @@ def _block_tridiagonal_solve(diag, upper, rhs):
         return x, x
 
     c_next = jnp.concatenate([cs[1:], zero[None]])
-    _, xs = jax.lax.scan(up, jnp.zeros(m, diag.dtype), (chols, c_next, ys), reverse=True)
+    _, xs = jax.lax.scan(up, jnp.zeros((m, n_rhs), diag.dtype), (chols, c_next, ys), reverse=True)
     return xs
 
 
 @partial(jax.jit, static_argnames=("grid",))
-def _solve(grid: TableGrid, bands, rhs, ridge, diag_index, upper_index):
-    """``(N + R) g = r`` through :func:`_block_tridiagonal_solve` (the module docstring)."""
+def _solve(grid: TableGrid, bands, rhs, ridge, diag_index, upper_index, constraints, targets):
+    """``(N + R) g = r`` through :func:`_block_tridiagonal_solve` (the module docstring), subject to
+    ``a_c . g = targets[c]`` for each of the C rows ``a_c = constraints[c]`` (C, terms, B, B): Lagrange
+    multipliers, ``g = g_0 - Z mu`` with ``Z = (N + R)^-1 A^T`` (one factorisation for all right-hand sides)
+    and ``A Z mu = A g_0 - targets``."""
     terms, nodes = rhs.shape[0], rhs.shape[1]
     n_blocks = -(-nodes // ROWS)
     m = ROWS * nodes * terms
@@ -194,21 +197,96 @@ def _solve(grid: TableGrid, bands, rhs, ridge, diag_index, upper_index):
     mean_d = jnp.sum(jnp.where(near, d, 0.0)) / near.sum()
     extra = jnp.where(~real, 1.0, jnp.where(~near | (d <= 1e-12 * mean_d), ridge * mean_d, 0.0))
     diag = diag + extra[:, :, None] * jnp.eye(m, dtype=bands.dtype)
-    r = jnp.pad(jnp.transpose(rhs, (1, 2, 0)), ((0, pad_rows), (0, 0), (0, 0))).reshape(n_blocks, m)
-    x = _block_tridiagonal_solve(diag, upper, r).reshape(n_blocks * ROWS, nodes, terms)[:nodes]
-    return jnp.transpose(x, (2, 0, 1))
+
+    def block_layout(a):  # (terms, B, B, R) -> (n_blocks, m, R)
+        return jnp.pad(jnp.transpose(a, (1, 2, 0, 3)), ((0, pad_rows), (0, 0), (0, 0), (0, 0))).reshape(
+            n_blocks, m, a.shape[-1])
+
+    a = block_layout(jnp.moveaxis(constraints, 0, -1)).reshape(n_blocks * m, -1)
+    x = _block_tridiagonal_solve(diag, upper, block_layout(jnp.concatenate(
+        [rhs[..., None], jnp.moveaxis(constraints, 0, -1)], axis=-1))).reshape(n_blocks * m, -1)
+    g = x[:, 0]
+    if a.shape[1]:
+        z = x[:, 1:]
+        g = g - z @ jnp.linalg.solve(a.T @ z, a.T @ g - targets)
+    g = g.reshape(n_blocks * ROWS, nodes, terms)[:nodes]
+    return jnp.transpose(g, (2, 0, 1))
 
 
-def solve_grid(grid: TableGrid, w, coef, target, x0, y0, *, ridge: float = 1e-3) -> np.ndarray:
+def solve_grid(grid: TableGrid, w, coef, target, x0, y0, *, ridge: float = 1e-3, constraints=None) -> np.ndarray:
     """Grid values (terms, L, L) minimising ``sum_n sum_ij w (target_n - sum_k coef_nk A_y^T G_k A_x)^2``
-    plus the ridge of the module docstring (nodes outside the solve box are zero)."""
+    plus the ridge of the module docstring (nodes outside the solve box are zero), subject to the linear
+    ``constraints = (A, e)`` on the box's values, ``sum(A[c] * G_box) = e[c]`` (:func:`phase_constraints`;
+    None: unconstrained)."""
     bands, rhs = normal_bands(grid, w, coef, target, x0, y0)
     first, nodes = solve_box(grid)
-    indices = _block_indices(int(coef.shape[1]), nodes)
-    box = np.asarray(_solve(grid, bands, rhs, ridge, *indices))
+    terms = int(coef.shape[1])
+    indices = _block_indices(terms, nodes)
+    if constraints is None:
+        constraints = (np.zeros((0, terms, nodes, nodes)), np.zeros(0))
+    a, e = (jnp.asarray(v, rhs.dtype) for v in constraints)
+    box = np.asarray(_solve(grid, bands, rhs, ridge, *indices, a, e))
     if not np.all(np.isfinite(box)):
         raise SingularGridError("the empirical PSF's normal equations have no finite solution "
                                 f"({coef.shape[0]} stars, {coef.shape[1]} spatial terms): too few usable pixels")
     out = np.zeros((box.shape[0], grid.length, grid.length))
     out[:, first:first + nodes, first:first + nodes] = box
     return out
+
+
+def node_offsets(grid: TableGrid) -> np.ndarray:
+    """Offsets [px] from the star of the box's nodes along one axis, (B,)."""
+    first, nodes = solve_box(grid)
+    return (first + np.arange(nodes) - (grid.length - 1) / 2) / grid.oversampling
+
+
+def phase_window(grid: TableGrid) -> np.ndarray:
+    """(B, B) weights of :func:`phase_constraints`: ``exp(-(r / r0)^10)`` at the nodes' distance r from the star,
+    ``r0 = (stamp - 1) / 2 - 1`` px (6 px for 15-px stamps: flat to 1e-3 within 3.0 px, 0.01 at 7 px).  Flat where
+    a compact PSF's light is and smooth where the wings fall off, so that it leaks < 1e-6 of the light between
+    the phases for pixel-integrated Gaussians of sigma 0.45-1.4 px (a cosine taper from 4 to 7 px: 8e-4 at
+    1.4 px; a Gaussian window: 5e-2 at 0.45 px)."""
+    offsets = node_offsets(grid)
+    r0 = (grid.size[0] - 1) / 2 - 1
+    return np.exp(-(np.hypot(offsets[:, None], offsets[None, :]) / r0) ** 10)
+
+
+def phase_constraints(grid: TableGrid, terms: int, core_nodes=None, centre_phases: bool = True):
+    """The constraints that tie the grid's sub-pixel phases to one another, as ``(A, e)`` for :func:`solve_grid`.
+
+    A star at sub-pixel phase ``phi`` reads only the node class ``c`` whose offsets are ``phi`` modulo a pixel
+    (K^2 classes at oversampling K).  Star amplitudes and positions can trade against a per-class scale and
+    shift of the grid that the pixels barely see, and an empirical grid's centre is free at each position, so
+    the grid is held to what a pixel-integrated PSF obeys (``w`` the window of :func:`phase_window`):
+
+    * **equal light**: the windowed sum ``S_c = sum_class w P`` is the same in every class.  For a
+      pixel-integrated PSF the sum over a pixel lattice is the total flux at any phase (the pixel's transfer
+      function vanishes at every integer frequency), and under ``w`` to < 1e-6 of the light;
+    * **centred**: the windowed first moments ``sum w dx P`` and ``sum w dy P`` over all nodes vanish, so a
+      fitted position is the PSF's light centroid under ``w`` (at every position of the image);
+    * with ``centre_phases``, the first moments vanish **in every class**, so the centroid is the position at
+      any phase.  That holds where the PSF has no power at 1 cycle/px (pixel-convolved FWHM above ~2 px); an
+      undersampled PSF's centroid moves with the phase by its aliased power, which the pixels then measure.
+
+    For the model ``C + sum_k b_k G_k`` (``b_0 = 1``) the constraints hold at every position when term 0
+    carries the core's share (``-L(C)``, ``core_nodes`` the core sampled at the box's nodes, (B, B)) and the
+    other terms zero: ``terms (K^2 + 1)`` rows, ``terms (3 K^2 + 1)`` with ``centre_phases``.
+    """
+    k = grid.oversampling
+    first, nodes = solve_box(grid)
+    offsets = node_offsets(grid)
+    phase = np.rint(offsets * k).astype(int) % k
+    window = phase_window(grid)
+    classes = [window * ((phase[:, None] == cy) & (phase[None, :] == cx)) for cy in range(k) for cx in range(k)]
+    rows = [c - classes[0] for c in classes[1:]]
+    for c in classes if centre_phases else [window]:
+        rows += [c * offsets[None, :], c * offsets[:, None]]
+    core = np.zeros((nodes, nodes)) if core_nodes is None else np.asarray(core_nodes, float)
+    a = np.zeros((terms * len(rows), terms, nodes, nodes))
+    e = np.zeros(terms * len(rows))
+    for t in range(terms):
+        for i, row in enumerate(rows):
+            a[t * len(rows) + i, t] = row
+            if t == 0:
+                e[i] = -np.sum(row * core)
+    return a, e
