@@ -74,3 +74,39 @@ def test_the_build_recovers_fluxes_and_positions_at_every_phase():
             assert res.psf.meta["centre_phases"] and res.psf.meta["fwhm_px"] > 3.0
     assert errors[True][0] < 1e-4 and errors[True][1] < 1e-3
     assert errors[False][0] > 1e-3 and errors[False][1] > 5e-3  # what the constraints remove, seen without them
+
+
+def test_the_constrained_solve_meets_its_rows_and_keeps_a_grid_that_already_does():
+    # Noise-free stamps of a known degree-1 grid (an off-centre Gaussian and a gradient of width), solved under
+    # the phase rows with targets e = A g_true (which the truth meets) and with e shifted by 1e-4: the first gives
+    # the truth back inside the constrained box (measured 7e-10 of the peak: the multipliers' system amplifies
+    # rounding; 1e-7 allows for it, while targets of the wrong sign move the grid by 0.14 of the peak), the
+    # second meets its rows exactly (measured 6e-16; an error in the multipliers misses them by ~the shift).
+    import jax
+    import jax.numpy as jnp
+
+    from psfax.psf.empirical import grid_stamps
+    from psfax.psf.normal import constrained_nodes, solve_box, solve_grid
+
+    grid = TableGrid((SIZE, SIZE), 2)
+    first, nodes = solve_box(grid)
+    off = (np.arange(grid.length) - (grid.length - 1) / 2) / 2
+    g0 = pixel_gaussian(off[None, :], off[:, None], 1.3, 0.2, -0.1)
+    truth = np.stack([g0, 0.05 * pixel_gaussian(off[None, :], off[:, None], 1.5) - 0.05 * g0, 0.02 * g0])
+    box = (slice(None), slice(first, first + nodes), slice(first, first + nodes))
+    rng = np.random.default_rng(2)
+    n = 90
+    x, y = 7 + rng.uniform(-0.5, 0.5, n), 7 + rng.uniform(-0.5, 0.5, n)
+    coef = np.column_stack([np.ones(n), rng.uniform(-1, 1, (n, 2))]) * rng.uniform(0.5, 2.0, (n, 1))
+    a, _ = phase_constraints(grid, 3, centre_phases=True)
+    e = np.einsum("ckpq,kpq->c", a, truth[box])
+    with jax.enable_x64(True):
+        stamps = np.asarray(jax.jit(grid_stamps, static_argnums=0)(grid, jnp.asarray(truth),
+                                                                    *(jnp.asarray(v) for v in (coef, x, y))))
+        w = rng.uniform(0.5, 1.5, stamps.shape)
+        args = [jnp.asarray(v) for v in (w, coef, stamps, x, y)]
+        kept = solve_grid(grid, *args, constraints=(a, e))
+        shifted = solve_grid(grid, *args, constraints=(a, e + 1e-4))
+    near = constrained_nodes(grid)
+    assert np.abs(kept[box] - truth[box])[:, near].max() < 1e-7 * truth.max()
+    assert np.abs(np.einsum("ckpq,kpq->c", a, shifted[box]) - (e + 1e-4)).max() < 1e-10

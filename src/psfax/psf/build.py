@@ -249,7 +249,7 @@ def build_psf(data, variance, mask, x_init, y_init, x_corner, y_corner, *, optio
 
 WELL_SAMPLED_FWHM = 1.8
 """Pixel-convolved FWHM [px] from which ``centre_phases`` is on by default (a PSF's power at 1 cycle/px, which
-moves its centroid with the sub-pixel phase, is then below ~1e-3 of the total for a Gaussian)."""
+moves its centroid with the sub-pixel phase, is then ~5e-5 of the total for a Gaussian)."""
 
 
 def model_fwhm(psf: EmpiricalPSF, x_image: float, y_image: float) -> float:
@@ -311,7 +311,7 @@ def _solve_grid(template: EmpiricalPSF, data, w, fit, x_img, y_img, active, prev
     constraints = None
     if options.phase_constraints:
         first, nodes = solve_box(template.table_grid)
-        core_nodes = None if template.core is None else template._core_at_nodes()[first:first + nodes, first:first + nodes]
+        core_nodes = None if template.core is None else template.core_at_nodes()[first:first + nodes, first:first + nodes]
         constraints = phase_constraints(template.table_grid, template.basis.size, core_nodes, centre_phases)
     grid = solve_grid(template.table_grid, *(jnp.asarray(a, dt) for a in (
         w[idx], b * amp[:, None], target, x_fit, y_fit)), ridge=options.ridge, constraints=constraints)

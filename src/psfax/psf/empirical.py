@@ -160,10 +160,10 @@ class EmpiricalPSF:
         coef, core_w = self.weights_at(x_image, y_image)
         values = np.tensordot(coef[0], self.grid, axes=1)
         if self.core is not None:
-            values = values + core_w[0] * self._core_at_nodes()
+            values = values + core_w[0] * self.core_at_nodes()
         return values
 
-    def _core_at_nodes(self) -> np.ndarray:
+    def core_at_nodes(self) -> np.ndarray:
         """The core at the grid nodes, (L, L): read from its 16x table (node offsets are multiples of 1/K)."""
         k, big = self.oversampling, CORE_OVERSAMPLING
         grid, cgrid = self.table_grid, self.core_grid
