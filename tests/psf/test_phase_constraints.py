@@ -47,7 +47,7 @@ def test_the_build_recovers_fluxes_and_positions_at_every_phase():
     # Noise-free pixel-integrated Gaussian stars (sigma 1.3 px: pixel-convolved FWHM 3.2 px, so the phases are
     # centred too), started 0.05 px off as detections are.  With the phases tied the fluxes within the
     # normalisation radius come back to 1e-4 at every sub-pixel phase and the positions to 1e-3 px (measured
-    # 1.3e-5 and 3e-5 px); with them free the start offsets and the aperture start's phase-dependent fluxes stay
+    # 1.4e-5 and 3e-5 px); with them free the start offsets and the aperture start's phase-dependent fluxes stay
     # in the grid (measured 9e-3 and 0.015 px at worst).
     rng = np.random.default_rng(3)
     n = 160

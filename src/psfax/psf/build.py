@@ -202,13 +202,15 @@ def build_psf(data, variance, mask, x_init, y_init, x_corner, y_corner, *, optio
     template = _empty_psf(options, size, basis)
     rounds, psf, previous = [], None, None  # previous: the stars' chi2 in the round before
     centre_phases = options.centre_phases
+    rows = _phase_rows(template, options, bool(centre_phases))  # the same every round (but the auto switch)
     with compute_context(dt, dev):
         for number in range(options.max_rounds):
-            psf = _solve_grid(template, clean, w, fit, x_img, y_img, active, psf, options, dt, bool(centre_phases))
+            psf = _solve_grid(template, clean, w, fit, x_img, y_img, active, psf, options, dt, rows)
             if centre_phases is None and options.phase_constraints:  # auto: decided on the first round's model
                 centre_phases = model_fwhm(psf, basis.x_mid, basis.y_mid) >= WELL_SAMPLED_FWHM
                 if centre_phases:
-                    psf = _solve_grid(template, clean, w, fit, x_img, y_img, active, None, options, dt, True)
+                    rows = _phase_rows(template, options, True)
+                    psf = _solve_grid(template, clean, w, fit, x_img, y_img, active, None, options, dt, rows)
             fit = fit_psf_photometry(psf, clean, build_variance, bad, fit["x_fit"], fit["y_fit"], x_corner, y_corner,
                                      fit_bkg=fit_bkg, dtype=dt, device=dev)
             red = np.asarray(fit["reduced_chi2"], float)
@@ -286,11 +288,19 @@ def _start_fit(data, used, x_init, y_init, radius, fit_bkg=True) -> Table:
                   "bkg_fit": bkg})
 
 
-def _solve_grid(template: EmpiricalPSF, data, w, fit, x_img, y_img, active, previous, options, dt,
-                centre_phases: bool):
-    """One normal-equation solve of the grid for the ``active`` stars, amplitudes from the ``previous``
-    model's normalisation (or the fluxes, with no model yet), under :func:`phase_constraints` when
+def _phase_rows(template: EmpiricalPSF, options: BuildOptions, centre_phases: bool):
+    """The grid's :func:`phase_constraints` (with the core's share), or None without
     ``options.phase_constraints``."""
+    if not options.phase_constraints:
+        return None
+    first, nodes = solve_box(template.table_grid)
+    core_nodes = None if template.core is None else template.core_at_nodes()[first:first + nodes, first:first + nodes]
+    return phase_constraints(template.table_grid, template.basis.size, core_nodes, centre_phases)
+
+
+def _solve_grid(template: EmpiricalPSF, data, w, fit, x_img, y_img, active, previous, options, dt, constraints):
+    """One normal-equation solve of the grid for the ``active`` stars, amplitudes from the ``previous``
+    model's normalisation (or the fluxes, with no model yet), under ``constraints`` (:func:`_phase_rows`)."""
     idx = np.flatnonzero(active)
     flux = np.asarray(fit["flux_fit"], float)[idx]
     b = template.basis(x_img[idx], y_img[idx])
@@ -308,11 +318,6 @@ def _solve_grid(template: EmpiricalPSF, data, w, fit, x_img, y_img, active, prev
         core_stamps = np.asarray(psf_stamps(arrays, zero, jnp.ones(len(idx), dt), jnp.asarray(x_fit, dt),
                                             jnp.asarray(y_fit, dt))[0])
     target = data[idx] - np.asarray(fit["bkg_fit"], float)[idx, None, None] - amp[:, None, None] * core_stamps
-    constraints = None
-    if options.phase_constraints:
-        first, nodes = solve_box(template.table_grid)
-        core_nodes = None if template.core is None else template.core_at_nodes()[first:first + nodes, first:first + nodes]
-        constraints = phase_constraints(template.table_grid, template.basis.size, core_nodes, centre_phases)
     grid = solve_grid(template.table_grid, *(jnp.asarray(a, dt) for a in (
         w[idx], b * amp[:, None], target, x_fit, y_fit)), ridge=options.ridge, constraints=constraints)
     return dataclasses.replace(template, grid=grid)

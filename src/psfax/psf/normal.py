@@ -202,9 +202,9 @@ def _solve(grid: TableGrid, bands, rhs, ridge, diag_index, upper_index, constrai
         return jnp.pad(jnp.transpose(a, (1, 2, 0, 3)), ((0, pad_rows), (0, 0), (0, 0), (0, 0))).reshape(
             n_blocks, m, a.shape[-1])
 
-    a = block_layout(jnp.moveaxis(constraints, 0, -1)).reshape(n_blocks * m, -1)
-    x = _block_tridiagonal_solve(diag, upper, block_layout(jnp.concatenate(
-        [rhs[..., None], jnp.moveaxis(constraints, 0, -1)], axis=-1))).reshape(n_blocks * m, -1)
+    columns = block_layout(jnp.concatenate([rhs[..., None], jnp.moveaxis(constraints, 0, -1)], axis=-1))
+    x = _block_tridiagonal_solve(diag, upper, columns).reshape(n_blocks * m, -1)
+    a = columns.reshape(n_blocks * m, -1)[:, 1:]
     g = x[:, 0]
     if a.shape[1]:
         z = x[:, 1:]
