@@ -81,7 +81,11 @@ def script() -> None:
     """The ``psfax`` console script: :func:`main`, then the process ends at once (``os._exit``) with its exit
     code, once the logs and standard streams are flushed.  Every command has written and closed its files and
     shut its Dask cluster before it returns; what the interpreter would still do is free JAX's loaded programs
-    and the arrays, about 1 s after a ``psfax stars fit`` of a ZTF quadrant (2 cores) that nobody waits for."""
+    and the arrays, about 1 s after a ``psfax stars fit`` of a ZTF quadrant (2 cores) that nobody waits for.
+    The process's memory settings are :func:`psfax.process.tune_memory`'s."""
+    from psfax.process import tune_memory
+
+    tune_memory()
     code = main()
     logging.shutdown()
     sys.stdout.flush()

@@ -1,0 +1,44 @@
+"""``psfax.process.tune_memory``: applied in a fresh interpreter (it changes process-wide settings), and left
+alone where the user has chosen."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+PROGRAM = """
+import json, os
+from numpy._core import multiarray
+from psfax.process import tune_memory
+applied = tune_memory()
+hugepage_was = multiarray._set_madvise_hugepage(True)  # returns the setting it replaces
+print(json.dumps({"applied": applied, "hugepage_was": hugepage_was,
+                  "env": {k: os.environ.get(k) for k in ("NUMPY_MADVISE_HUGEPAGE", "MALLOC_MMAP_MAX_")}}))
+"""
+
+
+def _run(**env):
+    base = {k: v for k, v in os.environ.items() if k not in ("NUMPY_MADVISE_HUGEPAGE", "MALLOC_MMAP_MAX_",
+                                                             "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                                                             "PSFAX_KEEP_MEMORY_SETTINGS")}
+    done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=120,
+                          env={**base, **env}, check=True)
+    return json.loads(done.stdout)
+
+
+def test_settings_applied_and_exported_for_child_processes():
+    out = _run()
+    assert out["applied"]["numpy_hugepage_off"] and out["hugepage_was"] is False
+    assert out["env"]["NUMPY_MADVISE_HUGEPAGE"] == "0"
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert out["applied"]["malloc_keeps_memory"] is glibc
+    assert out["env"]["MALLOC_MMAP_MAX_"] == ("0" if glibc else None)
+
+
+def test_user_choices_are_kept():
+    out = _run(NUMPY_MADVISE_HUGEPAGE="1", MALLOC_MMAP_THRESHOLD_="1048576")
+    assert out["applied"] == {"numpy_hugepage_off": False, "malloc_keeps_memory": False}
+    assert out["hugepage_was"] is True and out["env"]["MALLOC_MMAP_MAX_"] is None
+    assert _run(PSFAX_KEEP_MEMORY_SETTINGS="1")["applied"] == {"numpy_hugepage_off": False,
+                                                                "malloc_keeps_memory": False}
