@@ -190,7 +190,11 @@ def test_grouped_fits_with_an_empirical_psf_are_unbiased(crowded):
 
 
 @pytest.mark.slow
-def test_residual_pass_finds_a_companion_missed_by_detection():
+@pytest.mark.parametrize("ratio, separation", [(0.35, 2.4), (1.0, 2.4)])
+def test_residual_pass_finds_a_companion_missed_by_detection(ratio, separation):
+    """Companions at 1.5 FWHM (pixel-convolved) of the 60 brightest stars, ``ratio`` of their flux.  For an equal
+    pair the merged detection's centroid lies within 1 FWHM of the companion, so the residual pass measures that
+    separation from the host's fitted position (measured from the detections, it added 6 of the 30 missed)."""
     from scipy.spatial import cKDTree
 
     from psfax.stars import fit_image
@@ -198,12 +202,10 @@ def test_residual_pass_finds_a_companion_missed_by_detection():
 
     field = render_field(shape=(1024, 1024), n_stars=150, seed=8)
     rng = np.random.default_rng(2)
-    # a companion at 2.4 px (1.5 FWHM pixel-convolved, the issue's separation) with 0.35 of the flux beside
-    # the 60 brightest stars
     host = np.argsort(field.flux)[-60:]
     angle = rng.uniform(0, 2 * np.pi, len(host))
-    cx, cy = field.x[host] + 2.4 * np.cos(angle), field.y[host] + 2.4 * np.sin(angle)
-    cflux = 0.35 * field.flux[host]
+    cx, cy = field.x[host] + separation * np.cos(angle), field.y[host] + separation * np.sin(angle)
+    cflux = ratio * field.flux[host]
     data = field.image + _draw(field.image.shape, cx, cy, cflux, field.fwhm(cx, cy), rng, sky=0.0, read_noise=0.0)
     result = fit_image(data.astype(np.float32), header=header(field.image.shape))
     catalog = result.catalog
@@ -212,11 +214,11 @@ def test_residual_pass_finds_a_companion_missed_by_detection():
     first_pass = cKDTree(found[:first])
     dist_first = first_pass.query(np.column_stack([cx, cy]))[0]
     missed = dist_first > 1.0
-    # precondition: sep merges most of these companions with their host (else the test proves nothing)
-    assert missed.mean() > 0.5
+    # precondition: sep merges at least 20 of these companions with their host (else the test proves nothing)
+    assert missed.sum() >= 20
     dist_all, index = cKDTree(found).query(np.column_stack([cx, cy]))
     recovered = missed & (dist_all < 1.0) & (index >= first)
-    # the residual pass (flag 32) adds >= 80 % of the missed companions, within 1 px
+    # the residual pass (flag 32) adds >= 80 % of the missed companions, within 1 px (binomial: 30-50 of them)
     assert recovered.sum() >= 0.8 * missed.sum()
     assert np.all((np.asarray(catalog["source_flags"])[index[recovered]] & 32) != 0)
     # and their fluxes come back within 10 % (median; each companion is S/N > 50)
