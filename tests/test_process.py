@@ -9,10 +9,9 @@ import sys
 
 PROGRAM = """
 import json, os
-from numpy._core import multiarray
-from psfax.process import tune_memory
+from psfax.process import numpy_multiarray, tune_memory
 applied = tune_memory()
-hugepage_was = multiarray._set_madvise_hugepage(True)  # returns the setting it replaces
+hugepage_was = numpy_multiarray()._set_madvise_hugepage(True)  # returns the setting it replaces
 print(json.dumps({"applied": applied, "hugepage_was": hugepage_was,
                   "env": {k: os.environ.get(k) for k in ("NUMPY_MADVISE_HUGEPAGE", "MALLOC_MMAP_MAX_")}}))
 """

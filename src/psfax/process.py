@@ -39,9 +39,7 @@ def tune_memory() -> dict[str, bool]:
     if os.environ.get("PSFAX_KEEP_MEMORY_SETTINGS") == "1":
         return applied
     if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
-        from numpy._core import multiarray
-
-        multiarray._set_madvise_hugepage(False)
+        numpy_multiarray()._set_madvise_hugepage(False)
         os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
         applied["numpy_hugepage_off"] = True
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and not any(
@@ -51,3 +49,12 @@ def tune_memory() -> dict[str, bool]:
             libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED))
         os.environ.update({"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(KEEP_FREED)})
     return applied
+
+
+def numpy_multiarray():
+    """NumPy's ``multiarray`` module (``numpy._core`` from NumPy 2, ``numpy.core`` before)."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1.26
+        from numpy.core import multiarray
+    return multiarray
