@@ -236,7 +236,7 @@ def scores(cat, rows, truth, truth_err, mags, snr, snr_cut: float = 20.0) -> dic
                        for b in range(len(MAG_BINS) - 1) if np.any(bins == b)],
             "n_bright": int(good.sum()), "bias": float(np.median(ratio)),
             "bias_se": float(1.25 * spread / np.sqrt(good.sum())),
-            "pull_std": float(np.std((flux[good] - truth[good]) / err[good])),
+            "pull_std": float(np.std(pull)),
             "pull_robust": float(1.4826 * np.median(np.abs(pull - np.median(pull)))),
             "pull_std_quadrature": float(np.std((flux[good] - truth[good]) / np.hypot(err, truth_err)[good])),
             "unflagged": float(np.mean(flags[found] == 0))}

@@ -270,11 +270,11 @@ def phase_constraints(grid: TableGrid, terms: int, core_nodes=None, centre_phase
 
     For the model ``C + sum_k b_k G_k`` (``b_0 = 1``) the constraints hold at every position when term 0
     carries the core's share (``-L(C)``, ``core_nodes`` the core sampled at the box's nodes, (B, B)) and the
-    other terms zero: ``terms (K^2 + 1)`` rows, ``terms (3 K^2 + 1)`` with ``centre_phases``.
+    other terms zero: ``terms (K^2 + 1)`` rows, ``terms (3 K^2 - 1)`` with ``centre_phases``.
     """
     k = grid.oversampling
-    first, nodes = solve_box(grid)
     offsets = node_offsets(grid)
+    nodes = len(offsets)
     phase = np.rint(offsets * k).astype(int) % k
     window = phase_window(grid)
     classes = [window * ((phase[:, None] == cy) & (phase[None, :] == cx)) for cy in range(k) for cx in range(k)]
