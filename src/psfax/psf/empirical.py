@@ -45,6 +45,7 @@ from psfax.errors import InputError
 from psfax.fitting.spatial import PolynomialBasis
 from psfax.fitting.table import TableGrid, build_table, interpolate, interpolate_mixture, plain_table, polyphase
 from psfax.profiles import get_profile
+from psfax.programs import persistent_jit
 
 OVERSAMPLINGS = (2, 3, 4)
 CORE_OVERSAMPLING = 16
@@ -175,7 +176,7 @@ class EmpiricalPSF:
         return plain[np.ix_(index, index)]
 
 
-@jax.jit
+@persistent_jit
 def _centred_sums(arrays: PSFArrays, inside):
     """Sums over ``inside`` (S, S) of the core and of each grid term for a star on the central pixel."""
     c = (arrays.grid.size[0] - 1) / 2.0
@@ -209,13 +210,13 @@ def star_psf(arrays: PSFArrays, coef, core_w, x0, y0, derivatives: bool = True):
     return tuple(g + core_w * c for g, c in zip(grid_part, core_part))
 
 
-@jax.jit
+@persistent_jit
 def psf_stamps(arrays: PSFArrays, coef, core_w, x0, y0):
     """:func:`star_psf` for a batch: (N, S, S) stamps and derivatives."""
     return jax.vmap(star_psf, in_axes=(None, 0, 0, 0, 0))(arrays, coef, core_w, x0, y0)
 
 
-@partial(jax.jit, static_argnames=("grid",))
+@persistent_jit(static_argnames=("grid",))
 def grid_tables(grid: TableGrid, values):
     """The polyphase stack (1, terms, ...) of node values (terms, L, L), as one compiled program."""
     return jax.vmap(partial(polyphase, grid))(values[:, None, None])[None]

@@ -26,7 +26,6 @@ non-finite solution raises :class:`SingularGridError`.
 from __future__ import annotations
 
 import functools
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,7 @@ import numpy as np
 
 from psfax.errors import InputError
 from psfax.fitting.table import KEYS_TAPS, TableGrid, axis_taps
+from psfax.programs import persistent_jit
 
 BAND = KEYS_TAPS - 1
 """Largest node distance coupled by one pixel (six taps: 0 .. 5)."""
@@ -71,7 +71,7 @@ STAR_CHUNK = 32
 15-px stamps at oversampling 2) and adds them to every term pair's sum."""
 
 
-@partial(jax.jit, static_argnames=("grid",))
+@persistent_jit(static_argnames=("grid",))
 def normal_bands(grid: TableGrid, w, coef, target, x0, y0):
     """Banded normal matrix ``N[k, l, d, p, e, q]`` (the module docstring; k <= l only, stacked in the
     order of :func:`term_pairs`: the rest is its transpose) and right-hand side
@@ -174,7 +174,7 @@ def _block_tridiagonal_solve(diag, upper, rhs):
     return xs
 
 
-@partial(jax.jit, static_argnames=("grid",))
+@persistent_jit(static_argnames=("grid",))
 def _solve(grid: TableGrid, bands, rhs, ridge, diag_index, upper_index, constraints, targets):
     """``(N + R) g = r`` through :func:`_block_tridiagonal_solve` (the module docstring), subject to
     ``a_c . g = targets[c]`` for each of the C rows ``a_c = constraints[c]`` (C, terms, B, B): Lagrange
