@@ -133,7 +133,8 @@ def _lm(arrays, data, w, coef, core_w, x_init, y_init, *, max_iter, fit_bkg):
         v0 = _start(arrays, d, w, c, cw, x0, y0, free)
 
         def chi2_of(v):
-            return jnp.sum(w * (d - _linearise(arrays, c, cw, v)[0]) ** 2)
+            p = star_psf(arrays, c, cw, v[0], v[1], derivatives=False)[0].ravel()
+            return jnp.sum(w * (d - v[2] * p - v[3]) ** 2)
 
         def body(state):
             v, lam, chi2, converged, k = state
