@@ -13,14 +13,15 @@ from psfax.process import numpy_multiarray, tune_memory
 applied = tune_memory()
 hugepage_was = numpy_multiarray()._set_madvise_hugepage(True)  # returns the setting it replaces
 print(json.dumps({"applied": applied, "hugepage_was": hugepage_was,
-                  "env": {k: os.environ.get(k) for k in ("NUMPY_MADVISE_HUGEPAGE", "MALLOC_MMAP_MAX_")}}))
+                  "env": {k: os.environ.get(k) for k in ("NUMPY_MADVISE_HUGEPAGE", "MALLOC_MMAP_MAX_",
+                                                           "MALLOC_ARENA_MAX")}}))
 """
 
 
 def _run(**env):
     base = {k: v for k, v in os.environ.items() if k not in ("NUMPY_MADVISE_HUGEPAGE", "MALLOC_MMAP_MAX_",
                                                              "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-                                                             "PSFAX_KEEP_MEMORY_SETTINGS")}
+                                                             "MALLOC_ARENA_MAX", "PSFAX_KEEP_MEMORY_SETTINGS")}
     done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=120,
                           env={**base, **env}, check=True)
     return json.loads(done.stdout)
@@ -33,11 +34,13 @@ def test_settings_applied_and_exported_for_child_processes():
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert out["applied"]["malloc_keeps_memory"] is glibc
     assert out["env"]["MALLOC_MMAP_MAX_"] == ("0" if glibc else None)
+    assert out["applied"]["malloc_one_arena"] is glibc
+    assert out["env"]["MALLOC_ARENA_MAX"] == ("1" if glibc else None)
 
 
 def test_user_choices_are_kept():
-    out = _run(NUMPY_MADVISE_HUGEPAGE="1", MALLOC_MMAP_THRESHOLD_="1048576")
-    assert out["applied"] == {"numpy_hugepage_off": False, "malloc_keeps_memory": False}
+    out = _run(NUMPY_MADVISE_HUGEPAGE="1", MALLOC_MMAP_THRESHOLD_="1048576", MALLOC_ARENA_MAX="4")
+    assert out["applied"] == {"numpy_hugepage_off": False, "malloc_keeps_memory": False, "malloc_one_arena": False}
     assert out["hugepage_was"] is True and out["env"]["MALLOC_MMAP_MAX_"] is None
-    assert _run(PSFAX_KEEP_MEMORY_SETTINGS="1")["applied"] == {"numpy_hugepage_off": False,
-                                                                "malloc_keeps_memory": False}
+    assert out["env"]["MALLOC_ARENA_MAX"] == "4"
+    assert not any(_run(PSFAX_KEEP_MEMORY_SETTINGS="1")["applied"].values())

@@ -316,7 +316,7 @@ def _solve_grid(template: EmpiricalPSF, data, w, fit, x_img, y_img, active, prev
         arrays = template.arrays(dt)
         zero = jnp.zeros((len(idx), template.basis.size), dt)
         core_stamps = np.asarray(psf_stamps(arrays, zero, jnp.ones(len(idx), dt), jnp.asarray(x_fit, dt),
-                                            jnp.asarray(y_fit, dt))[0])
+                                            jnp.asarray(y_fit, dt), derivatives=False)[0])
     target = data[idx] - np.asarray(fit["bkg_fit"], float)[idx, None, None] - amp[:, None, None] * core_stamps
     grid = solve_grid(template.table_grid, *(jnp.asarray(a, dt) for a in (
         w[idx], b * amp[:, None], target, x_fit, y_fit)), ridge=options.ridge, constraints=constraints)

@@ -143,16 +143,20 @@ class EmpiricalPSF:
     def render(self, x_stamp, y_stamp, x_image, y_image) -> np.ndarray:
         """Stamps (N, S, S) of unit-flux stars at stamp positions ``x_stamp, y_stamp`` (px, (0, 0) the
         first pixel's centre) whose image positions are ``x_image, y_image`` (for the spatial terms)."""
-        return self.render_with_derivatives(x_stamp, y_stamp, x_image, y_image)[0]
+        return self._stamps(x_stamp, y_stamp, x_image, y_image, False)[0]
 
     def render_with_derivatives(self, x_stamp, y_stamp, x_image, y_image) -> tuple[np.ndarray, ...]:
         """:meth:`render`'s stamps P and their derivatives dP/dx_stamp, dP/dy_stamp, each (N, S, S)."""
+        return self._stamps(x_stamp, y_stamp, x_image, y_image, True)
+
+    def _stamps(self, x_stamp, y_stamp, x_image, y_image, derivatives: bool) -> tuple[np.ndarray, ...]:
         coef, core_w = self.weights_at(x_image, y_image)
         n = len(coef)
         xs, ys = (np.broadcast_to(np.asarray(v, float), (n,)) for v in (x_stamp, y_stamp))
         with jax.enable_x64(True):
             arrays = self.arrays()
-            out = psf_stamps(arrays, jnp.asarray(coef), jnp.asarray(core_w), jnp.asarray(xs), jnp.asarray(ys))
+            out = psf_stamps(arrays, jnp.asarray(coef), jnp.asarray(core_w), jnp.asarray(xs), jnp.asarray(ys),
+                             derivatives=derivatives)
             return tuple(np.asarray(a) for a in out)
 
     def image_at(self, x_image: float, y_image: float) -> np.ndarray:
@@ -210,10 +214,10 @@ def star_psf(arrays: PSFArrays, coef, core_w, x0, y0, derivatives: bool = True):
     return tuple(g + core_w * c for g, c in zip(grid_part, core_part))
 
 
-@persistent_jit
-def psf_stamps(arrays: PSFArrays, coef, core_w, x0, y0):
-    """:func:`star_psf` for a batch: (N, S, S) stamps and derivatives."""
-    return jax.vmap(star_psf, in_axes=(None, 0, 0, 0, 0))(arrays, coef, core_w, x0, y0)
+@persistent_jit(static_argnames=("derivatives",))
+def psf_stamps(arrays: PSFArrays, coef, core_w, x0, y0, derivatives: bool = True):
+    """:func:`star_psf` for a batch: (N, S, S) stamps and (with ``derivatives``) dP/dx0, dP/dy0."""
+    return jax.vmap(lambda *a: star_psf(arrays, *a, derivatives))(coef, core_w, x0, y0)
 
 
 @persistent_jit(static_argnames=("grid",))
