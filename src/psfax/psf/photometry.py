@@ -2,7 +2,7 @@
 
 Each star minimises ``chi2 = sum w (d - flux P(x - x0, y - y0) - bkg)^2``, ``w = 1 / variance`` on
 usable pixels (variance given, held fixed), by Levenberg-Marquardt on the four parameters, all stars
-at once (``vmap``) for at most ``max_iter`` iterations, each star until a step lowers its chi2 by less than
+at once (``vmap``, :data:`STAR_CHUNK` stars per loop) for at most ``max_iter`` iterations, each star until a step lowers its chi2 by less than
 :data:`CHI2_STOP` (that last step moved each parameter by about sqrt(1e-4) = 0.01 of its error or less; a
 step is taken only when chi2 drops; the damping is divided by 10 after a success and multiplied by 10 after a
 failure).  A batch runs as long as its slowest star, so every star gets :data:`FIRST_ROUND` iterations and
@@ -31,6 +31,9 @@ from psfax.psf.empirical import EmpiricalPSF, PSFArrays, star_psf
 PARAMS = ("x", "y", "flux", "bkg")
 CHI2_STOP = 1e-4
 """A star's fit stops at an accepted step that lowers its chi2 by less than this."""
+STAR_CHUNK = 128
+"""Stars per batched loop (``lax.map`` over the chunks): a chunk stops with its slowest star (0.18 s against
+0.21 s per call with one loop for the quadrant's 1,232 PSF stars, 2 cores)."""
 FIRST_ROUND = 6
 """Iterations every star gets before the unfinished ones go on alone (the time per call falls from 0.44 s
 to about 0.2 s on the quadrant's 1,232 stars, 2 cores)."""
@@ -104,19 +107,22 @@ def _start(arrays, d, w, coef, core_w, x0, y0, free):
 
 
 def _lm_in_rounds(arrays, stars, x_init, y_init, max_iter, fit_bkg, dt):
-    """:func:`_lm` for :data:`FIRST_ROUND` iterations on every star, then for the rest of ``max_iter`` on the
-    unfinished ones (padded to a bucket size with copies of one, so that few programs are compiled): NumPy
-    (values (N, 4), covariances (N, 4, 4), chi2, converged)."""
+    """:func:`_lm` for :data:`FIRST_ROUND` iterations on every star (above one chunk padded to whole
+    :data:`STAR_CHUNK` chunks with copies of the first), then for the rest of ``max_iter`` on the unfinished ones
+    (padded to a bucket size with copies of one, so that few programs are compiled): NumPy (values (N, 4),
+    covariances (N, 4, 4), chi2, converged)."""
     def run(rows, x, y, iterations):
-        inputs = (jnp.asarray(a if rows is None else a[rows], dt) for a in (*stars, x, y))
+        inputs = (jnp.asarray(a, dt) for a in (*(a[rows] for a in stars), x, y))
         return [np.array(o, float) for o in _lm(arrays, *inputs, max_iter=iterations, fit_bkg=fit_bkg)]
 
     first = min(FIRST_ROUND, max_iter)
-    v, cov, chi2, converged = run(None, x_init, y_init, first)
+    n = len(x_init)
+    every = np.concatenate([np.arange(n), np.zeros(-n % STAR_CHUNK if n > STAR_CHUNK else 0, int)])
+    v, cov, chi2, converged = (o[:n] for o in run(every, x_init[every], y_init[every], first))
     left = np.flatnonzero(converged == 0)
     if left.size and max_iter > first:
         rows = np.concatenate([left, np.repeat(left[:1], bucket_size(left.size) - left.size)])
-        again = run(rows, v[:, 0], v[:, 1], max_iter - first)
+        again = run(rows, v[rows, 0], v[rows, 1], max_iter - first)
         for full, part in zip((v, cov, chi2, converged), again):
             full[rows] = np.asarray(part, float)
     return v, cov, chi2, converged
@@ -156,4 +162,9 @@ def _lm(arrays, data, w, coef, core_w, x_init, y_init, *, max_iter, fit_bkg):
         fisher = jac.T @ (w[:, None] * jac) + fixed
         return v, jnp.linalg.inv(fisher), chi2, converged
 
-    return jax.vmap(one)(d, w, coef, core_w, x_init, y_init)
+    args = (d, w, coef, core_w, x_init, y_init)
+    if n <= STAR_CHUNK or n % STAR_CHUNK:
+        return jax.vmap(one)(*args)
+    chunks = jax.tree.map(lambda a: a.reshape((n // STAR_CHUNK, STAR_CHUNK) + a.shape[1:]), args)
+    out = jax.lax.map(lambda a: jax.vmap(one)(*a), chunks)
+    return jax.tree.map(lambda o: o.reshape((n,) + o.shape[2:]), out)
