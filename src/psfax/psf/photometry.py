@@ -2,8 +2,8 @@
 
 Each star minimises ``chi2 = sum w (d - flux P(x - x0, y - y0) - bkg)^2``, ``w = 1 / variance`` on
 usable pixels (variance given, held fixed), by Levenberg-Marquardt on the four parameters, all stars
-at once (``vmap``, :data:`STAR_CHUNK` stars per loop) for at most ``max_iter`` iterations, each star until a step lowers its chi2 by less than
-:data:`CHI2_STOP` (that last step moved each parameter by about sqrt(1e-4) = 0.01 of its error or less; a
+at once (``vmap``, :data:`STAR_CHUNK` stars per loop) for at most ``max_iter`` iterations, each star until a
+step lowers its chi2 by less than :data:`CHI2_STOP` (that last step moved each parameter by about sqrt(1e-4) = 0.01 of its error or less; a
 step is taken only when chi2 drops; the damping is divided by 10 after a success and multiplied by 10 after a
 failure).  A batch runs as long as its slowest star, so every star gets :data:`FIRST_ROUND` iterations and
 the few unfinished ones (1.5 % of the real ZTF quadrant's PSF stars) go on alone from where they stopped
