@@ -23,7 +23,7 @@ ending there is flagged ``OFF_STAMP``).  The covariance is the inverse of ``J^T 
 
 **Batched by size**: groups are padded to ``K`` = 1, 2, 4, 8 ... members (padding members have no flux and
 no Jacobian) and their footprints to a common side per bucket; one JAX program per (K, side) runs
-``vmap`` over the groups (:func:`fit_group_batch`).
+``vmap`` over the groups (:func:`fit_group_batch`), :data:`GROUP_CHUNK` groups per call on the CPU.
 
 **Per source** the reported ``chi2`` is over its own ``stamp_size`` window of the footprint against the
 whole model (every member, the subtracted neighbours and bkg), ``dof`` its usable pixels there minus 4.
@@ -45,7 +45,7 @@ from scipy.spatial import cKDTree
 from psfax.errors import InputError
 from psfax.fitting import damping
 from psfax.fitting.flags import MAX_OFFSET, NOT_CONVERGED, OFF_STAMP, SINGULAR, TOO_FEW_PIXELS
-from psfax.fitting.problem import Setup, bucket_size, map_stars, pixel_grid
+from psfax.fitting.problem import bucket_size, pixel_grid
 from psfax.fitting.psf import unit_stamps
 from psfax.fitting.settings import DEFAULT_SETTINGS
 from psfax.fitting.spd import spd_inverse, spd_solve
@@ -167,17 +167,16 @@ def _fit_one(psf, data, model_all, usable, sky_var, v0, bound_x, bound_y, active
             "converged": converged, "n_iter": n_iter}
 
 
-@persistent_jit(static_argnames=("half", "chunk"))
+@persistent_jit(static_argnames=("half",))
 def fit_group_batch(psf, data, model_all, usable, sky_var, v0, bound_x, bound_y, active, free, gain, max_shift,
-                    *, half: int, chunk: int = 0):
+                    *, half: int):
     """LM fits of G groups of K members on footprints (G, S, S) (see the module docstring).
 
     ``psf``: a PSF value whose per-star fields have leading axes (G, K); ``data``: image minus sky [ADU];
     ``model_all``: the current model of every source [ADU] (the group's own members included: they are
     re-rendered at ``v0`` and put back); ``usable`` 0/1; ``sky_var`` [ADU^2]; ``v0`` (G, 3K + 1) the start
     ``[x(K), y(K), flux(K), bkg]`` in footprint pixels; ``bound_x, bound_y`` (G, K) the detection positions;
-    ``chunk``: groups per ``vmap`` (``lax.map`` over the chunks: a batched loop waits for its slowest group;
-    0: all at once); ``active`` (G, K) real members; ``free`` (G, K) False: that member's position is held at
+    ``active`` (G, K) real members; ``free`` (G, K) False: that member's position is held at
     ``v0``; ``half``: half the stamp (the per-source chi2 window).  Returns a dict: ``v, err`` (G, 3K + 1), ``chi2,
     n_pix`` (G, K), ``converged, n_iter`` (G,).
     """
@@ -188,8 +187,8 @@ def fit_group_batch(psf, data, model_all, usable, sky_var, v0, bound_x, bound_y,
     def one(part, *args):
         return _fit_one(psf.with_star(part), *args, gain, size, max_shift, half)
 
-    return map_stars(Setup(size, True, chunk=chunk), one, psf.star_part(), flat(data), flat(model_all),
-                     flat(usable), flat(sky_var), v0, bound_x, bound_y, active, free)
+    return jax.vmap(one)(psf.star_part(), flat(data), flat(model_all), flat(usable), flat(sky_var), v0, bound_x,
+                         bound_y, active, free)
 
 
 # --- numpy side ------------------------------------------------------------------------------
@@ -325,17 +324,19 @@ def fit_groups(image: GroupImage, model_all, psf_value, x, y, flux, x_det, y_det
 
 
 GROUP_CHUNK = 8
-"""Groups per ``vmap`` on the CPU (``lax.map`` over the chunks): a batched loop runs until its slowest group
-stops, and the groups' iteration counts spread widely (pairs on the real ZTF quadrant: median 7, 90 % 14,
-max 33), so small chunks waste few iterations; 8 halved the pairs' time against 32 there."""
+"""Groups per call of :func:`fit_group_batch` on the CPU: a batched loop runs until its slowest group stops, and the
+groups' iteration counts spread widely (pairs on the real ZTF quadrant: median 7, 90 % 14, max 33), so small
+batches waste few iterations (8 halved the pairs' time against 32 there); and one program per (members,
+footprint) serves any number of groups, which a new process loads once."""
 
 
-def _chunk(n_groups: int, dev) -> int:
-    """:data:`GROUP_CHUNK` on the CPU where it divides ``n_groups`` (the bucket sizes of
-    :func:`~psfax.fitting.problem.bucket_size` above 16 are multiples of 8); all at once on an accelerator."""
-    if dev.platform != "cpu" or n_groups <= GROUP_CHUNK or n_groups % GROUP_CHUNK:
-        return 0
-    return GROUP_CHUNK
+def _batches(n_groups: int, dev) -> tuple[int, int]:
+    """``(padded, batch)``: the groups padded to whole batches of :data:`GROUP_CHUNK` on the CPU; on an
+    accelerator one batch of a :func:`~psfax.fitting.problem.bucket_size` (1 for a single group)."""
+    if dev.platform == "cpu":
+        return -(-n_groups // GROUP_CHUNK) * GROUP_CHUNK, GROUP_CHUNK
+    padded = bucket_size(n_groups) if n_groups > 1 else 1
+    return padded, padded
 
 
 def _fit_bucket(groups, k, side, image: GroupImage, model_all, psf_value, start, half, max_shift, dt, dev):
@@ -344,7 +345,7 @@ def _fit_bucket(groups, k, side, image: GroupImage, model_all, psf_value, start,
     from psfax.device import compute_context
 
     n_groups = len(groups)
-    padded = bucket_size(n_groups) if n_groups > 1 else 1
+    padded, batch = _batches(n_groups, dev)
     index = np.zeros((padded, k), int)
     active = np.zeros((padded, k), bool)
     for i, m in enumerate(groups):
@@ -368,13 +369,17 @@ def _fit_bucket(groups, k, side, image: GroupImage, model_all, psf_value, start,
                          np.zeros((padded, 1))], axis=1)
     rows = psf_value.rows(index)
     rows = jax.tree.map(lambda a: np.asarray(a, dt) if np.issubdtype(np.asarray(a).dtype, np.floating) else a, rows)
+    inputs = (rows.star_part(), np.asarray(np.where(good, data, 0.0), dt), np.asarray(model, dt), good.astype(dt),
+              np.asarray(np.where(good, var, 1.0), dt), np.asarray(v0, dt), np.asarray(local(x_det, fx0), dt),
+              np.asarray(local(y_det, fy0), dt), active, active & start["free"][index])
+    parts = []
     with compute_context(dt, dev):
-        fit = fit_group_batch(rows, np.asarray(np.where(good, data, 0.0), dt), np.asarray(model, dt),
-                              good.astype(dt), np.asarray(np.where(good, var, 1.0), dt), np.asarray(v0, dt),
-                              np.asarray(local(x_det, fx0), dt), np.asarray(local(y_det, fy0), dt), active,
-                              active & start["free"][index], np.asarray(image.gain, dt),
-                              np.asarray(max_shift, dt), half=int(half), chunk=_chunk(padded, dev))
-        fit = {name: np.asarray(value, float) for name, value in fit.items()}
+        for first in range(0, padded, batch):
+            star, *arrays = jax.tree.map(lambda a: a[first:first + batch], inputs)
+            out = fit_group_batch(rows.with_star(star), *arrays, np.asarray(image.gain, dt), np.asarray(max_shift, dt),
+                                  half=int(half))
+            parts.append({name: np.asarray(value, float) for name, value in out.items()})
+    fit = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     g, j = np.nonzero(active[:n_groups])
     rows_out = index[g, j]
     v, err = fit["v"][g], fit["err"][g]
