@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from psfax.clusters.centres import (MIN_MEMBERS, SMOOTHING_PX, box_photometry, centre_on_members, member_density,
-                                    member_flags)
+from psfax.clusters.centres import (MIN_MEMBERS, REFERENCE_SCALE_PX, SMOOTHING_SCALES_PX, box_photometry,
+                                    centre_on_members, gaussian_count, member_density, member_flags, member_score)
 from psfax.clusters.infer import find_candidates
 from psfax.clusters.metrics import source_peaks
 
@@ -45,10 +45,9 @@ def test_member_density_counts_members_under_the_kernel(red_sequence, paint):
     density = member_density(cube, red_sequence)
     rows, cols = np.nonzero(source_peaks(cube[None])[0])
     assert len(rows) == 8  # 9.4 px apart: eight separate peaks (at the nearest pixels), no noise peaks
-    # at the ring's centre each member weighs exp(-d^2 / (2 * 30^2)), d ~ 12 px; the kernel sums them (the
-    # sampled, 4-sigma-truncated Gaussian differs from the continuous one by < 1e-4)
-    expected = np.sum(np.exp(-((rows - 128) ** 2 + (cols - 128) ** 2) / (2 * SMOOTHING_PX**2)))
-    assert density[128, 128] == pytest.approx(expected, rel=1e-3)
+    # at the ring's centre each member weighs exp(-d^2 / (2 * 30^2)), d ~ 12 px; the density is their exact sum
+    expected = np.sum(np.exp(-((rows - 128) ** 2 + (cols - 128) ** 2) / (2 * REFERENCE_SCALE_PX**2)))
+    assert density[128, 128] == pytest.approx(expected, rel=1e-9)
     # 150 px away: exp(-150^2 / 1800) = 4e-6 per member
     assert density[0, 0] < 1e-3
 
@@ -78,9 +77,9 @@ def test_candidates_without_members_are_dropped_and_centres_stay_in_their_tiles(
     assert 96 <= table["x"][0] < 224 and 96 <= table["y"][0] < 224  # within the tiles dilated by one
     assert np.hypot(table["x"][0] - 200, table["y"][0] - 200) < 15
     # restricted to the undilated tiles (pixels <= 191), the peak is pushed to their corner, lower
-    x, y, members = centre_on_members(cube, probs >= 0.5, 32, red_sequence)
+    x, y, members, smoothing = centre_on_members(cube, probs >= 0.5, 32, red_sequence)
     assert (x, y) == (191.0, 191.0) and members < table["members"][0]
-    assert SMOOTHING_PX == 30.0  # the scale the tolerances above assume
+    assert table["smoothing_px"][0] == REFERENCE_SCALE_PX == 30.0  # a compact group: the scale the tolerances assume
 
 
 def test_candidates_under_the_cut_are_dropped(red_sequence, paint):
@@ -92,3 +91,32 @@ def test_candidates_under_the_cut_are_dropped(red_sequence, paint):
     assert 6 < members <= 12
     for cut, n in ((members, 1), (members + 0.01, 0)):
         assert len(find_candidates(probs, 32, 0.5, image=cube, red_sequence=red_sequence, min_members=cut)) == n
+
+
+def test_gaussian_count_is_the_sum_of_unit_gaussians():
+    rows, cols = np.array([3.0, 10.0, 10.0]), np.array([5.0, 0.0, 7.0])
+    got = gaussian_count(rows, cols, (12, 9), 2.5)
+    yy, xx = np.mgrid[:12, :9]
+    want = sum(np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 2.5**2)) for r, c in zip(rows, cols))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got[3, 5] == pytest.approx(1.0 + np.exp(-(49 + 25) / 12.5) + np.exp(-(49 + 4) / 12.5), rel=1e-12)
+
+
+def test_member_score_takes_the_most_significant_scale(red_sequence, paint):
+    """A compact group scores at the reference scale; members spread over the field (a low-redshift cluster
+    larger than the field) at a larger one, where its significance D_s * 30 / s is higher."""
+    assert SMOOTHING_SCALES_PX == (30.0, 60.0, 90.0)
+    grid = np.stack(np.meshgrid(np.arange(28, 240, 40.0), np.arange(28, 240, 40.0)), -1).reshape(-1, 2)
+    wide = paint(_noise(seed=3), grid, z=0.3)  # 36 members 40 px apart over the whole field
+    score, scale = member_score(wide, red_sequence)
+    rows, cols = np.nonzero(source_peaks(wide[None])[0])
+    assert len(rows) == 36
+    d2 = (rows - 128) ** 2 + (cols - 128) ** 2
+    sums = {s: np.sum(np.exp(-d2 / (2 * s**2))) * 30 / s for s in SMOOTHING_SCALES_PX}
+    # D_s * 30 / s at the centre: 3.5 (30 px), 6.5 (60 px), 7.2 (90 px): the 90-px scale wins
+    assert max(sums, key=sums.get) == 90.0 and sums[90.0] > 1.05 * sums[60.0] and sums[60.0] > 1.5 * sums[30.0]
+    assert scale[128, 128] == 90.0 and score[128, 128] == pytest.approx(sums[90.0], rel=1e-9)
+    compact = paint(_noise(seed=4), _ring(128, 128, 10, 10.0), z=0.3)
+    score, scale = member_score(compact, red_sequence)
+    assert scale[128, 128] == 30.0
+    assert score[128, 128] == pytest.approx(member_density(compact, red_sequence)[128, 128], rel=1e-12)

@@ -15,16 +15,26 @@ the red sequence, within its tiles:
   chi2(z) = sum_b (f_b - A t_b)^2 / v_b; a source is a member at z when chi2(z) < ``CHI2_MAX`` and
   its magnitude zp - 2.5 log10 A lies within the prior's member luminosities (lum_min..lum_max L*
   about m*_i(z)) widened by ``MAG_MARGIN``;
-* **member density** at z: sum_j exp(-|x - x_j|^2 / (2 s^2)) over the members at z,
-  s = ``SMOOTHING_PX`` (unit: members, each counting 1 at its own position); the map is its
-  maximum over a grid of z spaced ``Z_STEP`` over the prior's redshift range;
-* **centre**: the map's peak within the candidate's tiles dilated by one tile; its value
-  (``members``) is the candidate's score, and candidates under ``MIN_MEMBERS`` are dropped.
+* **member density** at z and smoothing length s: D_s,z(x) = sum_j exp(-|x - x_j|^2 / (2 s^2)) over
+  the members at z (unit: members, each counting 1 at its own position); D_s(x) is its maximum over a
+  grid of z spaced ``Z_STEP`` over the prior's redshift range;
+* **scale**: a cluster's member radius is 150-650 px at the CI size (its angular radius, larger at
+  low z), so no single s suits all.  Over a uniform background of b members per pixel^2, D_s has mean
+  2 pi s^2 b and variance pi s^2 b, so a cluster's excess stands (D_s - 2 pi s^2 b) / (s sqrt(pi b))
+  standard deviations above it, ~ D_s / (s sqrt(pi b)) where the background is small (on the shipped
+  model's val fields without a cluster, b = 1-7 x 10^-6 per pixel^2 at each z: 0.006-0.04 members
+  under a 30-px kernel).  The score map compares the ``SMOOTHING_SCALES_PX`` by that significance, b
+  taken as common to all of them, in units of the one at ``REFERENCE_SCALE_PX``:
+  M(x) = max_s D_s(x) REFERENCE_SCALE_PX / s (unit: members; at the reference scale it is D_s itself,
+  so a compact group scores its member count);
+* **centre**: the peak of M within the candidate's tiles dilated by one tile; its value (``members``)
+  is the candidate's score, the s that gives it its ``smoothing_px``, and candidates under
+  ``MIN_MEMBERS`` are dropped.
 
 The red sequence, m*_i(z) and the luminosity range are the prior's population model (what the
 detector is built for, taken from the training config), never any field's truth.
-``SMOOTHING_PX`` and ``MIN_MEMBERS`` were chosen on development seeds 19010 and 19011
-(docs/clusters.md), not on the scored seeds.
+``SMOOTHING_SCALES_PX`` and ``MIN_MEMBERS`` were chosen on development seeds (19010-19026,
+docs/clusters.md), not on the scored seeds.
 """
 
 from __future__ import annotations
@@ -50,9 +60,11 @@ MAG_MARGIN = 0.25
 """Magnitudes by which the member window extends beyond the prior's luminosity range."""
 Z_STEP = 0.025
 """Spacing of the redshift grid of the red-sequence fit."""
-SMOOTHING_PX = 30.0
-"""Gaussian sigma (pixels) of the member density; chosen on development seeds (19011: 20 px -> 30 px
-raised completeness for lambda >= 50 from 0.96 to 1.00)."""
+REFERENCE_SCALE_PX = 30.0
+"""Smoothing length (pixels) whose member density the score equals; the others' are scaled by it / s."""
+SMOOTHING_SCALES_PX = (30.0, 60.0, 90.0)
+"""Gaussian sigmas (pixels) of the member density among which each position takes the most significant;
+chosen on development seeds (docs/clusters.md)."""
 MIN_MEMBERS = 2.5
 """Smallest member-density peak of a candidate (members); chosen on development seeds."""
 
@@ -104,35 +116,65 @@ def member_flags(flux: np.ndarray, var: np.ndarray, rs: RedSequence) -> np.ndarr
     return (chi2 < CHI2_MAX) & (mag >= rs.mag_window[:, 0]) & (mag <= rs.mag_window[:, 1])
 
 
-def member_density(image: np.ndarray, rs: RedSequence, smoothing: float = SMOOTHING_PX) -> np.ndarray:
-    """(H, W) red-sequence member density of a (4, H, W) image: the maximum over z of the
-    Gaussian-weighted member count (members; see the module docstring).  One redshift at a time, so
-    memory stays a few (H, W) maps however large the image."""
-    image = np.asarray(image, float)
+def gaussian_count(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], smoothing: float) -> np.ndarray:
+    """(H, W) sum_j exp(-((y - rows_j)^2 + (x - cols_j)^2) / (2 smoothing^2)) over the points j (pixels):
+    the exact Gaussian sum, as one (H, n) @ (n, W) product of its separable factors."""
+    ey = np.exp(-((np.arange(shape[0])[:, None] - rows[None, :]) ** 2) / (2.0 * smoothing**2))
+    ex = np.exp(-((cols[:, None] - np.arange(shape[1])[None, :]) ** 2) / (2.0 * smoothing**2))
+    return ey @ ex
+
+
+def _members(image: np.ndarray, rs: RedSequence):
+    """Rows, columns and (n, nz) red-sequence flags of the sources of a (4, H, W) image."""
     rows, cols = np.nonzero(source_peaks(image[None])[0])
     flux, var = box_photometry(image, rows, cols, rs.gain)
-    flags = member_flags(flux, var, rs)
-    best = np.zeros(image.shape[1:])
-    counts = np.zeros(image.shape[1:])
-    for k in range(len(rs.z)):
-        counts[rows, cols] = flags[:, k]
-        np.maximum(best, ndimage.gaussian_filter(counts, smoothing, mode="constant"), out=best)
-    return best * 2 * np.pi * smoothing**2
+    return rows, cols, member_flags(flux, var, rs)
 
 
-def centre_on_members(image, region: np.ndarray, tile: int, rs: RedSequence) -> tuple[float, float, float]:
-    """(x, y, members): the member-density peak (image pixels) within the tiles ``region`` (a boolean
-    tile map of the image) and its value.  ``image``: (4, ny, nx), anything sliced as
-    ``image[:, y0:y1, x0:x1]`` (a numpy array, a FITS ``section``); only a cut-out around ``region``,
-    3 smoothing lengths wider, is read."""
+def _density(rows, cols, flags, shape, smoothing: float) -> np.ndarray:
+    best = np.zeros(shape)
+    for k in range(flags.shape[1]):
+        at_z = flags[:, k]
+        if at_z.any():
+            np.maximum(best, gaussian_count(rows[at_z], cols[at_z], shape, smoothing), out=best)
+    return best
+
+
+def member_density(image: np.ndarray, rs: RedSequence, smoothing: float = REFERENCE_SCALE_PX) -> np.ndarray:
+    """(H, W) red-sequence member density D_s of a (4, H, W) image: the maximum over z of the
+    Gaussian-weighted member count at smoothing length s (members; see the module docstring).  One
+    redshift at a time, so memory stays a few (H, W) maps however large the image."""
+    image = np.asarray(image, float)
+    return _density(*_members(image, rs), image.shape[1:], smoothing)
+
+
+def member_score(image: np.ndarray, rs: RedSequence,
+                 scales: tuple[float, ...] = SMOOTHING_SCALES_PX) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) score map M = max_s D_s REFERENCE_SCALE_PX / s of a (4, H, W) image (members) and the (H, W)
+    smoothing length s (pixels) that gives it (see the module docstring)."""
+    image = np.asarray(image, float)
+    members = _members(image, rs)
+    score, scale = np.full(image.shape[1:], -np.inf), np.zeros(image.shape[1:])
+    for s in scales:
+        d = _density(*members, image.shape[1:], s) * REFERENCE_SCALE_PX / s
+        scale[d > score] = s
+        np.maximum(score, d, out=score)
+    return score, scale
+
+
+def centre_on_members(image, region: np.ndarray, tile: int, rs: RedSequence) -> tuple[float, float, float, float]:
+    """(x, y, members, smoothing_px): the peak of the score map (image pixels) within the tiles ``region`` (a
+    boolean tile map of the image), its value and its smoothing length.  ``image``: (4, ny, nx), anything
+    sliced as ``image[:, y0:y1, x0:x1]`` (a numpy array, a FITS ``section``); only a cut-out around
+    ``region``, 3 of the largest smoothing lengths wider, is read."""
     ty, tx = np.nonzero(region)
-    pad = int(math.ceil(3 * SMOOTHING_PX))
+    pad = int(math.ceil(3 * max(SMOOTHING_SCALES_PX)))
     ny, nx = image.shape[1:]
     y0, x0 = max(ty.min() * tile - pad, 0), max(tx.min() * tile - pad, 0)
     y1, x1 = min((ty.max() + 1) * tile + pad, ny), min((tx.max() + 1) * tile + pad, nx)
-    density = member_density(np.asarray(image[:, y0:y1, x0:x1], float), rs)
+    score, scale = member_score(np.asarray(image[:, y0:y1, x0:x1], float), rs)
     rows, cols = np.arange(y0, y1) // tile, np.arange(x0, x1) // tile
     inside = region[rows[:, None], cols[None, :]]
-    j = np.argmax(np.where(inside, density, -np.inf))
+    j = np.argmax(np.where(inside, score, -np.inf))
     r, c = divmod(int(j), x1 - x0)
-    return float(c + x0), float(r + y0), float(density[r, c])
+    return float(c + x0), float(r + y0), float(score[r, c]), float(scale[r, c])

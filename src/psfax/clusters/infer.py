@@ -13,10 +13,12 @@ Outputs (written atomically): ``<stem>.clusterprob.fits``, the per-tile
 probability map with the input's celestial WCS resampled to tiles, and
 ``<stem>.candidates.parquet``, one row per group of tiles with probability >=
 threshold (groups less than ``link`` + 1 empty tiles apart are one candidate),
-centred on the peak of the red-sequence member density within its tiles
-(:mod:`psfax.clusters.centres`, read from the image around each candidate), with
-that peak (``members``) as its score (kept from the model's ``candidate_cut``, at least
-``MIN_MEMBERS``) and ``prob_sum`` (the expected number of member tiles) beside it.
+centred on the peak of the red-sequence member score within its tiles
+(:mod:`psfax.clusters.centres`: the member density at the most significant of a few
+smoothing lengths, read from the image around each candidate), with that peak (``members``)
+as its score (kept from the model's ``candidate_cut``, at least ``MIN_MEMBERS``), the
+smoothing length that gives it (``smoothing_px``) and ``prob_sum`` (the expected number of
+member tiles) beside it.
 """
 
 from __future__ import annotations
@@ -214,9 +216,10 @@ def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None, *,
     (degrees) when a tile WCS is given.  Without ``image``, x, y is the probability-weighted centroid
     of the group's tiles and ``prob_sum`` the candidate's score.  With ``image`` (the (4, ny, nx)
     g, r, i, z pixels, an array or a FITS ``section``) and ``red_sequence``
-    (:class:`psfax.clusters.centres.RedSequence`), x, y is the peak of the red-sequence member density
+    (:class:`psfax.clusters.centres.RedSequence`), x, y is the peak of the red-sequence member score
     within the group's tiles dilated by one tile (:func:`psfax.clusters.centres.centre_on_members`),
-    the column ``members`` its value (the score), and groups under ``min_members`` are dropped.
+    the column ``members`` its value (the score), ``smoothing_px`` its smoothing length, and groups
+    under ``min_members`` are dropped.
     """
     import pyarrow as pa
     from scipy import ndimage
@@ -239,8 +242,8 @@ def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None, *,
             "prob_max": per_group(ndimage.maximum, probs), "prob_mean": per_group(ndimage.mean, probs)}
     if image is not None:
         around = [ndimage.binary_dilation(labels == k, np.ones((3, 3), bool)) for k in ids]
-        centres = np.array([centre_on_members(image, region, tile, red_sequence) for region in around]).reshape(-1, 3)
-        data["x"], data["y"], data["members"] = centres.T
+        centres = np.array([centre_on_members(image, region, tile, red_sequence) for region in around]).reshape(-1, 4)
+        data["x"], data["y"], data["members"], data["smoothing_px"] = centres.T
         keep = data["members"] >= min_members
         data = {k: v[keep] for k, v in data.items()}
     if wcs is not None:
