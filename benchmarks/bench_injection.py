@@ -10,7 +10,8 @@ kinds of site of the real image:
 * **near**: 4-8 px from an unflagged 15-19 mag catalog source (the issue's "4-8 px from a source"), and
   **close**: 1-3 FWHM (pixel-convolved, 1.3-3.8 px on ZTF) from one, reported apart below and above 1.5 FWHM
   (by the copy's true distance; closer pairs are not resolved, and the issue asks for both members from 1.5);
-* **pairs**: two copies on clear sky at 1.5-3 FWHM from each other, magnitudes drawn alike.
+* **pairs**: two copies on clear sky at 1.5-3 FWHM from each other (an integer offset, :func:`pair_offsets`),
+  magnitudes drawn alike.
 
 Every kind but **clear** is an own-PSF site: within :data:`OWN_PSF_RADIUS` of a source star, whose copy it gets
 (both members of a pair the star nearest the first), so that their pulls test the photometry, not the PSF's
@@ -187,6 +188,22 @@ def inject(fit, stars, x_new, y_new, mags, pick, rng):
     return image.astype(np.float32), tx, ty, scale * sflux[pick], scale * serr[pick]
 
 
+def pair_offsets(n: int, low: float, high: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` integer offsets (dx, dy) [px] of length in [``low``, ``high``): a pair's second member from its first.
+    Both members are integer shifts of one star (:func:`inject`), so their separation is an integer vector; a
+    separation drawn in the plane and rounded afterwards would put some "1.5-3 FWHM" pairs at 1.1 FWHM (1.41 px).
+    Drawn as a length uniform in the range and a uniform angle, rounded, and redrawn where the rounded length
+    falls outside."""
+    dx, dy = np.zeros(n), np.zeros(n)
+    todo = np.arange(n)
+    while len(todo):
+        r, phi = rng.uniform(low, high, len(todo)), rng.uniform(0, 2 * np.pi, len(todo))
+        dx[todo], dy[todo] = np.rint(r * np.cos(phi)), np.rint(r * np.sin(phi))
+        length = np.hypot(dx[todo], dy[todo])
+        todo = todo[(length < low) | (length >= high)]
+    return dx, dy
+
+
 def expected_error(cat, flux):
     """The catalog's median ``flux_err`` at ``flux`` (interpolated in 30 log-flux bins of its unflagged
     sources): the S/N a copy of that flux has, found or not."""
@@ -264,9 +281,8 @@ def main(argv=None) -> None:
     taken = list(zip(cx, cy)) + list(zip(ox, oy))
     nx_, ny_, near_host, near_pick = near_sites(fit, stars, n, rng, (4.0, 8.0), taken)
     kx, ky, close_host, close_pick = near_sites(fit, stars, n, rng, (fwhm, 3 * fwhm), taken)
-    sep = rng.uniform(1.5 * fwhm, 3 * fwhm, n_pairs)
-    phi = rng.uniform(0, 2 * np.pi, n_pairs)
-    px, py = ox[n:] + sep * np.cos(phi), oy[n:] + sep * np.sin(phi)
+    dx, dy = pair_offsets(n_pairs, 1.5 * fwhm, 3 * fwhm, rng)
+    px, py = ox[n:] + dx, oy[n:] + dy
     x = np.concatenate([cx, ox[n:], nx_, kx, px, ox[:n]])
     y = np.concatenate([cy, oy[n:], ny_, ky, py, oy[:n]])
     # the pairs' first members (own-PSF clear sites), then the near and close sites, the second members
