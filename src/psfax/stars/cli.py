@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def fit(science: Path = typer.Argument(..., metavar="SCIENCE", help="science ima
     from psfax.stars.pipeline import fit_image
 
     check_output_dir(out, files=("stars.parquet", "psf_stars.parquet", "psf.json", "psf.fits"))
+    if plots:
+        from psfax.stars.plots import preload_matplotlib
+
+        threading.Thread(target=preload_matplotlib, daemon=True).start()
     console = Console(stderr=True)
     start = time.perf_counter()
     options = dict(model=model, psf=psf, psf_oversampling=psf_oversampling, optimizer=optimizer,
