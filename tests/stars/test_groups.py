@@ -254,7 +254,6 @@ def test_residual_finds_the_companion_of_a_pair_detected_as_one_elongated_source
     assert len(new) == 1 and np.hypot(new["x"][0] - companion[0], new["y"][0] - companion[1]) < 0.5
 
 
-
 def test_residual_keeps_an_elongated_companion_next_to_a_poor_fit():
     """A pair 1.3 FWHM apart (flux ratio 0.4) detected as one source and fitted as one: the fit spreads over
     both (reduced chi2 ~180) and the companion's residual merges with the fit's own into an elongated blob.
@@ -295,6 +294,7 @@ def test_residual_keeps_an_elongated_companion_next_to_a_poor_fit():
     # pass's grouped fit starts from it: within half a FWHM
     assert np.hypot(kept["x"][0] - companion[0], kept["y"][0] - companion[1]) < 0.5 * fwhm
     assert len(residual_sources(exposure, background, model, found, fwhm, options, known, np.array([1.0]))) == 0
+
 
 def _sheared_pairs(shear, rng):
     """Single stars and pairs at 1.5 FWHM, each star sheared by |g| ~ ``shear`` with ``10 shear`` px of shift on

@@ -132,6 +132,7 @@ def _members(image: np.ndarray, rs: RedSequence):
 
 
 def _density(rows, cols, flags, shape, smoothing: float) -> np.ndarray:
+    """D_s: the maximum over the redshifts (columns of ``flags``) of :func:`gaussian_count` of the members."""
     best = np.zeros(shape)
     for k in range(flags.shape[1]):
         at_z = flags[:, k]
