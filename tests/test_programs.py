@@ -90,14 +90,15 @@ def count_from_zero(x):
     return x + 1.0, jnp.asarray(0)
 
 
-def test_outputs_typed_alike_when_exported_and_when_loaded(cache_on):
-    """Serialization drops weak types; the exporting process must see the outputs a later process will
-    load, or programs fed with them are keyed (and exported, compiled) once more in that later process."""
+def test_outputs_typed_as_jit_types_them_when_compiled_and_when_loaded(cache_on):
+    """The process that compiles a program and a later one that loads it must see the same output types
+    (weak types included), or programs fed with them are keyed (and compiled) once more in the later one."""
     x = jnp.ones(3)
-    exported = persistent_jit(count_from_zero)(x)
+    compiled = persistent_jit(count_from_zero)(x)
     loaded = persistent_jit(count_from_zero)(x)  # a fresh wrapper loads from the file
-    assert [jax.typeof(a) for a in exported] == [jax.typeof(a) for a in loaded]
-    assert not jax.typeof(loaded[1]).weak_type
+    expected = [jax.typeof(a) for a in jax.jit(count_from_zero)(x)]
+    assert [jax.typeof(a) for a in compiled] == expected == [jax.typeof(a) for a in loaded]
+    assert jax.typeof(loaded[1]).weak_type
 
 
 def _entries(folder, fun):
@@ -142,7 +143,7 @@ def test_tampered_entry_naming_subprocess_popen_never_executes_anything(cache_on
     size = int.from_bytes(body[:8], "little")
     header = json.loads(body[8:8 + size])
     header["structure"]["dict"][0][1]["namedtuple"] = "subprocess:Popen"
-    path.write_bytes(entry_bytes(header["key"], header["structure"], body[8 + size:]))
+    path.write_bytes(entry_bytes(header["key"], header["structure"], header["inputs"], body[8 + size:]))
     with pytest.warns(ProgramStoreWarning, match="'subprocess:Popen' is not one psfax defines"):
         out = persistent_jit(scaled_sum, static_argnames=("scale",))(pair, 1.0, scale=2.0)
     assert calls == []
@@ -163,3 +164,127 @@ def test_foreign_entry_under_another_name_is_refused(cache_on):
     with pytest.warns(ProgramStoreWarning, match="another function"):
         out = persistent_jit(count_from_zero)(x)
     np.testing.assert_array_equal(out[0], x + 1.0)
+
+
+SOLVER = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from psfax import device
+from psfax.programs import persistent_jit
+
+def solve_spd(a, b):
+    return jnp.linalg.solve(a, b[..., None])[..., 0]
+
+device.enable_compilation_cache()
+with jax.enable_x64(True):
+    a = np.eye(3)[None].repeat(2, 0) * np.array([2.0, 4.0])[:, None, None]
+    x = persistent_jit(solve_spd)(a, np.ones((2, 3)))
+print(json.dumps(np.asarray(x).tolist()))
+"""
+
+
+def test_a_stored_linear_algebra_program_runs_in_a_new_process(tmp_path):
+    """LAPACK behind jnp.linalg is bound when JAX first lowers such an operation; a process that only loads
+    the executable must bind it too (without, the call crashes).  The second process loads, the first
+    compiled: both solve ``2 x = 1``, ``4 x = 1``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PSFAX_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", SOLVER], capture_output=True, text=True, timeout=300, env=env)
+            for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+        np.testing.assert_allclose(json.loads(run.stdout), [[0.5] * 3, [0.25] * 3], rtol=1e-15)
+    assert len(list((tmp_path / "programs").glob("solve_spd-*.bin"))) == 1
+
+
+def test_an_executable_naming_a_class_outside_the_list_is_refused(cache_on, monkeypatch):
+    """The stored pickle may build only :data:`EXECUTABLE_CLASSES`: with the list emptied, a whole entry
+    (right digest and key) is refused and compiled again, with a warning, and nothing it names is built."""
+    from psfax import programs
+
+    x = jnp.arange(11.0)
+    persistent_jit(count_from_zero)(x)
+    monkeypatch.setattr(programs, "EXECUTABLE_CLASSES", frozenset())
+    with pytest.warns(ProgramStoreWarning, match="its executable names"):
+        out = persistent_jit(count_from_zero)(x)
+    np.testing.assert_array_equal(out[0], x + 1.0)
+
+
+def test_prefetching_loads_what_the_last_block_used(cache_on):
+    """A block under ``prefetching`` records the entries it used; the next block's thread loads them, and
+    the calls take them from it (the file is read by the thread, not by the caller)."""
+    from psfax import programs
+
+    x, y = jnp.arange(13.0), jnp.arange(17.0)
+    with programs.prefetching("test-block"):
+        persistent_jit(count_from_zero)(x)
+        persistent_jit(count_from_zero)(y)
+    names = json.loads((cache_on / "test-block.manifest.json").read_text())
+    assert len(names) == 2 and all(n.startswith("count_from_zero-") for n in names)
+    reads = []
+    original = programs.read_entry
+    programs.read_entry = lambda blob, text: reads.append(text) or original(blob, text)
+    try:
+        with programs.prefetching("test-block"):
+            assert all(programs._PREFETCH.ready[n].wait(60) for n in names)  # the thread has loaded both
+            out = persistent_jit(count_from_zero)(y)
+    finally:
+        programs.read_entry = original
+    assert reads == []  # loaded by the thread
+    np.testing.assert_array_equal(out[0], y + 1.0)
+    assert json.loads((cache_on / "test-block.manifest.json").read_text()) == [names[1]]
+
+
+def test_a_manifest_that_is_not_a_list_of_entry_names_is_ignored(cache_on):
+    from psfax.programs import read_manifest
+
+    path = cache_on / "odd.manifest.json"
+    for text in ('["../../etc/passwd.bin"]', '{"a": 1}', "not json", '["x.bin", 3]'):
+        path.write_text(text)
+        assert read_manifest(path) == []
+    path.write_text('["count_from_zero-0123.bin"]')
+    assert read_manifest(path) == ["count_from_zero-0123.bin"]
+
+
+ADDER = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from psfax import device
+from psfax.programs import persistent_jit
+
+def add_three(x):
+    return x + 3.0
+
+device.enable_compilation_cache()
+x = np.arange(4.0, dtype=np.float32)
+if sys.argv[1] == "jit":
+    jax.jit(add_three)(x)  # into (or, the second time, out of) JAX's own compilation cache
+y = persistent_jit(add_three)(x)
+print(json.dumps(np.asarray(y).tolist()))
+"""
+
+
+def test_a_program_also_in_jaxs_cache_is_stored_whole(tmp_path):
+    """An executable JAX loaded from its own cache serializes without its code (JAX 0.10); the store
+    compiles its programs afresh, so a process that loads one can run it.  Process 1 puts ``add_three``
+    in JAX's cache; process 2 loads it from there and then stores it; process 3 runs the stored one."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PSFAX_CACHE_DIR": str(tmp_path)}
+
+    def run(mode):
+        done = subprocess.run([sys.executable, "-c", ADDER, mode], capture_output=True, text=True, timeout=300,
+                              env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout)
+
+    run("jit")
+    for entry in (tmp_path / "programs").glob("add_three-*.bin"):
+        entry.unlink()  # the next process finds the program in JAX's cache only
+    assert run("jit") == [3.0, 4.0, 5.0, 6.0]
+    assert run("load") == [3.0, 4.0, 5.0, 6.0]

@@ -1,45 +1,55 @@
-"""``persistent_jit``: ``jax.jit`` whose traced and lowered programs outlive the process.
+"""``persistent_jit``: ``jax.jit`` whose compiled programs outlive the process.
 
-JAX's persistent compilation cache (:func:`psfax.device.enable_compilation_cache`)
-keeps XLA's compiled code, but a new process must still trace each jitted
-function in Python and lower it to StableHLO before it can even look the code
-up: about 3 s for the stars pipeline.  ``persistent_jit`` also keeps the
-lowered program on disk (``jax.export``, serialized StableHLO) under
-``cache_dir()/programs``, keyed by
+A new process would otherwise trace each jitted function in Python, lower it
+to StableHLO and look the code up in JAX's persistent compilation cache
+(:func:`psfax.device.enable_compilation_cache`) before its first call: about
+2.5 s for the stars pipeline, half of it lowering.  ``persistent_jit`` keeps
+the compiled executable itself on disk under ``cache_dir()/programs``, keyed by
 
 * the function (module and name) and the repr of its static arguments,
-* the tree structure, shapes and dtypes of the other arguments,
-* the platform, the jax version, and a digest of psfax's own source files
-  (any edit to psfax starts a fresh set of programs),
+* the tree structure, shapes and dtypes (weak types included) of the other arguments,
+* the jax version, a digest of psfax's own source files (any edit to psfax
+  starts a fresh set of programs), JAX's 64-bit mode and the machine
+  (:func:`machine`: the CPU's model and instruction-set flags, ``XLA_FLAGS``),
 
-so a new process deserializes the program and goes straight to the
-compilation cache.
+so a new process loads the executable and calls it, with no tracing, lowering or
+cache look-up.  :func:`prefetching` goes further: a background thread loads the
+programs the block used the last time while the block runs (the loading is native
+code that releases Python's lock).
 
 The store trusts nothing it reads.  An entry is ``MAGIC``, the format
 version, the SHA-256 of the rest, and the rest: a JSON header (the entry's
-full key and the output structure) and the serialized program.  The digest
-and the key catch a corrupted, truncated or foreign entry (one written by
-another psfax, or copied under another name); such an entry is ignored,
-exported afresh and rewritten, with a :class:`ProgramStoreWarning`.  Nothing a
-file names is ever imported or called: output structures are rebuilt from
-tuples, lists, dicts and the NamedTuple classes psfax's own (already
-imported) modules define or :func:`register_output_type` adds.  A digest is
-no signature: whoever can write the cache folder can still hand psfax a
-program that computes wrong numbers, so keep the cache private
-(``PSFAX_CACHE_DIR``).  It is on when the compilation cache is on
-(``PSFAX_NO_COMPILATION_CACHE`` turns both off) and the arguments live on the
-CPU; otherwise (and inside another trace, which inlines the function) it is
-plain ``jax.jit``.  GPUs are left out for now: exporting for them has not been
-tested on one.
+full key and the output structure) and the executable as JAX serializes it
+(a pickle).  The digest and the key catch a corrupted, truncated or foreign
+entry (one written by another psfax, or copied under another name); such an
+entry is ignored, compiled afresh and rewritten, with a
+:class:`ProgramStoreWarning`.  The pickle is read by an unpickler that builds
+only the JAX classes of :data:`EXECUTABLE_CLASSES`, and output structures are
+rebuilt from tuples, lists, dicts and the NamedTuple classes psfax's own
+(already imported) modules define or :func:`register_output_type` adds:
+nothing else a file names is imported or called.  A digest is no signature,
+and an executable is machine code: whoever can write the cache folder can hand
+psfax a program that does anything (as with JAX's own compilation cache), so
+keep the cache private (``PSFAX_CACHE_DIR``).  It is on when the compilation
+cache is on (``PSFAX_NO_COMPILATION_CACHE`` turns both off) and the arguments
+live on the CPU; otherwise (and inside another trace, which inlines the
+function) it is plain ``jax.jit``.  GPUs are left out for now: storing their
+executables has not been tested on one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
+import io
 import json
+import os
+import pickle
+import platform
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -49,7 +59,7 @@ import numpy as np
 from psfax import device
 
 MAGIC = b"PSFAXPRG"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _DIGEST_SIZE = 32
 _OUTPUT_TYPES: dict[str, type] = {}
 
@@ -98,7 +108,7 @@ def _platform(leaves) -> str:
 
 
 def persistent_jit(fun=None, *, static_argnames: tuple[str, ...] = ()):
-    """Decorator: like ``jax.jit(fun, static_argnames=...)``, with the lowered program kept on disk.
+    """Decorator: like ``jax.jit(fun, static_argnames=...)``, with the compiled program kept on disk.
 
     Arguments may be given by position or name; outputs may be any pytree of arrays.
     """
@@ -122,21 +132,24 @@ def persistent_jit(fun=None, *, static_argnames: tuple[str, ...] = ()):
             return jitted(*args, **kwargs)
         key = (tuple(static.items()), tree, tuple(jax.typeof(x) for x in leaves))  # hashable, cheap to compare
         if key not in programs:
-            programs[key] = _load_or_export(fun, static, names, tree, leaves, folder)
+            programs[key] = _load_or_compile(fun, static, names, tree, leaves, folder)
         run, structure = programs[key]
         return rebuild(structure, iter(run(*leaves)))
 
     return call
 
 
-def _load_or_export(fun, static, names, tree, leaves, folder: Path):
-    """(jitted call of the exported program, its output structure) from ``folder``, exporting it on a
-    miss or when the stored entry is unusable (see the module docstring for the file layout)."""
+def _load_or_compile(fun, static, names, tree, leaves, folder: Path):
+    """(compiled call, its output structure) from ``folder`` (or from a running :func:`prefetching`),
+    compiling and storing it on a miss or when the stored entry is unusable (the module docstring)."""
     name = f"{fun.__module__}.{fun.__qualname__}"
     key = (tuple((k, _static_key(v)) for k, v in static.items()), str(tree),
            tuple(str(jax.typeof(x)) for x in leaves), "cpu")
-    text = repr((name, key, jax.__version__, source_digest()))
+    text = repr((name, key, jax.__version__, source_digest(), machine(), f"x64={jax.config.jax_enable_x64}"))
     path = folder / f"{fun.__qualname__}-{hashlib.sha256(text.encode()).hexdigest()[:32]}.bin"
+    loaded = _PREFETCH.take(path.name) if _PREFETCH is not None else None
+    if loaded is not None and loaded[0] == text:
+        return loaded[1:]
     if path.exists():
         try:
             return read_entry(path.read_bytes(), text)
@@ -148,32 +161,220 @@ def _load_or_export(fun, static, names, tree, leaves, folder: Path):
     def flat(*flat_args):
         out = fun(**dict(zip(names, jax.tree.unflatten(tree, flat_args))), **static)
         holder["structure"] = describe(out)
-        return jax.tree.leaves(out)
+        return list(jax.tree.leaves(out))
 
-    exported = jax.export.export(jax.jit(flat), platforms=[key[-1]])(
-        *(jax.ShapeDtypeStruct(np.shape(x), jax.typeof(x).dtype, weak_type=jax.typeof(x).weak_type)
-          for x in leaves))
-    blob = entry_bytes(text, holder["structure"], bytes(exported.serialize()))
+    flat.__name__ = flat.__qualname__ = path.stem.replace("-", "_")  # a module name no other program has
+    with _compilation_cache_off():
+        compiled = jax.jit(flat).lower(
+            *(jax.ShapeDtypeStruct(np.shape(x), jax.typeof(x).dtype, weak_type=jax.typeof(x).weak_type)
+              for x in leaves)).compile()
+    try:
+        payload = executable_bytes(compiled)
+    except (ValueError, NotImplementedError) as exc:  # JAX's words for "cannot serialize this one"
+        warnings.warn(f"program store: {name} is not stored ({exc}); each process compiles it",
+                      ProgramStoreWarning, stacklevel=4)
+        return compiled, holder["structure"]
+    blob = entry_bytes(text, holder["structure"], len(leaves), payload)
     tmp = path.with_suffix(f".tmp{np.random.default_rng().integers(1 << 30)}")
     tmp.write_bytes(blob)
     tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
-    # a fresh export also runs from its serialized form, as every later process will: serializing drops the
-    # outputs' weak types, and outputs typed differently in the first process would key different programs
-    # downstream (seen: the second ZTF run exported and compiled four more)
-    return read_entry(blob, text)
+    return compiled, holder["structure"]
 
 
-def entry_bytes(key_text: str, structure, program: bytes) -> bytes:
+@contextlib.contextmanager
+def _compilation_cache_off():
+    """JAX's persistent compilation cache off for the block.  An executable that JAX loaded from that cache
+    (or compiled again in a process that had loaded the same module from it) serializes without its code in
+    JAX 0.10: a later process that runs it fails with "Function ... not found".  So a stored program is
+    compiled afresh, under a module name of its own."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    before = jax.config.jax_enable_compilation_cache
+    compilation_cache.reset_cache()
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+        compilation_cache.reset_cache()
+
+
+class _Prefetch:
+    """The state of a :func:`prefetching` block: the entries its thread loads (``names``, in order), which of
+    them are claimed (by the thread, or by the caller, who then reads it itself), what the thread loaded, and
+    the entries the block used (first use first)."""
+
+    def __init__(self, folder: Path, names: list[str]):
+        self.folder, self.names = folder, names
+        self.lock = threading.Lock()
+        self.claimed: set[str] = set()
+        self.loaded: dict[str, tuple | None] = {}
+        self.ready = {n: threading.Event() for n in names}
+        self.used: dict[str, None] = {}
+        self.stop = False
+
+    def run(self) -> None:
+        for name in self.names:
+            with self.lock:
+                if self.stop:
+                    return
+                if name in self.claimed:
+                    continue
+                self.claimed.add(name)
+            try:
+                self.loaded[name] = load_entry((self.folder / name).read_bytes())
+            except (BadEntry, OSError):
+                self.loaded[name] = None  # the caller reads it again, and warns
+            self.ready[name].set()
+
+    def take(self, name: str):
+        """``(key text, call, structure)`` of ``name`` when the thread loads it (waiting while it does), else
+        None: the caller loads it itself."""
+        self.used[name] = None
+        with self.lock:
+            if name not in self.ready or name not in self.claimed:
+                self.claimed.add(name)
+                return None
+        self.ready[name].wait()
+        return self.loaded.pop(name, None)
+
+
+_PREFETCH: _Prefetch | None = None
+
+
+@contextlib.contextmanager
+def prefetching(name: str):
+    """Run a block while a background thread loads the stored programs that the last block of this ``name``
+    used, in the order it first called them, so that most are loaded by the time the block calls them; the
+    programs this block used are then the list for the next one (``<name>.manifest.json`` beside the
+    entries).  Loading an executable is native code that lets the block's own Python run meanwhile.  Does
+    nothing when the store is off or inside another such block."""
+    global _PREFETCH
+    device.enable_compilation_cache()
+    folder = device.program_cache_dir()
+    if folder is None or _PREFETCH is not None:
+        yield
+        return
+    manifest = folder / f"{name}.manifest.json"
+    table = _Prefetch(folder, read_manifest(manifest))
+    _PREFETCH = table
+    threading.Thread(target=table.run, daemon=True, name=f"psfax-prefetch-{name}").start()
+    try:
+        yield
+    finally:
+        with table.lock:
+            table.stop = True
+        _PREFETCH = None
+        used = list(table.used)
+        if used != table.names:
+            tmp = manifest.with_suffix(f".tmp{np.random.default_rng().integers(1 << 30)}")
+            tmp.write_text(json.dumps(used))
+            tmp.replace(manifest)
+
+
+def read_manifest(path: Path) -> list[str]:
+    """The entry names of a manifest (a JSON list of plain ``.bin`` file names); [] when there is none or
+    it is not one."""
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(names, list) or not all(
+            isinstance(n, str) and n.endswith(".bin") and Path(n).name == n for n in names):
+        return []
+    return names
+
+
+@functools.cache
+def machine() -> str:
+    """What an executable is built for beside its arguments and JAX's 64-bit mode (keyed apart): the CPU
+    (model name and instruction-set flags, from ``/proc/cpuinfo`` where there is one) and ``XLA_FLAGS``."""
+    cpu = platform.machine() + " " + platform.processor()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu += " ".join(sorted({line for line in lines if line.startswith(("model name", "flags"))}))
+    except OSError:
+        pass
+    text = f"{cpu}|{os.environ.get('XLA_FLAGS', '')}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+EXECUTABLE_CLASSES = frozenset({
+    ("jax", "P"), ("jax._src.core", "ManualAxisType"), ("jax._src.core", "MemorySpace"),
+    ("jax._src.core", "ShapedArray"), ("jax._src.interpreters.pxla", "AllArgsInfo"),
+    ("jax._src.interpreters.pxla", "UnloadedMeshExecutable"), ("jax._src.layout", "Layout"),
+    ("jax._src.linear_util", "DebugInfo"), ("jax._src.mesh", "AbstractMesh"),
+    ("jax._src.named_sharding", "_unpickle_named_sharding"),
+    ("jax._src.sharding_impls", "_unpickle_single_device_sharding"), ("jax._src.stages", "ArgInfo"),
+    ("jaxlib._jax", "DeviceList"), ("numpy", "dtype"),
+})
+"""The (module, name) pairs a stored executable's pickle may name (those JAX 0.10 writes for a CPU program);
+any other makes the entry unusable."""
+
+
+def executable_bytes(compiled) -> bytes:
+    """The pickle of a ``jax.stages.Compiled`` of flat arguments and a flat list of outputs, as
+    ``jax.experimental.serialize_executable`` writes it (the pytrees are rebuilt from the counts on loading)."""
+    from jax.experimental.serialize_executable import serialize
+
+    return serialize(compiled)[0]
+
+
+def _initialize_lapack() -> None:
+    """Bind the LAPACK routines behind JAX's CPU linear algebra, as JAX does when it first lowers such an
+    operation: a loaded executable that calls one before that would jump to nothing (a crash)."""
+    from jax._src.lib import lapack
+
+    lapack._lapack.initialize()
+
+
+def load_executable(payload: bytes, n_in: int, n_out: int):
+    """The ``jax.stages.Compiled`` of :func:`executable_bytes`, for ``n_in`` flat arguments and ``n_out``
+    outputs, read by an unpickler limited to :data:`EXECUTABLE_CLASSES`; BadEntry on anything else."""
+    from jax.experimental.serialize_executable import _JaxPjrtUnpickler
+
+    class Unpickler(_JaxPjrtUnpickler):
+        def find_class(self, module, name):
+            if (module, name) not in EXECUTABLE_CLASSES:
+                raise BadEntry(f"its executable names {module}.{name}")
+            return super().find_class(module, name)
+
+    backend = jax.devices("cpu")[0].client
+    try:
+        _initialize_lapack()
+        unloaded, args_info, no_kwargs = Unpickler(io.BytesIO(payload), backend).load()
+        in_tree = jax.tree.structure(((0,) * n_in, {}))
+        out_tree = jax.tree.structure([0] * n_out)
+        if len(args_info) != n_in:
+            raise BadEntry(f"its executable takes {len(args_info)} arguments, the key {n_in}")
+        return jax.stages.Compiled(unloaded.load(), [], in_tree.unflatten(args_info), out_tree,
+                                   no_kwargs=no_kwargs)
+    except BadEntry:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unpickling and loading raise many kinds on bad bytes
+        raise BadEntry(f"unreadable executable ({type(exc).__name__})") from None
+
+
+def entry_bytes(key_text: str, structure, inputs: int, program: bytes) -> bytes:
     """One store entry: ``MAGIC``, version (2 bytes), SHA-256 of the body, body = header length (8 bytes),
-    JSON header ``{"key", "structure"}``, serialized program."""
-    header = json.dumps({"key": key_text, "structure": structure}).encode()
+    JSON header ``{"key", "structure", "inputs"}`` (``inputs``: the number of flat arguments), executable."""
+    header = json.dumps({"key": key_text, "structure": structure, "inputs": inputs}).encode()
     body = len(header).to_bytes(8, "little") + header + program
     return MAGIC + FORMAT_VERSION.to_bytes(2, "little") + hashlib.sha256(body).digest() + body
 
 
 def read_entry(blob: bytes, key_text: str):
-    """(jitted call, output structure) of an entry written by :func:`entry_bytes` for ``key_text``;
-    raises :class:`BadEntry` when it is not one (wrong magic or version, digest, key, structure)."""
+    """(compiled call, output structure) of an entry written by :func:`entry_bytes` for ``key_text``;
+    raises :class:`BadEntry` when it is not one (wrong magic or version, digest, key, structure, executable)."""
+    stored_key, run, structure = load_entry(blob)
+    if stored_key != key_text:
+        raise BadEntry("it was written for another function or argument signature")
+    return run, structure
+
+
+def load_entry(blob: bytes):
+    """(its key text, compiled call, output structure) of an entry, whatever its key; BadEntry when it is
+    not one."""
     start = len(MAGIC) + 2 + _DIGEST_SIZE
     version = int.from_bytes(blob[len(MAGIC):len(MAGIC) + 2], "little")
     if blob[:len(MAGIC)] != MAGIC or version != FORMAT_VERSION:
@@ -184,19 +385,11 @@ def read_entry(blob: bytes, key_text: str):
     size = int.from_bytes(body[:8], "little")
     try:
         header = json.loads(body[8:8 + size])
-        stored_key, structure = header["key"], header["structure"]
+        stored_key, structure, n_in = header["key"], header["structure"], int(header["inputs"])
     except (ValueError, TypeError, KeyError) as exc:
         raise BadEntry(f"unreadable header ({exc})") from None
-    if stored_key != key_text:
-        raise BadEntry("it was written for another function or argument signature")
-    n_leaves = count_leaves(structure)
-    try:
-        exported = jax.export.deserialize(bytearray(body[8 + size:]))
-    except Exception as exc:  # noqa: BLE001 - the deserializer raises many kinds on bad bytes
-        raise BadEntry(f"unreadable program ({type(exc).__name__})") from None
-    if len(exported.out_avals) != n_leaves:
-        raise BadEntry(f"the structure has {n_leaves} outputs, the program {len(exported.out_avals)}")
-    return jax.jit(exported.call), structure
+    run = load_executable(bytes(body[8 + size:]), n_in, count_leaves(structure))
+    return stored_key, run, structure
 
 
 def _type_name(cls: type) -> str:
