@@ -44,3 +44,35 @@ def test_user_choices_are_kept():
     assert out["hugepage_was"] is True and out["env"]["MALLOC_MMAP_MAX_"] is None
     assert out["env"]["MALLOC_ARENA_MAX"] == "4"
     assert not any(_run(PSFAX_KEEP_MEMORY_SETTINGS="1")["applied"].values())
+
+
+BLAS_PROGRAM = """
+import json, os
+import jax.numpy, scipy.linalg  # both OpenBLAS libraries loaded first, as in the psfax script
+from threadpoolctl import threadpool_info
+from psfax.process import single_thread_blas
+applied = single_thread_blas()
+print(json.dumps({"applied": applied, "env": os.environ.get("OPENBLAS_NUM_THREADS"),
+                  "threads": [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]}))
+"""
+
+
+def _run_blas(**env):
+    base = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                             "MKL_NUM_THREADS", "BLIS_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", BLAS_PROGRAM], capture_output=True, text=True, timeout=120,
+                          env={**base, **env}, check=True)
+    return json.loads(done.stdout)
+
+
+def test_blas_libraries_already_loaded_get_one_thread():
+    """NumPy's and SciPy's OpenBLAS, loaded before the call, run one thread after it (threadpoolctl reads
+    each library's own count), and child processes are told the same."""
+    out = _run_blas()
+    assert out["applied"] and out["env"] == "1"
+    assert len(out["threads"]) >= 1 and set(out["threads"]) == {1}
+
+
+def test_a_users_blas_threads_are_kept():
+    out = _run_blas(OPENBLAS_NUM_THREADS="2")
+    assert not out["applied"] and out["env"] == "2"

@@ -82,10 +82,12 @@ def script() -> None:
     code, once the logs and standard streams are flushed.  Every command has written and closed its files and
     shut its Dask cluster before it returns; what the interpreter would still do is free JAX's loaded programs
     and the arrays, about 1 s after a ``psfax stars fit`` of a ZTF quadrant (2 cores) that nobody waits for.
-    The process's memory settings are :func:`psfax.process.tune_memory`'s."""
-    from psfax.process import tune_memory
+    The process's memory settings are :func:`psfax.process.tune_memory`'s, its BLAS threads
+    :func:`psfax.process.single_thread_blas`'s."""
+    from psfax.process import single_thread_blas, tune_memory
 
     tune_memory()
+    single_thread_blas()
     code = main()
     logging.shutdown()
     sys.stdout.flush()
