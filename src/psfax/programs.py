@@ -186,17 +186,21 @@ def _compilation_cache_off():
     """JAX's persistent compilation cache off for the block.  An executable that JAX loaded from that cache
     (or compiled again in a process that had loaded the same module from it) serializes without its code in
     JAX 0.10: a later process that runs it fails with "Function ... not found".  So a stored program is
-    compiled afresh, under a module name of its own."""
+    compiled afresh, under a module name of its own.  One such block at a time (the setting is the process's)."""
     from jax.experimental.compilation_cache import compilation_cache
 
-    before = jax.config.jax_enable_compilation_cache
-    compilation_cache.reset_cache()
-    jax.config.update("jax_enable_compilation_cache", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_compilation_cache", before)
+    with _CACHE_OFF_LOCK:
+        before = jax.config.jax_enable_compilation_cache
         compilation_cache.reset_cache()
+        jax.config.update("jax_enable_compilation_cache", False)
+        try:
+            yield
+        finally:
+            jax.config.update("jax_enable_compilation_cache", before)
+            compilation_cache.reset_cache()
+
+
+_CACHE_OFF_LOCK = threading.Lock()
 
 
 class _Prefetch:
