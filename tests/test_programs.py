@@ -213,42 +213,6 @@ def test_an_executable_naming_a_class_outside_the_list_is_refused(cache_on, monk
     np.testing.assert_array_equal(out[0], x + 1.0)
 
 
-def test_prefetching_loads_what_the_last_block_used(cache_on):
-    """A block under ``prefetching`` records the entries it used; the next block's thread loads them, and
-    the calls take them from it (the file is read by the thread, not by the caller)."""
-    from psfax import programs
-
-    x, y = jnp.arange(13.0), jnp.arange(17.0)
-    with programs.prefetching("test-block"):
-        persistent_jit(count_from_zero)(x)
-        persistent_jit(count_from_zero)(y)
-    names = json.loads((cache_on / "test-block.manifest.json").read_text())
-    assert len(names) == 2 and all(n.startswith("count_from_zero-") for n in names)
-    reads = []
-    original = programs.read_entry
-    programs.read_entry = lambda blob, text: reads.append(text) or original(blob, text)
-    try:
-        with programs.prefetching("test-block"):
-            assert all(programs._PREFETCH.ready[n].wait(60) for n in names)  # the thread has loaded both
-            out = persistent_jit(count_from_zero)(y)
-    finally:
-        programs.read_entry = original
-    assert reads == []  # loaded by the thread
-    np.testing.assert_array_equal(out[0], y + 1.0)
-    assert json.loads((cache_on / "test-block.manifest.json").read_text()) == [names[1]]
-
-
-def test_a_manifest_that_is_not_a_list_of_entry_names_is_ignored(cache_on):
-    from psfax.programs import read_manifest
-
-    path = cache_on / "odd.manifest.json"
-    for text in ('["../../etc/passwd.bin"]', '{"a": 1}', "not json", '["x.bin", 3]'):
-        path.write_text(text)
-        assert read_manifest(path) == []
-    path.write_text('["count_from_zero-0123.bin"]')
-    assert read_manifest(path) == ["count_from_zero-0123.bin"]
-
-
 ADDER = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np

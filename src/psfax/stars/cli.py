@@ -62,7 +62,6 @@ def fit(science: Path = typer.Argument(..., metavar="SCIENCE", help="science ima
     from rich.console import Console
 
     from psfax.outputs import check_output_dir
-    from psfax.programs import prefetching
     from psfax.stars.pipeline import fit_image
 
     check_output_dir(out, files=("stars.parquet", "psf_stars.parquet", "psf.json", "psf.fits"))
@@ -78,7 +77,7 @@ def fit(science: Path = typer.Argument(..., metavar="SCIENCE", help="science ima
                    isolation=isolation, stamp_size=stamp_size, device=device, dtype=dtype,
                    photometry_dtype=photometry_dtype, group_radius=group_radius, passes=passes, gain=gain, read_noise=read_noise, saturate=saturate,
                    zero_point=zero_point, **({} if edge is None else {"edge": edge}))
-    with console.status("read") as status, prefetching("stars-fit"):
+    with console.status("read") as status:
         result = fit_image(science, mask, progress=lambda stage: status.update(f"[bold]{stage}"), **options)
         status.update("[bold]write")
         paths = result.write(out, plots=plots, residual=residual)
