@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from psfax.clusters.centres import (MIN_MEMBERS, REFERENCE_SCALE_PX, SMOOTHING_SCALES_PX, box_photometry,
-                                    centre_on_members, gaussian_count, member_density, member_flags, member_score)
+                                    centre_on_members, gaussian_count, is_local_peak, member_density, member_flags,
+                                    member_score, window_fraction)
 from psfax.clusters.infer import find_candidates
 from psfax.clusters.metrics import source_peaks
 
@@ -76,9 +77,10 @@ def test_candidates_without_members_are_dropped_and_centres_stay_in_their_tiles(
     assert len(table) == 1 and table["n_tiles"][0] == 4
     assert 96 <= table["x"][0] < 224 and 96 <= table["y"][0] < 224  # within the tiles dilated by one
     assert np.hypot(table["x"][0] - 200, table["y"][0] - 200) < 15
-    # restricted to the undilated tiles (pixels <= 191), the peak is pushed to their corner, lower
-    x, y, members, smoothing = centre_on_members(cube, probs >= 0.5, 32, red_sequence)
-    assert (x, y) == (191.0, 191.0) and members < table["members"][0]
+    # restricted to the undilated tiles (pixels <= 191), the peak is pushed to their corner, lower, and is no
+    # local maximum of the score (it rises towards the members at ~200): such a candidate would be dropped
+    x, y, members, smoothing, peak = centre_on_members(cube, probs >= 0.5, 32, red_sequence)
+    assert (x, y) == (191.0, 191.0) and members < table["members"][0] and not peak
     assert table["smoothing_px"][0] == REFERENCE_SCALE_PX == 30.0  # a compact group: the scale the tolerances assume
 
 
@@ -112,11 +114,54 @@ def test_member_score_takes_the_most_significant_scale(red_sequence, paint):
     rows, cols = np.nonzero(source_peaks(wide[None])[0])
     assert len(rows) == 36
     d2 = (rows - 128) ** 2 + (cols - 128) ** 2
-    sums = {s: np.sum(np.exp(-d2 / (2 * s**2))) * 30 / s for s in SMOOTHING_SCALES_PX}
-    # D_s * 30 / s at the centre: 3.5 (30 px), 6.5 (60 px), 7.2 (90 px): the 90-px scale wins
-    assert max(sums, key=sums.get) == 90.0 and sums[90.0] > 1.05 * sums[60.0] and sums[60.0] > 1.5 * sums[30.0]
+    inside = {s: (window_fraction(128, 129, 256, s)[0]) ** 2 for s in SMOOTHING_SCALES_PX}
+    sums = {s: np.sum(np.exp(-d2 / (2 * s**2))) * 30 / s / np.sqrt(inside[s]) for s in SMOOTHING_SCALES_PX}
+    # at the field's centre W_s = 1.00, 0.97, 0.71 (30, 60, 90 px); D_s / sqrt(W_s) * 30 / s there: 3.5, 6.6,
+    # 8.6: the 90-px scale wins
+    assert inside[30.0] == pytest.approx(1.0, abs=1e-4) and inside[90.0] == pytest.approx(0.71, abs=0.01)
+    assert max(sums, key=sums.get) == 90.0 and sums[90.0] > 1.2 * sums[60.0] and sums[60.0] > 1.5 * sums[30.0]
     assert scale[128, 128] == 90.0 and score[128, 128] == pytest.approx(sums[90.0], rel=1e-9)
     compact = paint(_noise(seed=4), _ring(128, 128, 10, 10.0), z=0.3)
     score, scale = member_score(compact, red_sequence)
     assert scale[128, 128] == 30.0
-    assert score[128, 128] == pytest.approx(member_density(compact, red_sequence)[128, 128], rel=1e-12)
+    # W_30 = 1 - 4e-5 at the centre: the score is the member density itself to 3e-5
+    assert score[128, 128] == pytest.approx(member_density(compact, red_sequence)[128, 128], rel=3e-5)
+
+
+def test_window_fraction_is_the_gaussian_mass_inside_the_axis():
+    w = window_fraction(0, 256, 256, 30.0)
+    # on the first and last pixels: erf(255.5 / (30 sqrt 2)) / 2 + erf(0.5 / (30 sqrt 2)) / 2 = 0.5 + 0.0066
+    assert w[0] == pytest.approx(0.5 + 0.5 * 0.5 / (30 * np.sqrt(np.pi / 2)), rel=1e-4) and w[-1] == pytest.approx(w[0])
+    assert w[128] == pytest.approx(1.0, abs=1e-4) and np.all(np.diff(w[:128]) > 0)
+    # one sigma inside the edge: (1 + erf(30.5 / (30 sqrt 2))) / 2 = 0.845
+    assert w[30] == pytest.approx(0.8454, abs=1e-3)
+    # a cut-out's pixels take the fraction of the whole axis: pixels 100..109 of a 256-px axis
+    np.testing.assert_allclose(window_fraction(100, 110, 256, 90.0), window_fraction(0, 256, 256, 90.0)[100:110],
+                               rtol=1e-15)
+    # against the midpoint rule (step 0.01 px) of the Gaussian's density over the axis [-0.5, 255.5)
+    u = np.arange(-0.5, 255.5, 0.01) + 0.005
+    direct = np.sum(np.exp(-(u - 5.0) ** 2 / (2 * 60.0**2))) * 0.01 / (60.0 * np.sqrt(2 * np.pi))
+    assert window_fraction(5, 6, 256, 60.0)[0] == pytest.approx(direct, rel=1e-6)
+
+
+def test_member_score_corrects_for_the_kernel_outside_the_image(red_sequence, paint):
+    """A group on the field's edge loses half its kernel's area: the score divides D_s by sqrt(W_s)."""
+    edge = paint(_noise(seed=5), _ring(128, 6, 10, 10.0), z=0.3)
+    score, scale = member_score(edge, red_sequence)
+    density = member_density(edge, red_sequence)
+    w = window_fraction(0, 256, 256, 30.0)
+    r, c = np.unravel_index(np.argmax(score), score.shape)
+    assert abs(r - 6) <= 6 and abs(c - 128) <= 8 and scale[r, c] == 30.0
+    assert score[r, c] == pytest.approx(density[r, c] / np.sqrt(w[r] * w[c]), rel=1e-9)
+    # the same score map of a cut-out (rows 0..99, columns 50..199) knows where the image's edge is
+    cut, _ = member_score(edge[:, :100, 50:200], red_sequence, origin=(0, 50), full_shape=(256, 256))
+    assert cut[r, c - 50] == pytest.approx(score[r, c], rel=1e-6)
+
+
+def test_is_local_peak_compares_a_box_around_the_pixel():
+    score = np.zeros((20, 20))
+    score[10, 10], score[10, 14], score[0, 1] = 2.0, 3.0, 1.0
+    assert is_local_peak(score, 10, 10)                    # the higher pixel is 4 px away, outside the 3-px box
+    assert not is_local_peak(score, 10, 10, half_width=4)
+    assert is_local_peak(score, 10, 14) and is_local_peak(score, 0, 1)   # the box is clipped to the map
+    assert not is_local_peak(score, 0, 0) and is_local_peak(np.ones((5, 5)), 2, 2)   # ties count as peaks

@@ -27,14 +27,21 @@ the red sequence, within its tiles:
   taken as common to all of them, in units of the one at ``REFERENCE_SCALE_PX``:
   M(x) = max_s D_s(x) REFERENCE_SCALE_PX / s (unit: members; at the reference scale it is D_s itself,
   so a compact group scores its member count);
+* **edge**: near the image's edge part of each kernel lies outside the image, where no member can be
+  seen.  With W_s(x) the fraction of the s-Gaussian about x inside the image (:func:`window_fraction`),
+  the background's D_s has mean 2 pi s^2 b W_s and variance ~ pi s^2 b W_s, so the significance is
+  ~ D_s / (s sqrt(pi b W_s)) and the score map is M(x) = max_s D_s(x) / sqrt(W_s(x)) REFERENCE_SCALE_PX / s
+  (W_s = 1 in the interior, 1/2 on a straight edge, 1/4 in a corner);
 * **centre**: the peak of M within the candidate's tiles dilated by one tile; its value (``members``)
   is the candidate's score, the s that gives it its ``smoothing_px``, and candidates under
-  ``MIN_MEMBERS`` are dropped.
+  ``MIN_MEMBERS`` are dropped, as are those whose centre is not a local maximum of M (some value within
+  ``PEAK_HALF_WIDTH_PX`` is higher: the peak lies outside the candidate's tiles, on a neighbour's member
+  excess, :func:`is_local_peak`).
 
 The red sequence, m*_i(z) and the luminosity range are the prior's population model (what the
 detector is built for, taken from the training config), never any field's truth.
-``SMOOTHING_SCALES_PX`` and ``MIN_MEMBERS`` were chosen on development seeds (19010-19026,
-docs/clusters.md), not on the scored seeds.
+``SMOOTHING_SCALES_PX``, ``MIN_MEMBERS``, the edge term and the local-maximum rule were chosen on
+development seeds (19010-19043, docs/clusters.md), not on the scored seeds.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import math
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import erf
 
 from psfax.clusters.config import ClusterFieldConfig
 from psfax.clusters.metrics import source_peaks
@@ -67,6 +75,8 @@ SMOOTHING_SCALES_PX = (30.0, 60.0, 90.0)
 chosen on development seeds (docs/clusters.md)."""
 MIN_MEMBERS = 2.5
 """Smallest member-density peak of a candidate (members); chosen on development seeds."""
+PEAK_HALF_WIDTH_PX = 3
+"""A candidate's centre must be >= the score map everywhere within this many pixels (a (2w+1)^2 box)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,33 +159,60 @@ def member_density(image: np.ndarray, rs: RedSequence, smoothing: float = REFERE
     return _density(*_members(image, rs), image.shape[1:], smoothing)
 
 
-def member_score(image: np.ndarray, rs: RedSequence,
-                 scales: tuple[float, ...] = SMOOTHING_SCALES_PX) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) score map M = max_s D_s REFERENCE_SCALE_PX / s of a (4, H, W) image (members) and the (H, W)
-    smoothing length s (pixels) that gives it (see the module docstring)."""
+def window_fraction(start: int, stop: int, size: int, smoothing: float) -> np.ndarray:
+    """(stop - start,) fraction of a 1-D Gaussian of sigma ``smoothing`` centred on pixel p = start..stop-1
+    that lies inside an axis of ``size`` pixels, [-0.5, size - 0.5):
+    w(p) = [erf((size - 0.5 - p) / (sqrt(2) s)) - erf((-0.5 - p) / (sqrt(2) s))] / 2
+    (1/2 on the axis's first and last pixels when s >> 1, 1 far inside).  The 2-D fraction W_s(y, x) of an
+    image is the product of its two axes' w."""
+    p = np.arange(start, stop, dtype=float)
+    k = math.sqrt(2.0) * smoothing
+    return 0.5 * (erf((size - 0.5 - p) / k) - erf((-0.5 - p) / k))
+
+
+def member_score(image: np.ndarray, rs: RedSequence, scales: tuple[float, ...] = SMOOTHING_SCALES_PX, *,
+                 origin: tuple[int, int] = (0, 0), full_shape: tuple[int, int] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) score map M = max_s D_s / sqrt(W_s) REFERENCE_SCALE_PX / s of a (4, H, W) image (members) and
+    the (H, W) smoothing length s (pixels) that gives it (see the module docstring).  ``image`` may be a
+    cut-out whose pixel (0, 0) is pixel ``origin`` (row, col) of an image of ``full_shape`` (ny, nx): W_s is
+    the fraction of the kernel inside that whole image (default: the cut-out is the image)."""
     image = np.asarray(image, float)
+    h, w = image.shape[1:]
+    ny, nx = (h, w) if full_shape is None else full_shape
     members = _members(image, rs)
-    score, scale = np.full(image.shape[1:], -np.inf), np.zeros(image.shape[1:])
+    score, scale = np.full((h, w), -np.inf), np.zeros((h, w))
     for s in scales:
-        d = _density(*members, image.shape[1:], s) * REFERENCE_SCALE_PX / s
+        inside = np.outer(window_fraction(origin[0], origin[0] + h, ny, s),
+                          window_fraction(origin[1], origin[1] + w, nx, s))
+        d = _density(*members, (h, w), s) / np.sqrt(inside) * (REFERENCE_SCALE_PX / s)
         scale[d > score] = s
         np.maximum(score, d, out=score)
     return score, scale
 
 
-def centre_on_members(image, region: np.ndarray, tile: int, rs: RedSequence) -> tuple[float, float, float, float]:
-    """(x, y, members, smoothing_px): the peak of the score map (image pixels) within the tiles ``region`` (a
-    boolean tile map of the image), its value and its smoothing length.  ``image``: (4, ny, nx), anything
-    sliced as ``image[:, y0:y1, x0:x1]`` (a numpy array, a FITS ``section``); only a cut-out around
-    ``region``, 3 of the largest smoothing lengths wider, is read."""
+def is_local_peak(score: np.ndarray, row: int, col: int, half_width: int = PEAK_HALF_WIDTH_PX) -> bool:
+    """Whether score[row, col] >= every value of ``score`` within ``half_width`` pixels (a box clipped to the
+    map): the centre of a candidate is its own member excess, not the flank of one outside its tiles."""
+    box = score[max(row - half_width, 0):row + half_width + 1, max(col - half_width, 0):col + half_width + 1]
+    return bool(score[row, col] >= box.max())
+
+
+def centre_on_members(image, region: np.ndarray, tile: int,
+                      rs: RedSequence) -> tuple[float, float, float, float, bool]:
+    """(x, y, members, smoothing_px, peak): the peak of the score map (image pixels) within the tiles
+    ``region`` (a boolean tile map of the image), its value, its smoothing length and whether it is a local
+    maximum of the map (:func:`is_local_peak`).  ``image``: (4, ny, nx), anything sliced as
+    ``image[:, y0:y1, x0:x1]`` (a numpy array, a FITS ``section``); only a cut-out around ``region``, 3 of
+    the largest smoothing lengths wider, is read."""
     ty, tx = np.nonzero(region)
     pad = int(math.ceil(3 * max(SMOOTHING_SCALES_PX)))
     ny, nx = image.shape[1:]
     y0, x0 = max(ty.min() * tile - pad, 0), max(tx.min() * tile - pad, 0)
     y1, x1 = min((ty.max() + 1) * tile + pad, ny), min((tx.max() + 1) * tile + pad, nx)
-    score, scale = member_score(np.asarray(image[:, y0:y1, x0:x1], float), rs)
+    score, scale = member_score(np.asarray(image[:, y0:y1, x0:x1], float), rs, origin=(y0, x0), full_shape=(ny, nx))
     rows, cols = np.arange(y0, y1) // tile, np.arange(x0, x1) // tile
     inside = region[rows[:, None], cols[None, :]]
     j = np.argmax(np.where(inside, score, -np.inf))
     r, c = divmod(int(j), x1 - x0)
-    return float(c + x0), float(r + y0), float(score[r, c]), float(scale[r, c])
+    return float(c + x0), float(r + y0), float(score[r, c]), float(scale[r, c]), is_local_peak(score, r, c)

@@ -15,8 +15,9 @@ probability map with the input's celestial WCS resampled to tiles, and
 threshold (groups less than ``link`` + 1 empty tiles apart are one candidate),
 centred on the peak of the red-sequence member score within its tiles
 (:mod:`psfax.clusters.centres`: the member density at the most significant of a few
-smoothing lengths, read from the image around each candidate), with that peak (``members``)
-as its score (kept from the model's ``candidate_cut``, at least ``MIN_MEMBERS``), the
+smoothing lengths, divided by the square root of the kernel's fraction inside the image, read
+from the image around each candidate), with that peak (``members``) as its score (kept from the
+model's ``candidate_cut``, at least ``MIN_MEMBERS``, when it is a local maximum of the score), the
 smoothing length that gives it (``smoothing_px``) and ``prob_sum`` (the expected number of
 member tiles) beside it.
 """
@@ -219,7 +220,7 @@ def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None, *,
     (:class:`psfax.clusters.centres.RedSequence`), x, y is the peak of the red-sequence member score
     within the group's tiles dilated by one tile (:func:`psfax.clusters.centres.centre_on_members`),
     the column ``members`` its value (the score), ``smoothing_px`` its smoothing length, and groups
-    under ``min_members`` are dropped.
+    under ``min_members``, or whose centre is not a local maximum of the score, are dropped.
     """
     import pyarrow as pa
     from scipy import ndimage
@@ -242,9 +243,9 @@ def find_candidates(probs: np.ndarray, tile: int, threshold: float, wcs=None, *,
             "prob_max": per_group(ndimage.maximum, probs), "prob_mean": per_group(ndimage.mean, probs)}
     if image is not None:
         around = [ndimage.binary_dilation(labels == k, np.ones((3, 3), bool)) for k in ids]
-        centres = np.array([centre_on_members(image, region, tile, red_sequence) for region in around]).reshape(-1, 4)
-        data["x"], data["y"], data["members"], data["smoothing_px"] = centres.T
-        keep = data["members"] >= min_members
+        centres = np.array([centre_on_members(image, region, tile, red_sequence) for region in around]).reshape(-1, 5)
+        data["x"], data["y"], data["members"], data["smoothing_px"], peak = centres.T
+        keep = (data["members"] >= min_members) & (peak > 0)
         data = {k: v[keep] for k, v in data.items()}
     if wcs is not None:
         sky = wcs.pixel_to_world((data["x"] - (tile - 1) / 2) / tile, (data["y"] - (tile - 1) / 2) / tile)
