@@ -70,8 +70,8 @@ def single_thread_blas() -> bool:
 
     OpenBLAS's worker threads spin while they wait for work.  The empirical PSF build calls LAPACK on small
     blocks many times in sequence, so with another process busy on one of two cores the spinning workers and
-    the caller took turns: the build of a ``psfax stars fit`` of the ZTF quadrant took 25-27 s, against 3.4 s
-    with one thread (2-core VM, the same hour)."""
+    the caller took turns: the build of a ``psfax stars fit`` of the ZTF quadrant took 8-27 s, against 3.0-3.5 s
+    with one thread (2-core VM, the same hour; on an idle machine one thread changes nothing measurable)."""
     if any(name in os.environ for name in BLAS_VARIABLES):
         return False
     from threadpoolctl import threadpool_limits

@@ -227,3 +227,28 @@ def test_photometry_with_the_sky_held_fits_three_parameters():
     assert np.all(np.asarray(table["bkg_fit"]) == 0) and np.all(np.isnan(table["bkg_err"]))
     assert np.all(table["dof"] == SIZE * SIZE - 3)
     assert abs(np.mean(np.asarray(table["flux_fit"]) / 5e4) - 1) < 2e-3
+
+
+def test_the_grid_solve_runs_blas_on_one_thread_and_restores_the_callers(monkeypatch):
+    """The build's solve calls LAPACK on small blocks many times in sequence, where OpenBLAS's spinning
+    workers only get in the way: it runs with one thread, and the caller's count is back afterwards."""
+    from threadpoolctl import threadpool_info
+
+    from psfax.psf import build
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    seen = []
+    solve = build.solve_grid
+    monkeypatch.setattr(build, "solve_grid", lambda *a, **k: seen.append(blas_threads()) or solve(*a, **k))
+    psf = gaussian_psf(k=2, degree=0)
+    rng = np.random.default_rng(3)
+    n = 80
+    x, y = 7 + rng.uniform(-0.5, 0.5, n), 7 + rng.uniform(-0.5, 0.5, n)
+    stamps = 1e4 * psf.render(x, y, x, y) + rng.normal(0, 1.0, (n, SIZE, SIZE))
+    before = blas_threads()
+    build_psf(stamps, 1.0, False, np.round(x), np.round(y), np.zeros(n), np.zeros(n),
+              options=BuildOptions(oversampling=2, degree=0), sky=0.0)
+    assert seen and all(set(threads) == {1} for threads in seen)
+    assert blas_threads() == before
