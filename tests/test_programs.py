@@ -1,8 +1,11 @@
-"""``persistent_jit``: programs exported once, loaded (not re-traced) by a later process."""
+"""``persistent_jit``: programs compiled once, loaded (not re-traced) by a later process."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -187,16 +190,8 @@ def test_a_stored_linear_algebra_program_runs_in_a_new_process(tmp_path):
     """LAPACK behind jnp.linalg is bound when JAX first lowers such an operation; a process that only loads
     the executable must bind it too (without, the call crashes).  The second process loads, the first
     compiled: both solve ``2 x = 1``, ``4 x = 1``."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PSFAX_CACHE_DIR": str(tmp_path)}
-    runs = [subprocess.run([sys.executable, "-c", SOLVER], capture_output=True, text=True, timeout=300, env=env)
-            for _ in range(2)]
-    for run in runs:
-        assert run.returncode == 0, run.stderr[-2000:]
-        np.testing.assert_allclose(json.loads(run.stdout), [[0.5] * 3, [0.25] * 3], rtol=1e-15)
+    for _ in range(2):
+        np.testing.assert_allclose(_run_script(SOLVER, tmp_path), [[0.5] * 3, [0.25] * 3], rtol=1e-15)
     assert len(list((tmp_path / "programs").glob("solve_spd-*.bin"))) == 1
 
 
@@ -235,20 +230,16 @@ def test_a_program_also_in_jaxs_cache_is_stored_whole(tmp_path):
     """An executable JAX loaded from its own cache serializes without its code (JAX 0.10); the store
     compiles its programs afresh, so a process that loads one can run it.  Process 1 puts ``add_three``
     in JAX's cache; process 2 loads it from there and then stores it; process 3 runs the stored one."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PSFAX_CACHE_DIR": str(tmp_path)}
-
-    def run(mode):
-        done = subprocess.run([sys.executable, "-c", ADDER, mode], capture_output=True, text=True, timeout=300,
-                              env=env)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return json.loads(done.stdout)
-
-    run("jit")
+    _run_script(ADDER, tmp_path, "jit")
     for entry in (tmp_path / "programs").glob("add_three-*.bin"):
         entry.unlink()  # the next process finds the program in JAX's cache only
-    assert run("jit") == [3.0, 4.0, 5.0, 6.0]
-    assert run("load") == [3.0, 4.0, 5.0, 6.0]
+    assert _run_script(ADDER, tmp_path, "jit") == [3.0, 4.0, 5.0, 6.0]
+    assert _run_script(ADDER, tmp_path, "load") == [3.0, 4.0, 5.0, 6.0]
+
+
+def _run_script(script: str, cache, *args):
+    """The JSON that ``script`` prints, run in a new interpreter with ``cache`` as psfax's cache folder."""
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PSFAX_CACHE_DIR": str(cache)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)

@@ -45,7 +45,6 @@ import inspect
 import io
 import json
 import os
-import pickle
 import platform
 import sys
 import threading

@@ -58,7 +58,6 @@ import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
-import jax
 import jax.numpy as jnp
 import numpy as np
 from astropy.table import Table
